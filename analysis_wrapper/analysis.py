@@ -1,0 +1,88 @@
+"""The `Analysis` spec: the one thing a scientist writes to plug an analysis in.
+
+An analysis is a name, a declared version, a pydantic ``Params`` model (its parameters), a pydantic
+``Outputs`` model (small numerical results that go into the provenance record) and a run function.
+Everything Dagster needs (partitions, typed config, asset, job, sensor) is generated from it by
+:mod:`analysis_wrapper.factory`; the run function never sees Dagster.
+
+The run function receives:
+
+* ``job``: the :class:`~analysis_wrapper.dispatch.AnalysisJob` being run; ``job.input_paths`` are
+  local paths to the job's inputs (remote inputs are fetched before the function is called);
+* ``params``: the validated ``Params`` instance (merged from the job, run config and
+  ``distributed_parameters``);
+* ``results_dir``: an empty folder for large result files (CSV, figures, arrays);
+* ``logger``: a :class:`logging.Logger` that reaches the Dagster run log.
+
+It returns an ``Outputs`` instance. Raising any exception fails the job; nothing is recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from analysis_wrapper.dispatch import AnalysisJob
+
+P = TypeVar("P", bound=BaseModel)
+O = TypeVar("O", bound=BaseModel)
+
+RunFunction = Callable[["AnalysisJob", P, Path, logging.Logger], O]
+
+_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
+
+
+@dataclass(frozen=True)
+class Analysis(Generic[P, O]):
+    """Declarative description of one analysis.
+
+    ``name`` becomes part of Dagster names (``<name>_result`` asset, ``<name>_job``,
+    ``<name>_partitions``), so it must be a lowercase Python-style identifier.
+    ``version`` is the analysis's declared code version: it enters the fingerprint, so bumping it
+    makes every job of this analysis due again, while a new git commit alone does not.
+    ``figure`` names a PNG the run function writes into ``results_dir``; the UI shows it.
+    """
+
+    name: str
+    version: str
+    params: type[P]
+    outputs: type[O]
+    run: RunFunction[P, O]
+    description: str = ""
+    figure: str | None = None
+
+    def __post_init__(self) -> None:
+        if not _NAME_PATTERN.match(self.name):
+            raise ValueError(
+                f"Analysis name {self.name!r} must match {_NAME_PATTERN.pattern} "
+                "(it is used in Dagster asset, job and partition names)"
+            )
+        if not self.version or not self.version.strip():
+            raise ValueError(f"Analysis {self.name!r} needs a non-empty declared version")
+
+    @property
+    def asset_name(self) -> str:
+        return f"{self.name}_result"
+
+    @property
+    def job_name(self) -> str:
+        return f"{self.name}_job"
+
+    @property
+    def partitions_name(self) -> str:
+        return f"{self.name}_partitions"
+
+    @property
+    def sensor_name(self) -> str:
+        return f"{self.name}_inbox_sensor"
+
+    def validate_params(self, merged: dict[str, Any]) -> P:
+        """Validate merged parameters with the analysis's ``Params`` model."""
+        return self.params.model_validate(merged)

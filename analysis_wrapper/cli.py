@@ -1,0 +1,302 @@
+"""``analysis-wrapper``: one-shot use and queries, on the same registry, stores and Dagster instance.
+
+* ``submit PATH...``: validate job files (or folders of them) and register them as partitions;
+* ``run [PATH...]``: register, then materialize every pending partition in-process, one Dagster run per
+  job; exits non-zero only when a job failed or a file was rejected, after processing all the rest;
+* ``status`` / ``results``: the job registry and the records, as a table or ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from analysis_wrapper.settings import Settings
+
+log = logging.getLogger("analysis_wrapper.cli")
+
+
+@dataclass
+class Context:
+    """What every command needs, built once: settings, analyses, definitions, store, instance."""
+
+    settings: Settings
+    analyses: dict[str, Any]
+    built: dict[str, Any]
+    defs: Any
+    store: Any
+    instance: Any
+
+
+def _open(args: argparse.Namespace) -> Context:
+    # The CLI keeps its Dagster instance in ./.dagster_home unless DAGSTER_HOME says otherwise.
+    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").absolute()
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+
+    from dagster import DagsterInstance, Definitions
+
+    from analysis_wrapper.definitions import build_analysis_set, build_resources
+
+    settings = Settings()
+    built = build_analysis_set()
+    resources = build_resources(settings)
+    defs = Definitions(
+        assets=[d.asset for d in built.values()], jobs=[d.job for d in built.values()], resources=resources
+    )
+    return Context(
+        settings=settings,
+        analyses={name: d.analysis for name, d in built.items()},
+        built=built,
+        defs=defs,
+        store=resources["records"].get_store(),
+        instance=DagsterInstance.get(),
+    )
+
+
+def _register_paths(ctx: Context, paths: Sequence[str], analysis: str | None, out: TextIO) -> tuple[list[Any], int]:
+    """Validate and register job files; return (jobs registered or known, number rejected)."""
+    from analysis_wrapper.registration import find_job_files, prepare_files, register
+
+    if analysis and analysis not in ctx.analyses:
+        raise SystemExit(f"error: --analysis {analysis!r} is not served here (known: {', '.join(ctx.analyses)})")
+    files, missing = find_job_files(Path(p) for p in paths)
+    prepared = prepare_files(files, ctx.analyses, analysis)
+    rejected = missing + prepared.rejected
+    for item in rejected:
+        print(f"REJECTED {item.source}: {item.reason}", file=out)
+    jobs = []
+    for name, analysis_jobs in prepared.jobs.items():
+        outcome = register(analysis_jobs, ctx.analyses[name], ctx.store, ctx.instance)
+        for job in analysis_jobs:
+            verb = "registered" if job.partition_key in outcome.added else (
+                "updated" if job.partition_key in outcome.changed else "known"
+            )
+            log.info("%s %s %s (%s)", verb, name, job.partition_key, job.source)
+        jobs.extend(analysis_jobs)
+    return jobs, len(rejected)
+
+
+def _pending_registered(ctx: Context, analysis: str | None) -> list[Any]:
+    """Every registered job, rebuilt with the current analysis version (its fingerprint may change)."""
+    from analysis_wrapper.dispatch import DispatchJob, JobFileError, build_analysis_job
+
+    jobs = []
+    for entry in ctx.store.list_jobs(analysis):
+        spec = ctx.analyses.get(entry.analysis)
+        if spec is None:
+            continue
+        try:
+            dispatch = DispatchJob.model_validate(dict(entry.job))
+            jobs.append(build_analysis_job(dispatch, spec, source=entry.source or "registry"))
+        except (JobFileError, ValueError) as exc:
+            print(f"SKIPPED registered job {entry.partition_key}: {exc}", file=sys.stderr)
+    return jobs
+
+
+class Progress:
+    """A progress bar on a terminal; a line per job otherwise."""
+
+    def __init__(self, total: int, stream: TextIO):
+        self.total = total
+        self.done = 0
+        self.stream = stream
+        self.tty = stream.isatty()
+
+    def step(self, line: str) -> None:
+        self.done += 1
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / max(self.total, 1))
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r[{bar}] {self.done}/{self.total} {line[:60]:<60}")
+            if self.done == self.total:
+                self.stream.write("\n")
+            self.stream.flush()
+        else:
+            print(line, file=self.stream, flush=True)
+
+
+def _run_config(ctx: Context, analysis: str, args: argparse.Namespace) -> dict[str, Any]:
+    op_config: dict[str, Any] = {"force": bool(args.force)}
+    if args.dry_run is not None:
+        op_config["dry_run"] = args.dry_run
+    return {
+        "ops": {ctx.built[analysis].analysis.asset_name: {"config": op_config}},
+        "loggers": {"console": {"config": {"log_level": "ERROR" if not args.verbose else "INFO"}}},
+    }
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    ctx = _open(args)
+    jobs, rejected = _register_paths(ctx, args.paths, args.analysis, sys.stdout)
+    for job in jobs:
+        print(f"registered {job.analysis} {job.partition_key} fingerprint {job.fingerprint[:16]} ({job.source})")
+    print(f"{len(jobs)} job(s) registered, {rejected} file(s) rejected")
+    return 1 if rejected else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    ctx = _open(args)
+    if args.paths:
+        jobs, rejected = _register_paths(ctx, args.paths, args.analysis, sys.stdout)
+    else:
+        jobs, rejected = _pending_registered(ctx, args.analysis), 0
+    unique = list({(j.analysis, j.partition_key): j for j in jobs}.values())
+    recorded: set[str] = set()
+    for name in {j.analysis for j in unique}:
+        recorded |= ctx.store.existing_fingerprints(name, [j.fingerprint for j in unique if j.analysis == name])
+    counts = {"done": 0, "already done": 0, "dry run": 0, "failed": 0}
+    progress = Progress(len(unique), sys.stdout)
+    for job in unique:
+        if job.fingerprint in recorded and not args.force:
+            counts["already done"] += 1
+            progress.step(f"already done  {job.analysis} {job.partition_key}")
+            continue
+        outcome, detail = _materialize(ctx, job, args)
+        counts[outcome] += 1
+        progress.step(f"{outcome:<13} {job.analysis} {job.partition_key} {detail}")
+    summary = ", ".join(f"{n} {label}" for label, n in counts.items())
+    print(f"{len(unique)} job(s): {summary}; {rejected} file(s) rejected")
+    if not unique and not rejected:
+        print("nothing to run: no job files given and no registered job is pending")
+    return 1 if counts["failed"] or rejected else 0
+
+
+def _materialize(ctx: Context, job: Any, args: argparse.Namespace) -> tuple[str, str]:
+    from analysis_wrapper.resources.store_base import JobState
+
+    job_def = ctx.defs.resolve_job_def(ctx.built[job.analysis].analysis.job_name)
+    result = job_def.execute_in_process(
+        instance=ctx.instance,
+        partition_key=job.partition_key,
+        run_config=_run_config(ctx, job.analysis, args),
+        raise_on_error=False,
+        tags={"analysis_wrapper/source": "cli"},
+    )
+    entry = ctx.store.get_job(job.analysis, job.partition_key)
+    if not result.success:
+        error = entry.last_error if entry and entry.last_error else _first_failure(result)
+        return "failed", f"run {result.run_id[:8]}: {error}"
+    if entry is not None and entry.state == JobState.DRY_RUN:
+        return "dry run", "(nothing posted; DRY_RUN=0 to post)"
+    record = ctx.store.get_record(job.analysis, job.fingerprint)
+    return "done", record["location"] if record else ""
+
+
+def _first_failure(result: Any) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            return event.step_failure_data.error.message.strip().splitlines()[0]
+    return "run failed (see the Dagster run log)"
+
+
+def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    ctx = _open(args)
+    rows = [entry.as_json() for entry in ctx.store.list_jobs(args.analysis)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        row["fingerprint"] = row["fingerprint"][:16]
+        row["last_error"] = (row["last_error"] or "")[:60]
+    _print_table(rows, ["analysis", "partition_key", "state", "attempts", "fingerprint", "run_id", "last_error"])
+    return 0
+
+
+def result_summary(record: dict[str, Any]) -> dict[str, Any]:
+    process = record["processing"]["data_processes"][0]
+    extra = record.get("analysis_wrapper", {})
+    return {
+        "fingerprint": record["name"],
+        "analysis": extra.get("analysis", process.get("name")),
+        "version": process["code"].get("version"),
+        "partition_key": extra.get("partition_key"),
+        "location": record.get("location"),
+        "finished": process.get("end_date_time"),
+        "outputs": process.get("output_parameters"),
+    }
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    ctx = _open(args)
+    records = ctx.store.find_records(args.analysis)
+    if args.json:
+        print(json.dumps(records, indent=2, default=str))
+        return 0
+    rows = [result_summary(r) for r in records]
+    for row in rows:
+        row["fingerprint"] = row["fingerprint"][:16]
+        row["outputs"] = json.dumps(row["outputs"])[:70]
+    _print_table(rows, ["analysis", "version", "partition_key", "fingerprint", "finished", "location", "outputs"])
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="analysis-wrapper",
+        description="Run dispatched analysis jobs as Dagster partitions, record provenance, never run twice.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens to each job")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    submit = sub.add_parser("submit", help="validate job files and register them as partitions")
+    submit.add_argument("paths", nargs="+", help="job JSON files or folders of them")
+    submit.add_argument("--analysis", help="analysis to run the jobs with (overrides the job's analysis_name)")
+    submit.set_defaults(func=cmd_submit)
+
+    run = sub.add_parser("run", help="register job files, then run every pending job in-process")
+    run.add_argument("paths", nargs="*", help="job JSON files or folders; none: every registered job")
+    run.add_argument("--analysis", help="analysis to run the jobs with (overrides the job's analysis_name)")
+    run.add_argument("--force", action="store_true", help="run even jobs whose fingerprint is recorded")
+    dry = run.add_mutually_exclusive_group()
+    dry.add_argument("--dry-run", dest="dry_run", action="store_true", default=None, help="post nothing")
+    dry.add_argument("--no-dry-run", dest="dry_run", action="store_false", help="post results (DRY_RUN=0)")
+    run.set_defaults(func=cmd_run)
+
+    for name, func, text in (
+        ("status", cmd_status, "show every registered job and its state"),
+        ("results", cmd_results, "show the provenance records"),
+    ):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--analysis", help="only this analysis")
+        cmd.add_argument("--json", action="store_true", help="print a JSON list")
+        cmd.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    from analysis_wrapper.provenance import DirtyTreeError
+    from analysis_wrapper.resources.store_base import StoreError
+
+    try:
+        return int(args.func(args))
+    except (StoreError, DirtyTreeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,73 @@
+"""The code location: every analysis's partitions, asset and job, with resources picked from settings.
+
+This is the one place where the environment decides the parts: SQLite or pymongo for records,
+a local folder or S3 for results. Everything else receives resources and never reads settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any
+
+from dagster import Definitions, EnvVar
+
+from analysis_wrapper.analyses import discover_analyses
+from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.factory import RESULTS_IO_MANAGER_KEY, AnalysisDefinitions, build_analysis_definitions
+from analysis_wrapper.resources.records import RecordStoreResource
+from analysis_wrapper.resources.results_io import ResultsIOManager
+from analysis_wrapper.resources.runtime import AnalysisRuntime
+from analysis_wrapper.settings import Settings
+
+
+def record_store_resource(settings: Settings) -> RecordStoreResource:
+    if settings.DOCDB_URI is None:
+        return RecordStoreResource(backend="sqlite", sqlite_path=str(settings.sqlite_path))
+    # Pass the URI as an EnvVar so the Dagster UI shows the variable name, not the password.
+    os.environ.setdefault("DOCDB_URI", settings.DOCDB_URI.get_secret_value())
+    return RecordStoreResource(
+        backend="mongodb",
+        uri=EnvVar("DOCDB_URI"),
+        database=settings.DOCDB_DATABASE,
+        collection=settings.DOCDB_COLLECTION,
+    )
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    records = record_store_resource(settings)
+    return {
+        "records": records,
+        "runtime": AnalysisRuntime(
+            dry_run=settings.DRY_RUN,
+            allow_dirty=settings.ALLOW_DIRTY,
+            git_commit=settings.GIT_COMMIT,
+            code_repository=str(settings.CODE_REPOSITORY) if settings.CODE_REPOSITORY else None,
+        ),
+        RESULTS_IO_MANAGER_KEY: ResultsIOManager(
+            records=records,
+            results_root=str(settings.RESULTS_ROOT.absolute()),
+            dry_run_root=str(settings.DRY_RUN_ROOT.absolute()),
+        ),
+    }
+
+
+def build_analysis_set(analyses: Iterable[Analysis[Any, Any]] | None = None) -> dict[str, AnalysisDefinitions]:
+    chosen = list(analyses) if analyses is not None else list(discover_analyses().values())
+    return {a.name: build_analysis_definitions(a) for a in chosen}
+
+
+def build_definitions(
+    settings: Settings | None = None, analyses: Iterable[Analysis[Any, Any]] | None = None
+) -> Definitions:
+    """Definitions for ``analyses`` (default: every module in ``analysis_wrapper.analyses``)."""
+    settings = settings or Settings()
+    built = build_analysis_set(analyses)
+    return Definitions(
+        assets=[d.asset for d in built.values()],
+        jobs=[d.job for d in built.values()],
+        resources=build_resources(settings),
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,213 @@
+"""Provenance: the record written for every completed job, and the code state it names.
+
+The record keeps the AIND field paths their readers query (``name``, ``location``,
+``processing.data_processes[0].code.{url,version,parameters,input_data[].url}``,
+``.output_parameters``, ``.start_date_time``, ``.end_date_time``, ``.experimenters``, ``.notes``,
+``.process_type`` = "Analysis"); the ``processing`` part is a valid aind-data-schema 2.x
+``Processing``. What Dagster and this wrapper know (run id, partition key, asset key, git commit,
+dirty flag, package versions) sits beside it under ``analysis_wrapper``.
+
+Git commit and dirty flag go into the record, never into the fingerprint: a new commit alone does not
+re-run anything. Posting results from a dirty tree is refused unless explicitly allowed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import getpass
+import importlib.metadata
+import platform
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from analysis_wrapper.dispatch import AnalysisJob
+from analysis_wrapper.settings import redact_uri
+
+AIND_PROCESSING_SCHEMA_VERSION = "2.3.3"
+AIND_PROCESSING_DESCRIBED_BY = (
+    "https://raw.githubusercontent.com/AllenNeuralDynamics/aind-data-schema/main/src/"
+    "aind_data_schema/core/processing.py"
+)
+_COMMIT_PATTERN = re.compile(r"^[0-9a-fA-F]{7,60}$")
+
+
+class DirtyTreeError(RuntimeError):
+    """Refusal to post results computed from code with uncommitted changes."""
+
+
+@dataclass(frozen=True)
+class CodeState:
+    """Which code ran: git commit (or ``GIT_COMMIT``), whether the tree had uncommitted changes,
+    and the repository URL (credentials removed)."""
+
+    commit: str | None
+    dirty: bool
+    repository_url: str | None
+    source: str  # "git", "GIT_COMMIT" or "unknown"
+
+
+def _git(repo: Path, *args: str) -> str | None:
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=15, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def code_state(repo: Path, git_commit_env: str | None = None) -> CodeState:
+    """Read the code state of the git work tree holding ``repo``.
+
+    Untracked files do not make a tree dirty (results and example data live in the work tree);
+    changes to tracked files do. Without a git work tree, ``GIT_COMMIT`` names the commit.
+    """
+    top = _git(repo, "rev-parse", "--show-toplevel")
+    if top is not None:
+        commit = _git(repo, "rev-parse", "HEAD")
+        status = _git(repo, "status", "--porcelain", "--untracked-files=no")
+        remote = _git(repo, "config", "--get", "remote.origin.url")
+        return CodeState(
+            commit=commit,
+            dirty=bool(status),
+            repository_url=redact_uri(remote) if remote else None,
+            source="git",
+        )
+    if git_commit_env:
+        return CodeState(commit=git_commit_env.strip(), dirty=False, repository_url=None, source="GIT_COMMIT")
+    return CodeState(commit=None, dirty=False, repository_url=None, source="unknown")
+
+
+def check_may_post(state: CodeState, dry_run: bool, allow_dirty: bool) -> None:
+    """Refuse a non-dry run from a dirty tree unless allowed; say how to proceed."""
+    if state.dirty and not dry_run and not allow_dirty:
+        raise DirtyTreeError(
+            "The analysis code has uncommitted changes, so its results could not be reproduced from the "
+            f"recorded commit {state.commit or '(none)'}. Commit the changes, or run with DRY_RUN=1, or set "
+            "ALLOW_DIRTY=1 to post anyway (the record will say dirty: true)."
+        )
+
+
+@functools.cache
+def environment_description() -> dict[str, Any]:
+    """Python, platform and every installed distribution's version (computed once per process)."""
+    packages = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            packages[name.lower()] = dist.version
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "packages": dict(sorted(packages.items())),
+    }
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def default_experimenters() -> list[str]:
+    try:
+        return [getpass.getuser()]
+    except (KeyError, OSError):
+        return ["unknown"]
+
+
+def build_record(
+    *,
+    job: AnalysisJob,
+    outputs: BaseModel,
+    location: str,
+    started: dt.datetime,
+    finished: dt.datetime,
+    code: CodeState,
+    run_id: str,
+    asset_key: str,
+    run_script: str,
+    experimenters: list[str],
+    dry_run: bool,
+) -> dict[str, Any]:
+    """The provenance record of one completed job (``_id`` = ``name`` = fingerprint)."""
+    dispatch = job.dispatch
+    requested = dispatch.analysis_code
+    names = dispatch.asset_name
+    input_data = [
+        {"object_type": "Data asset", "name": names[i] if i < len(names) else None, "url": url}
+        for i, url in enumerate(dispatch.s3_location)
+    ]
+    notes = [f"Analysis {job.analysis} {job.version}, partition {job.partition_key}"]
+    if dispatch.query:
+        notes.append(f"Query used to retrieve data assets: {dispatch.query}")
+    commit = code.commit if code.commit and _COMMIT_PATTERN.match(code.commit) else None
+    code_part = {
+        "object_type": "Code",
+        "url": code.repository_url or (requested.url if requested and requested.url else f"python:{run_script}"),
+        "name": job.analysis,
+        "version": job.version,
+        "commit_hash": commit,
+        "container": None,
+        "run_script": run_script,
+        "language": "Python",
+        "language_version": platform.python_version(),
+        "input_data": input_data,
+        "parameters": job.parameters,
+        "core_dependency": None,
+    }
+    process = {
+        "object_type": "Data process",
+        "process_type": "Analysis",
+        "name": job.analysis,
+        "stage": "Analysis",
+        "code": code_part,
+        "experimenters": experimenters,
+        "pipeline_name": None,
+        "start_date_time": _iso(started),
+        "end_date_time": _iso(finished),
+        "output_path": None,
+        "output_parameters": outputs.model_dump(mode="json"),
+        "notes": "\n".join(notes),
+        "resources": None,
+    }
+    return {
+        "_id": job.fingerprint,
+        "name": job.fingerprint,
+        "location": location,
+        "created": _iso(finished),
+        "processing": {
+            "object_type": "Processing",
+            "describedBy": AIND_PROCESSING_DESCRIBED_BY,
+            "schema_version": AIND_PROCESSING_SCHEMA_VERSION,
+            "data_processes": [process],
+            "pipelines": None,
+            "notes": None,
+            "dependency_graph": {job.analysis: []},
+        },
+        "analysis_wrapper": {
+            "analysis": job.analysis,
+            "analysis_version": job.version,
+            "fingerprint": job.fingerprint,
+            "partition_key": job.partition_key,
+            "asset_key": asset_key,
+            "run_id": run_id,
+            "inputs": job.inputs,
+            "job_source": job.source,
+            "docdb_record_id": dispatch.docdb_record_id,
+            "group_metadata": dispatch.group_metadata,
+            "requested_code": requested.model_dump(mode="json") if requested else None,
+            "git_commit": code.commit,
+            "git_dirty": code.dirty,
+            "code_state_source": code.source,
+            "dry_run": dry_run,
+            "duration_s": round((finished - started).total_seconds(), 6),
+            "environment": environment_description(),
+            "superseded_by": None,
+        },
+    }

@@ -1,0 +1,72 @@
+"""The Dagster resource that hands out the job registry + record store for the configured backend.
+
+SQLite (a file under ``DAGSTER_HOME``) is the embedded default; ``DOCDB_URI`` switches to pymongo
+(MongoDB / AWS DocumentDB). The URI is passed as ``EnvVar("DOCDB_URI")`` so the Dagster UI shows
+the variable's name, never its value (which may hold a password).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Literal
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from analysis_wrapper.resources.store_base import RecordStore
+
+_stores: dict[tuple[object, ...], RecordStore] = {}
+_lock = threading.Lock()
+
+
+class RecordStoreResource(ConfigurableResource):  # type: ignore[misc]
+    """Job registry and provenance record store."""
+
+    backend: Literal["sqlite", "mongodb"] = Field("sqlite", description="sqlite (embedded) or mongodb")
+    sqlite_path: str | None = Field(None, description="SQLite file, for the sqlite backend")
+    uri: str | None = Field(None, description="mongodb:// URI (secret: pass as an EnvVar)")
+    database: str = Field("analysis", description="Database holding the record collections")
+    collection: str | None = Field(None, description="Record collection; default: the analysis name")
+    tls_ca_file: str | None = Field(None, description="CA bundle for TLS (DocumentDB)")
+
+    def _cache_key(self) -> tuple[object, ...]:
+        return (self.backend, self.sqlite_path, self.uri, self.database, self.collection, self.tls_ca_file)
+
+    def get_store(self) -> RecordStore:
+        """The store for this configuration; one per process, shared by threads."""
+        key = self._cache_key()
+        with _lock:
+            store = _stores.get(key)
+            if store is None:
+                store = _open_store(self)
+                _stores[key] = store
+            return store
+
+
+def _open_store(config: RecordStoreResource) -> RecordStore:
+    if config.backend == "sqlite":
+        from pathlib import Path
+
+        from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+
+        if not config.sqlite_path:
+            raise ValueError("RecordStoreResource(backend='sqlite') needs sqlite_path")
+        return SqliteRecordStore(Path(config.sqlite_path))
+    from analysis_wrapper.resources.mongo_store import MongoRecordStore
+
+    if not config.uri:
+        raise ValueError("RecordStoreResource(backend='mongodb') needs uri (DOCDB_URI)")
+    return MongoRecordStore(
+        config.uri,
+        database=config.database,
+        collection=config.collection,
+        tls_ca_file=config.tls_ca_file,
+    )
+
+
+def close_all_stores() -> None:
+    """Close every store opened in this process (tests use it between instances)."""
+    with _lock:
+        for store in _stores.values():
+            store.close()
+        _stores.clear()

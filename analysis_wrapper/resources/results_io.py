@@ -1,0 +1,198 @@
+"""The results IO manager: stores each partition's result folder, then commits its record.
+
+One IO manager whatever the storage (local folder here; S3 is a second :class:`ResultsStorage`
+behind the same IO manager). ``handle_output`` is the commit point of a job:
+
+1. result files, ``outputs.json`` and ``metadata.nd.json`` go to ``<root>/<fingerprint>/``;
+2. only then the record goes to the record store: a record exists only for a complete folder.
+
+A dry run writes the folder under the dry-run area and posts nothing. ``load_input`` returns the
+analysis's ``Outputs`` read back from the stored ``outputs.json``.
+"""
+
+import datetime as dt
+import importlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagster import (
+    AssetRecordsFilter,
+    ConfigurableIOManager,
+    InputContext,
+    OutputContext,
+)
+from pydantic import BaseModel, Field, PrivateAttr
+
+from analysis_wrapper.dispatch import AnalysisJob
+from analysis_wrapper.resources.records import RecordStoreResource
+from analysis_wrapper.resources.results_storage import (
+    OUTPUTS_FILE,
+    LocalResultsStorage,
+    ResultsStorage,
+    storage_for_location,
+)
+from analysis_wrapper.resources.store_base import JobState, RecordExistsError
+
+LOCATION_METADATA_KEY = "results_location"
+FINGERPRINT_METADATA_KEY = "fingerprint"
+
+
+@dataclass
+class AnalysisResult:
+    """What the result asset hands to the IO manager for one partition.
+
+    ``skipped`` means the fingerprint was already recorded and nothing ran; ``scratch`` is the
+    folder the analysis wrote into (removed once stored); ``record`` lacks ``location`` until stored.
+    """
+
+    job: AnalysisJob
+    outputs: BaseModel
+    dry_run: bool
+    force: bool = False
+    skipped: bool = False
+    scratch: Path | None = None
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
+    """Writes result folders (local ``results_root``) and commits records to ``records``."""
+
+    records: RecordStoreResource
+    results_root: str = Field("analysis_results", description="Local folder for results")
+    dry_run_root: str = Field("analysis_results_dry_run", description="Local folder for dry-run results")
+
+    _storage: ResultsStorage | None = PrivateAttr(None)
+
+    def storage(self) -> ResultsStorage:
+        if self._storage is None:
+            self._storage = LocalResultsStorage(Path(self.results_root))
+        return self._storage
+
+    def dry_run_storage(self) -> LocalResultsStorage:
+        return LocalResultsStorage(Path(self.dry_run_root))
+
+    # ---- output -----------------------------------------------------------------------------
+    def handle_output(self, context: OutputContext, obj: AnalysisResult) -> None:
+        store = self.records.get_store()
+        job = obj.job
+        try:
+            if obj.skipped:
+                existing = store.get_record(job.analysis, job.fingerprint) or {}
+                context.add_output_metadata(
+                    {LOCATION_METADATA_KEY: existing.get("location", ""), "status": "skipped: already recorded"}
+                )
+                return
+            if obj.dry_run:
+                self._write_dry_run(context, obj)
+                return
+            self._commit(context, obj)
+        except Exception as exc:
+            store.update_job(
+                job.analysis,
+                job.partition_key,
+                state=JobState.FAILED,
+                run_id=context.run_id,
+                error=f"storing results failed: {exc}",
+            )
+            raise
+        finally:
+            if obj.scratch is not None:
+                shutil.rmtree(obj.scratch, ignore_errors=True)
+
+    def _write_dry_run(self, context: OutputContext, obj: AnalysisResult) -> None:
+        storage = self.dry_run_storage()
+        record = {**obj.record, "location": storage.uri(obj.job.fingerprint)}
+        assert obj.scratch is not None
+        storage.put_result(obj.job.fingerprint, obj.scratch, obj.outputs.model_dump(mode="json"), record)
+        self.records.get_store().update_job(
+            obj.job.analysis, obj.job.partition_key, state=JobState.DRY_RUN, run_id=context.run_id
+        )
+        context.log.info(
+            f"DRY RUN: results written to {record['location']}; nothing posted to the results root or the "
+            "record store. Set DRY_RUN=0 (or dry_run: false in run config) to post."
+        )
+        context.add_output_metadata({LOCATION_METADATA_KEY: record["location"], "status": "dry run: not posted"})
+
+    def _commit(self, context: OutputContext, obj: AnalysisResult) -> None:
+        store = self.records.get_store()
+        storage = self.storage()
+        job = obj.job
+        existing = store.get_record(job.analysis, job.fingerprint)
+        if existing is not None and not obj.force:
+            # Another run recorded the same fingerprint while this one computed: keep theirs.
+            context.log.warning(
+                f"{job.fingerprint} was recorded by run {existing.get('analysis_wrapper', {}).get('run_id')} "
+                "while this run computed; keeping that record, discarding this result."
+            )
+            store.update_job(job.analysis, job.partition_key, state=JobState.DONE, run_id=context.run_id)
+            context.add_output_metadata(
+                {LOCATION_METADATA_KEY: existing.get("location", ""), "status": "skipped: recorded meanwhile"}
+            )
+            return
+        record = {**obj.record, "location": storage.uri(job.fingerprint)}
+        if existing is not None:
+            self._supersede(context, storage, existing, record)
+        assert obj.scratch is not None
+        stored = storage.put_result(job.fingerprint, obj.scratch, obj.outputs.model_dump(mode="json"), record)
+        try:
+            store.insert_record(job.analysis, record)
+        except RecordExistsError:
+            context.log.warning(f"{job.fingerprint} was recorded concurrently; keeping the first record.")
+        store.update_job(job.analysis, job.partition_key, state=JobState.DONE, run_id=context.run_id)
+        context.log.info(
+            f"Stored {len(stored)} files in {record['location']} and recorded fingerprint {job.fingerprint}."
+        )
+        context.add_output_metadata(
+            {LOCATION_METADATA_KEY: record["location"], "status": "recorded", "stored_files": len(stored)}
+        )
+
+    def _supersede(
+        self, context: OutputContext, storage: ResultsStorage, old: dict[str, Any], new: dict[str, Any]
+    ) -> None:
+        """Under ``force``: keep the old folder and record, renamed, with a link to the successor."""
+        fp = new["_id"]
+        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        suffix = f".superseded-{stamp}"
+        old_location = storage.move_aside(fp, suffix)
+        kept = json.loads(json.dumps(old, default=str))
+        kept["_id"] = f"{fp}{suffix}"
+        kept["location"] = old_location or old.get("location")
+        kept.setdefault("analysis_wrapper", {})["superseded_by"] = fp
+        self.records.get_store().supersede_record(new["analysis_wrapper"]["analysis"], fp, kept)
+        context.log.info(f"force: previous record of {fp} kept as {kept['_id']} (location {kept['location']}).")
+
+    # ---- input ------------------------------------------------------------------------------
+    def load_input(self, context: InputContext) -> BaseModel:
+        upstream = context.upstream_output
+        assert upstream is not None and upstream.asset_key is not None
+        partition = context.asset_partition_key
+        records = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=upstream.asset_key, asset_partitions=[partition]), limit=1
+        ).records
+        if not records:
+            raise FileNotFoundError(f"{upstream.asset_key.to_user_string()} partition {partition} is not materialized")
+        materialization = records[0].asset_materialization
+        assert materialization is not None
+        location = str(materialization.metadata[LOCATION_METADATA_KEY].value)
+        storage, name = storage_for_location(location)
+        data = json.loads(storage.read_bytes(name, OUTPUTS_FILE))
+        return outputs_model(upstream.definition_metadata).model_validate(data)
+
+
+OUTPUTS_MODEL_METADATA_KEY = "outputs_model"
+
+
+def outputs_model(definition_metadata: Any) -> type[BaseModel]:
+    """The ``Outputs`` class named in the asset's definition metadata (``module:Class``)."""
+    entry = (definition_metadata or {}).get(OUTPUTS_MODEL_METADATA_KEY)
+    text = str(getattr(entry, "value", entry) or "")
+    module_name, _, class_name = text.partition(":")
+    if not module_name or not class_name:
+        raise TypeError(f"asset metadata {OUTPUTS_MODEL_METADATA_KEY!r} must be 'module:Class', got {text!r}")
+    model = getattr(importlib.import_module(module_name), class_name)
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise TypeError(f"{text} is not a pydantic model")
+    return model

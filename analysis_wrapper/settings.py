@@ -1,0 +1,56 @@
+"""Settings from the environment or a ``settings.env`` / ``.env`` file in the working folder.
+
+Names are kept from the AIND capsule where one exists (``ANALYSIS_BUCKET``, ``DOCDB_*``,
+``DRY_RUN``), so a capsule user's environment carries over. Environment variables win over files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=("settings.env", ".env"), env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+    )
+
+    DAGSTER_HOME: Path | None = Field(None, description="Dagster instance folder; the SQLite store lives here")
+    ANALYSIS_BUCKET: str | None = Field(None, description="bucket[/prefix] for results; set = S3")
+    RESULTS_ROOT: Path = Field(Path("analysis_results"), description="Local results folder")
+    DRY_RUN_ROOT: Path = Field(Path("analysis_results_dry_run"), description="Where dry runs write")
+    AWS_ENDPOINT_URL: str | None = Field(None, description="S3-compatible endpoint, for local servers")
+    DOCDB_URI: SecretStr | None = Field(None, description="mongodb:// URI; set = pymongo store")
+    DOCDB_DATABASE: str = Field("analysis", description="Database of the record collections")
+    DOCDB_COLLECTION: str | None = Field(None, description="Record collection; default: the analysis name")
+    DISPATCH_INBOX: str = Field("dispatch_inbox", description="Folder or s3:// prefix the sensor watches")
+    DRY_RUN: bool = Field(True, description="1: write results locally only, post nothing")
+    ALLOW_DIRTY: bool = Field(False, description="1: allow posting results from a dirty git tree")
+    GIT_COMMIT: str | None = Field(None, description="Commit of the code where there is no .git")
+    CODE_REPOSITORY: Path | None = Field(None, description="Git work tree of the analysis code")
+
+    @field_validator("DRY_RUN", "ALLOW_DIRTY", mode="before")
+    @classmethod
+    def _empty_is_false(cls, value: object) -> object:
+        return False if value == "" else value
+
+    @property
+    def dagster_home(self) -> Path:
+        return Path(self.DAGSTER_HOME or os.environ.get("DAGSTER_HOME") or ".dagster_home").absolute()
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.dagster_home / "analysis_records.sqlite"
+
+
+def redact_uri(uri: str) -> str:
+    """A connection URI safe to log or show: the password (and user) replaced by ``***``."""
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    hosts = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit((parts.scheme, f"***@{hosts}", parts.path, parts.query, parts.fragment))
