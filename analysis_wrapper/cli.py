@@ -39,6 +39,9 @@ def _open(args: argparse.Namespace) -> Context:
     # The CLI keeps its Dagster instance in ./.dagster_home unless DAGSTER_HOME says otherwise.
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").absolute()
     home.mkdir(parents=True, exist_ok=True)
+    instance_yaml = home / "dagster.yaml"
+    if not instance_yaml.exists():
+        instance_yaml.write_text("# Written by analysis-wrapper: a local instance, storage in this folder.\ntelemetry:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(home)
 
     from dagster import DagsterInstance, Definitions
@@ -71,7 +74,7 @@ def _register_paths(ctx: Context, paths: Sequence[str], analysis: str | None, ou
     prepared = prepare_files(files, ctx.analyses, analysis)
     rejected = missing + prepared.rejected
     for item in rejected:
-        print(f"REJECTED {item.source}: {item.reason}", file=out)
+        print(f"REJECTED {item.message}", file=out)
     jobs = []
     for name, analysis_jobs in prepared.jobs.items():
         outcome = register(analysis_jobs, ctx.analyses[name], ctx.store, ctx.instance)

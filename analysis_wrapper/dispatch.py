@@ -261,6 +261,18 @@ def build_analysis_job(
     Raises :class:`JobFileError` naming the parameter when the ``Params`` model rejects a value.
     """
     merged = merge_parameters(dispatch, overrides)
+    distributed = dispatch.distributed_parameters or {}
+    for name, value in (overrides or {}).items():
+        if value is not None and name in distributed and distributed[name] != value:
+            (logger or log).warning(
+                "%s [%s]: override %s=%r has no effect: the job's distributed_parameters set %r, which take "
+                "precedence",
+                analysis.name,
+                source,
+                name,
+                value,
+                distributed[name],
+            )
     try:
         params = analysis.validate_params(merged)
     except ValidationError as exc:

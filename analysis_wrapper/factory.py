@@ -17,6 +17,7 @@ import math
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from typing import Any
 from dagster import (
     AssetExecutionContext,
     AssetsDefinition,
+    BetaWarning,
     Config,
     DataVersion,
     DynamicPartitionsDefinition,
@@ -47,6 +49,10 @@ from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, AnalysisResult
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.store_base import JobState
+
+# `Output(data_version=...)` is marked beta in Dagster 1.13; we rely on it knowingly (data version =
+# fingerprint), so its warning would only be noise in every run log.
+warnings.filterwarnings("ignore", message=r".*`data_version`.*", category=BetaWarning)
 
 RESULTS_IO_MANAGER_KEY = "results_io_manager"
 ANALYSIS_TAG = "analysis_wrapper/analysis"
@@ -103,7 +109,11 @@ def load_job(
     except (JobFileError, ValidationError) as exc:
         raise Failure(f"Invalid parameters for partition {key}, nothing was run: {exc}") from None
     if job.partition_key != key:
-        log.info(f"Run-config overrides change this job's parameters (canonical key would be {job.partition_key}).")
+        log.info(
+            f"Run-config overrides change this job's parameters: it runs and is recorded under partition {key} "
+            f"with fingerprint {job.fingerprint} (a job file with these parameters would get key {job.partition_key})."
+        )
+        job = job.model_copy(update={"partition_key": key})
     return job, source
 
 
@@ -140,7 +150,7 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
                 f"Skipping {key}: fingerprint {job.fingerprint} is already recorded. "
                 "Set force: true in run config to run it again."
             )
-            store.update_job(analysis.name, key, state=JobState.DONE, run_id=context.run_id)
+            store.update_job(analysis.name, key, state=JobState.DONE, run_id=context.run.run_id)
             return Output(
                 AnalysisResult(job=job, outputs=analysis.outputs.model_construct(), dry_run=dry_run, skipped=True),
                 data_version=DataVersion(job.fingerprint),
@@ -150,9 +160,9 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         try:
             check_may_post(code, dry_run, runtime.allow_dirty)
         except DirtyTreeError as exc:
-            store.update_job(analysis.name, key, state=JobState.FAILED, run_id=context.run_id, error=str(exc))
+            store.update_job(analysis.name, key, state=JobState.FAILED, run_id=context.run.run_id, error=str(exc))
             raise Failure(str(exc)) from None
-        store.update_job(analysis.name, key, state=JobState.RUNNING, run_id=context.run_id, count_attempt=True)
+        store.update_job(analysis.name, key, state=JobState.RUNNING, run_id=context.run.run_id, count_attempt=True)
         scratch = Path(tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir()))
         started = dt.datetime.now(dt.timezone.utc)
         clock = time.perf_counter()
@@ -163,7 +173,7 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         except Exception as exc:
             shutil.rmtree(scratch, ignore_errors=True)
             reason = f"{type(exc).__name__}: {exc}"
-            store.update_job(analysis.name, key, state=JobState.FAILED, run_id=context.run_id, error=reason)
+            store.update_job(analysis.name, key, state=JobState.FAILED, run_id=context.run.run_id, error=reason)
             if isinstance(exc, InputNotFoundError):
                 raise Failure(str(exc)) from None
             raise
@@ -176,7 +186,7 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
             started=started,
             finished=finished,
             code=code,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             asset_key=context.asset_key.to_user_string(),
             run_script=run_script,
             experimenters=runtime.people(),
@@ -220,7 +230,6 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
     job = define_asset_job(
         analysis.job_name,
         selection=[result_asset],
-        partitions_def=partitions,
         tags={ANALYSIS_TAG: analysis.name},
         description=f"Run {analysis.name} on one dispatched job (a partition of {analysis.asset_name}).",
     )

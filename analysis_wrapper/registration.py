@@ -33,8 +33,10 @@ PARTITION_BATCH_SIZE = 1000
 
 @dataclass
 class Rejected:
+    """A job file that was not registered; ``message`` names the file and, where known, field and line."""
+
     source: str
-    reason: str
+    message: str
 
 
 @dataclass
@@ -58,7 +60,7 @@ def find_job_files(paths: Iterable[Path]) -> tuple[list[Path], list[Rejected]]:
         elif path.is_file():
             files.append(path)
         else:
-            missing.append(Rejected(str(path), "no such file or folder"))
+            missing.append(Rejected(str(path), f"{path}: no such file or folder"))
     return files, missing
 
 

@@ -1,0 +1,145 @@
+"""Shared fixtures: clean/dirty git work trees, example NWB jobs, and an in-process Dagster harness."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dagster import DagsterInstance, Definitions
+
+from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.definitions import build_analysis_set, build_resources
+from analysis_wrapper.registration import find_job_files, prepare_files, register
+from analysis_wrapper.resources.records import close_all_stores
+from analysis_wrapper.settings import Settings
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_examples_module() -> Any:
+    spec = importlib.util.spec_from_file_location("make_examples", REPO_ROOT / "examples" / "make_examples.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def git_repo(path: Path, dirty: bool) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    run = lambda *a: subprocess.run(["git", "-C", str(path), *a], check=True, capture_output=True)  # noqa: E731
+    run("init", "-q")
+    run("config", "user.email", "t@example.org")
+    run("config", "user.name", "test")
+    (path / "code.py").write_text("x = 1\n")
+    run("add", "code.py")
+    run("commit", "-qm", "init")
+    if dirty:
+        (path / "code.py").write_text("x = 2\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def clean_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return git_repo(tmp_path_factory.mktemp("clean_repo"), dirty=False)
+
+
+@pytest.fixture(scope="session")
+def dirty_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return git_repo(tmp_path_factory.mktemp("dirty_repo"), dirty=True)
+
+
+@pytest.fixture(scope="session")
+def example_jobs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Three AIND job files over synthetic NWB files, written by the shipped example generator."""
+    out = tmp_path_factory.mktemp("examples")
+    return list(load_examples_module().write_examples(out, n_jobs=3, seed=0))
+
+
+def write_job(folder: Path, inputs: Sequence[Path | str], analysis: str = "echo", **params: Any) -> Path:
+    """An AIND-format job file for the test analyses."""
+    folder.mkdir(parents=True, exist_ok=True)
+    job = {
+        "s3_location": [str(p) for p in inputs],
+        "asset_name": [Path(str(p)).stem for p in inputs],
+        "docdb_record_id": [str(uuid.uuid4()) for _ in inputs],
+        "file_location": None,
+        "distributed_parameters": None,
+        "group_metadata": None,
+        "query": None,
+        "analysis_code": {"url": "https://example.org/code", "parameters": {"analysis_name": analysis, **params}},
+    }
+    path = folder / f"{uuid.uuid4()}.json"
+    path.write_text(json.dumps(job))
+    return path
+
+
+@dataclass
+class Harness:
+    """Definitions + ephemeral instance + store, for in-process materializations."""
+
+    settings: Settings
+    defs: Definitions
+    built: dict[str, Any]
+    instance: DagsterInstance
+    resources: dict[str, Any]
+
+    @property
+    def store(self) -> Any:
+        return self.resources["records"].get_store()
+
+    def submit(self, paths: Sequence[Path]) -> list[Any]:
+        files, missing = find_job_files(paths)
+        prepared = prepare_files(files, {n: d.analysis for n, d in self.built.items()})
+        assert not missing and not prepared.rejected, prepared.rejected
+        jobs = []
+        for name, analysis_jobs in prepared.jobs.items():
+            register(analysis_jobs, self.built[name].analysis, self.store, self.instance)
+            jobs.extend(analysis_jobs)
+        return jobs
+
+    def materialize(self, analysis: str, key: str, raise_on_error: bool = True, **config: Any) -> Any:
+        spec = self.built[analysis].analysis
+        job_def = self.defs.resolve_job_def(spec.job_name)
+        return job_def.execute_in_process(
+            instance=self.instance,
+            partition_key=key,
+            run_config={"ops": {spec.asset_name: {"config": config}}} if config else None,
+            raise_on_error=raise_on_error,
+        )
+
+
+def make_settings(tmp_path: Path, code_repository: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "DAGSTER_HOME": tmp_path / "home",
+        "RESULTS_ROOT": tmp_path / "results",
+        "DRY_RUN_ROOT": tmp_path / "dry_run",
+        "DRY_RUN": False,
+        "CODE_REPOSITORY": code_repository,
+        **overrides,
+    }
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def make_harness(settings: Settings, analyses: Sequence[Analysis[Any, Any]] | None = None) -> Harness:
+    built = build_analysis_set(analyses)
+    resources = build_resources(settings)
+    defs = Definitions(
+        assets=[d.asset for d in built.values()], jobs=[d.job for d in built.values()], resources=resources
+    )
+    return Harness(settings, defs, built, DagsterInstance.ephemeral(), resources)
+
+
+@pytest.fixture
+def harness_factory(tmp_path: Path, clean_repo: Path) -> Iterator[Any]:
+    def factory(analyses: Sequence[Analysis[Any, Any]] | None = None, **overrides: Any) -> Harness:
+        return make_harness(make_settings(tmp_path, overrides.pop("code_repository", clean_repo), **overrides), analyses)
+
+    yield factory
+    close_all_stores()
