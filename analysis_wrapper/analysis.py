@@ -32,15 +32,15 @@ if TYPE_CHECKING:
     from analysis_wrapper.dispatch import AnalysisJob
 
 P = TypeVar("P", bound=BaseModel)
-O = TypeVar("O", bound=BaseModel)
+OutT = TypeVar("OutT", bound=BaseModel)
 
-RunFunction = Callable[["AnalysisJob", P, Path, logging.Logger], O]
+RunFunction = Callable[["AnalysisJob", P, Path, logging.Logger], OutT]
 
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
 
 @dataclass(frozen=True)
-class Analysis(Generic[P, O]):
+class Analysis(Generic[P, OutT]):
     """Declarative description of one analysis.
 
     ``name`` becomes part of Dagster names (``<name>_result`` asset, ``<name>_job``,
@@ -53,8 +53,8 @@ class Analysis(Generic[P, O]):
     name: str
     version: str
     params: type[P]
-    outputs: type[O]
-    run: RunFunction[P, O]
+    outputs: type[OutT]
+    run: RunFunction[P, OutT]
     description: str = ""
     figure: str | None = None
 

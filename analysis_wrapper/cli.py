@@ -41,7 +41,10 @@ def _open(args: argparse.Namespace) -> Context:
     home.mkdir(parents=True, exist_ok=True)
     instance_yaml = home / "dagster.yaml"
     if not instance_yaml.exists():
-        instance_yaml.write_text("# Written by analysis-wrapper: a local instance, storage in this folder.\ntelemetry:\n  enabled: false\n")
+        instance_yaml.write_text(
+            "# Written by analysis-wrapper: a local instance, storage in this folder.\n"
+            "telemetry:\n  enabled: false\n"
+        )
     os.environ["DAGSTER_HOME"] = str(home)
 
     from dagster import DagsterInstance, Definitions
@@ -64,12 +67,16 @@ def _open(args: argparse.Namespace) -> Context:
     )
 
 
-def _register_paths(ctx: Context, paths: Sequence[str], analysis: str | None, out: TextIO) -> tuple[list[Any], int]:
+def _register_paths(
+    ctx: Context, paths: Sequence[str], analysis: str | None, out: TextIO
+) -> tuple[list[Any], int]:
     """Validate and register job files; return (jobs registered or known, number rejected)."""
     from analysis_wrapper.registration import find_job_files, prepare_files, register
 
     if analysis and analysis not in ctx.analyses:
-        raise SystemExit(f"error: --analysis {analysis!r} is not served here (known: {', '.join(ctx.analyses)})")
+        raise SystemExit(
+            f"error: --analysis {analysis!r} is not served here (known: {', '.join(ctx.analyses)})"
+        )
     files, missing = find_job_files(Path(p) for p in paths)
     prepared = prepare_files(files, ctx.analyses, analysis)
     rejected = missing + prepared.rejected
@@ -79,8 +86,10 @@ def _register_paths(ctx: Context, paths: Sequence[str], analysis: str | None, ou
     for name, analysis_jobs in prepared.jobs.items():
         outcome = register(analysis_jobs, ctx.analyses[name], ctx.store, ctx.instance)
         for job in analysis_jobs:
-            verb = "registered" if job.partition_key in outcome.added else (
-                "updated" if job.partition_key in outcome.changed else "known"
+            verb = (
+                "registered"
+                if job.partition_key in outcome.added
+                else ("updated" if job.partition_key in outcome.changed else "known")
             )
             log.info("%s %s %s (%s)", verb, name, job.partition_key, job.source)
         jobs.extend(analysis_jobs)
@@ -141,7 +150,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     ctx = _open(args)
     jobs, rejected = _register_paths(ctx, args.paths, args.analysis, sys.stdout)
     for job in jobs:
-        print(f"registered {job.analysis} {job.partition_key} fingerprint {job.fingerprint[:16]} ({job.source})")
+        print(
+            f"registered {job.analysis} {job.partition_key} fingerprint {job.fingerprint[:16]} ({job.source})"
+        )
     print(f"{len(jobs)} job(s) registered, {rejected} file(s) rejected")
     return 1 if rejected else 0
 
@@ -155,7 +166,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     unique = list({(j.analysis, j.partition_key): j for j in jobs}.values())
     recorded: set[str] = set()
     for name in {j.analysis for j in unique}:
-        recorded |= ctx.store.existing_fingerprints(name, [j.fingerprint for j in unique if j.analysis == name])
+        recorded |= ctx.store.existing_fingerprints(
+            name, [j.fingerprint for j in unique if j.analysis == name]
+        )
     counts = {"done": 0, "already done": 0, "dry run": 0, "failed": 0}
     progress = Progress(len(unique), sys.stdout)
     for job in unique:
@@ -220,7 +233,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     for row in rows:
         row["fingerprint"] = row["fingerprint"][:16]
         row["last_error"] = (row["last_error"] or "")[:60]
-    _print_table(rows, ["analysis", "partition_key", "state", "attempts", "fingerprint", "run_id", "last_error"])
+    _print_table(
+        rows, ["analysis", "partition_key", "state", "attempts", "fingerprint", "run_id", "last_error"]
+    )
     return 0
 
 
@@ -248,7 +263,9 @@ def cmd_results(args: argparse.Namespace) -> int:
     for row in rows:
         row["fingerprint"] = row["fingerprint"][:16]
         row["outputs"] = json.dumps(row["outputs"])[:70]
-    _print_table(rows, ["analysis", "version", "partition_key", "fingerprint", "finished", "location", "outputs"])
+    _print_table(
+        rows, ["analysis", "version", "partition_key", "fingerprint", "finished", "location", "outputs"]
+    )
     return 0
 
 
@@ -262,7 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="validate job files and register them as partitions")
     submit.add_argument("paths", nargs="+", help="job JSON files or folders of them")
-    submit.add_argument("--analysis", help="analysis to run the jobs with (overrides the job's analysis_name)")
+    submit.add_argument(
+        "--analysis", help="analysis to run the jobs with (overrides the job's analysis_name)"
+    )
     submit.set_defaults(func=cmd_submit)
 
     run = sub.add_parser("run", help="register job files, then run every pending job in-process")

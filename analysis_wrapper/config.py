@@ -107,7 +107,7 @@ def build_config_class(analysis: Analysis[Any, Any]) -> type[Config]:
         Optional[bool],  # noqa: UP045
         Field(
             default=None,
-            description="Write results to the local dry-run area only and post nothing. Unset: DRY_RUN setting.",
+            description="Write results to the local dry-run area only, post nothing. Unset: DRY_RUN setting.",
         ),
     )
     fields["force"] = (

@@ -52,7 +52,9 @@ def build_resources(settings: Settings) -> dict[str, Any]:
     }
 
 
-def build_analysis_set(analyses: Iterable[Analysis[Any, Any]] | None = None) -> dict[str, AnalysisDefinitions]:
+def build_analysis_set(
+    analyses: Iterable[Analysis[Any, Any]] | None = None,
+) -> dict[str, AnalysisDefinitions]:
     chosen = list(analyses) if analyses is not None else list(discover_analyses().values())
     return {a.name: build_analysis_definitions(a) for a in chosen}
 

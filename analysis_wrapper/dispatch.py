@@ -157,7 +157,9 @@ def parse_job_text(text: str | bytes, source: str) -> DispatchJob:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise JobFileError(source, None, f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None
+        raise JobFileError(
+            source, None, f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno
+        ) from None
     except UnicodeDecodeError as exc:
         raise JobFileError(source, None, f"not UTF-8 text: {exc.reason}") from None
     return parse_job(data, source)

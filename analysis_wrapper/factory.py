@@ -110,8 +110,9 @@ def load_job(
         raise Failure(f"Invalid parameters for partition {key}, nothing was run: {exc}") from None
     if job.partition_key != key:
         log.info(
-            f"Run-config overrides change this job's parameters: it runs and is recorded under partition {key} "
-            f"with fingerprint {job.fingerprint} (a job file with these parameters would get key {job.partition_key})."
+            f"Run-config overrides change this job's parameters: it runs and is recorded under partition "
+            f"{key} with fingerprint {job.fingerprint} (a job file with these parameters would get key "
+            f"{job.partition_key})."
         )
         job = job.model_copy(update={"partition_key": key})
     return job, source
@@ -138,7 +139,7 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
             f"{analysis.name} {analysis.version} on partition {key}: fingerprint {job.fingerprint}, "
             f"{len(job.inputs)} input(s), dry run {'on' if dry_run else 'off'}."
         )
-        common_metadata = {
+        common_metadata: dict[str, Any] = {
             "fingerprint": job.fingerprint,
             "inputs": MetadataValue.json({"locations": job.inputs}),
             "parameters": MetadataValue.json(job.parameters),
@@ -152,7 +153,9 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
             )
             store.update_job(analysis.name, key, state=JobState.DONE, run_id=context.run.run_id)
             return Output(
-                AnalysisResult(job=job, outputs=analysis.outputs.model_construct(), dry_run=dry_run, skipped=True),
+                AnalysisResult(
+                    job=job, outputs=analysis.outputs.model_construct(), dry_run=dry_run, skipped=True
+                ),
                 data_version=DataVersion(job.fingerprint),
                 metadata=common_metadata,
             )
@@ -160,11 +163,17 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         try:
             check_may_post(code, dry_run, runtime.allow_dirty)
         except DirtyTreeError as exc:
-            store.update_job(analysis.name, key, state=JobState.FAILED, run_id=context.run.run_id, error=str(exc))
+            store.update_job(
+                analysis.name, key, state=JobState.FAILED, run_id=context.run.run_id, error=str(exc)
+            )
             raise Failure(str(exc)) from None
-        store.update_job(analysis.name, key, state=JobState.RUNNING, run_id=context.run.run_id, count_attempt=True)
-        scratch = Path(tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir()))
-        started = dt.datetime.now(dt.timezone.utc)
+        store.update_job(
+            analysis.name, key, state=JobState.RUNNING, run_id=context.run.run_id, count_attempt=True
+        )
+        scratch = Path(
+            tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir())
+        )
+        started = dt.datetime.now(dt.UTC)
         clock = time.perf_counter()
         try:
             job = job.model_copy(update={"input_paths": resolve_local_inputs(job.inputs, source)})
@@ -173,12 +182,14 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         except Exception as exc:
             shutil.rmtree(scratch, ignore_errors=True)
             reason = f"{type(exc).__name__}: {exc}"
-            store.update_job(analysis.name, key, state=JobState.FAILED, run_id=context.run.run_id, error=reason)
+            store.update_job(
+                analysis.name, key, state=JobState.FAILED, run_id=context.run.run_id, error=reason
+            )
             if isinstance(exc, InputNotFoundError):
                 raise Failure(str(exc)) from None
             raise
         duration = time.perf_counter() - clock
-        finished = dt.datetime.now(dt.timezone.utc)
+        finished = dt.datetime.now(dt.UTC)
         record = build_record(
             job=job,
             outputs=outputs,
@@ -207,7 +218,12 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         context.log.info(f"{analysis.name} finished {key} in {duration:.2f} s.")
         return Output(
             AnalysisResult(
-                job=job, outputs=outputs, dry_run=dry_run, force=bool(config.force), scratch=scratch, record=record
+                job=job,
+                outputs=outputs,
+                dry_run=dry_run,
+                force=bool(config.force),
+                scratch=scratch,
+                record=record,
             ),
             data_version=DataVersion(job.fingerprint),
             metadata=metadata,
@@ -223,7 +239,8 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         code_version=analysis.version,
         io_manager_key=RESULTS_IO_MANAGER_KEY,
         group_name="analyses",
-        description=analysis.description or f"Results of the {analysis.name} analysis, one partition per job.",
+        description=analysis.description
+        or f"Results of the {analysis.name} analysis, one partition per job.",
         metadata={OUTPUTS_MODEL_METADATA_KEY: outputs_ref, "analysis": analysis.name},
         tags={"analysis": analysis.name},
     )(compute)

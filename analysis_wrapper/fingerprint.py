@@ -68,9 +68,7 @@ def _sha256(value: Any) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()
 
 
-def fingerprint(
-    analysis: str, inputs: Sequence[str], parameters: Mapping[str, Any], version: str
-) -> str:
+def fingerprint(analysis: str, inputs: Sequence[str], parameters: Mapping[str, Any], version: str) -> str:
     """The job's fingerprint: 64 hex characters, ``_id`` and ``name`` of its record.
 
     ``parameters`` must already be the validated parameters in JSON mode

@@ -111,7 +111,7 @@ def environment_description() -> dict[str, Any]:
 
 
 def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 def default_experimenters() -> list[str]:
@@ -149,7 +149,8 @@ def build_record(
     commit = code.commit if code.commit and _COMMIT_PATTERN.match(code.commit) else None
     code_part = {
         "object_type": "Code",
-        "url": code.repository_url or (requested.url if requested and requested.url else f"python:{run_script}"),
+        "url": code.repository_url
+        or (requested.url if requested and requested.url else f"python:{run_script}"),
         "name": job.analysis,
         "version": job.version,
         "commit_hash": commit,

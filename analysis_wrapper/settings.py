@@ -7,11 +7,13 @@ Names are kept from the AIND capsule where one exists (``ANALYSIS_BUCKET``, ``DO
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^?]*@")
 
 
 class Settings(BaseSettings):
@@ -19,7 +21,9 @@ class Settings(BaseSettings):
         env_file=("settings.env", ".env"), env_file_encoding="utf-8", extra="ignore", case_sensitive=True
     )
 
-    DAGSTER_HOME: Path | None = Field(None, description="Dagster instance folder; the SQLite store lives here")
+    DAGSTER_HOME: Path | None = Field(
+        None, description="Dagster instance folder; the SQLite store lives here"
+    )
     ANALYSIS_BUCKET: str | None = Field(None, description="bucket[/prefix] for results; set = S3")
     RESULTS_ROOT: Path = Field(Path("analysis_results"), description="Local results folder")
     DRY_RUN_ROOT: Path = Field(Path("analysis_results_dry_run"), description="Where dry runs write")
@@ -48,9 +52,9 @@ class Settings(BaseSettings):
 
 
 def redact_uri(uri: str) -> str:
-    """A connection URI safe to log or show: the password (and user) replaced by ``***``."""
-    parts = urlsplit(uri)
-    if "@" not in parts.netloc:
-        return uri
-    hosts = parts.netloc.rsplit("@", 1)[1]
-    return urlunsplit((parts.scheme, f"***@{hosts}", parts.path, parts.query, parts.fragment))
+    """A connection URI safe to log or show: user and password replaced by ``***``.
+
+    Works on the raw text, not a parsed URL, so a password holding an unescaped ``/`` or ``:``
+    cannot fool it: everything between ``scheme://`` and the last ``@`` before the query goes.
+    """
+    return _CREDENTIALS.sub(r"\1***@", uri)

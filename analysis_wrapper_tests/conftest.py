@@ -24,7 +24,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_examples_module() -> Any:
-    spec = importlib.util.spec_from_file_location("make_examples", REPO_ROOT / "examples" / "make_examples.py")
+    spec = importlib.util.spec_from_file_location(
+        "make_examples", REPO_ROOT / "examples" / "make_examples.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -73,7 +75,10 @@ def write_job(folder: Path, inputs: Sequence[Path | str], analysis: str = "echo"
         "distributed_parameters": None,
         "group_metadata": None,
         "query": None,
-        "analysis_code": {"url": "https://example.org/code", "parameters": {"analysis_name": analysis, **params}},
+        "analysis_code": {
+            "url": "https://example.org/code",
+            "parameters": {"analysis_name": analysis, **params},
+        },
     }
     path = folder / f"{uuid.uuid4()}.json"
     path.write_text(json.dumps(job))
@@ -139,7 +144,9 @@ def make_harness(settings: Settings, analyses: Sequence[Analysis[Any, Any]] | No
 @pytest.fixture
 def harness_factory(tmp_path: Path, clean_repo: Path) -> Iterator[Any]:
     def factory(analyses: Sequence[Analysis[Any, Any]] | None = None, **overrides: Any) -> Harness:
-        return make_harness(make_settings(tmp_path, overrides.pop("code_repository", clean_repo), **overrides), analyses)
+        return make_harness(
+            make_settings(tmp_path, overrides.pop("code_repository", clean_repo), **overrides), analyses
+        )
 
     yield factory
     close_all_stores()

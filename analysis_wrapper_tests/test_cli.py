@@ -39,7 +39,11 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
 def bad_files(folder: Path, good: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     job = json.loads(good.read_text())
-    broken = {"bad_json": folder / "bad_json.json", "missing": folder / "missing.json", "wrong": folder / "wrong.json"}
+    broken = {
+        "bad_json": folder / "bad_json.json",
+        "missing": folder / "missing.json",
+        "wrong": folder / "wrong.json",
+    }
     broken["bad_json"].write_text('{\n  "s3_location": ["x"],\n  "asset_name": [oops]\n}\n')
     broken["missing"].write_text(json.dumps({k: v for k, v in job.items() if k != "s3_location"}))
     broken["wrong"].write_text(json.dumps({**job, "distributed_parameters": ["not", "a", "dict"]}))
@@ -145,8 +149,18 @@ def test_dagster_asset_materialize_of_a_registered_partition(
     run_yaml.write_text("ops:\n  isi_violations_result:\n    config:\n      isi_violations_cutoff: 0.25\n")
     env = {**os.environ, "DAGSTER_HOME": str(workdir / ".dagster_home")}
     done = _dagster(
-        ["asset", "materialize", "-m", "analysis_wrapper.definitions", "--select", "isi_violations_result",
-         "--partition", key, "-c", str(run_yaml)],
+        [
+            "asset",
+            "materialize",
+            "-m",
+            "analysis_wrapper.definitions",
+            "--select",
+            "isi_violations_result",
+            "--partition",
+            key,
+            "-c",
+            str(run_yaml),
+        ],
         env,
         workdir,
     )
@@ -159,8 +173,18 @@ def test_dagster_asset_materialize_of_a_registered_partition(
     bad_yaml = workdir / "bad.yaml"
     bad_yaml.write_text("ops:\n  isi_violations_result:\n    config:\n      isi_violations_cutoff: -1\n")
     failed = _dagster(
-        ["asset", "materialize", "-m", "analysis_wrapper.definitions", "--select", "isi_violations_result",
-         "--partition", key, "-c", str(bad_yaml)],
+        [
+            "asset",
+            "materialize",
+            "-m",
+            "analysis_wrapper.definitions",
+            "--select",
+            "isi_violations_result",
+            "--partition",
+            key,
+            "-c",
+            str(bad_yaml),
+        ],
         env,
         workdir,
     )
@@ -170,5 +194,7 @@ def test_dagster_asset_materialize_of_a_registered_partition(
 
 @pytest.mark.slow
 def test_dagster_definitions_validate(workdir: Path) -> None:
-    done = _dagster(["definitions", "validate", "-w", str(REPO_ROOT / "workspace.yaml")], dict(os.environ), REPO_ROOT)
+    done = _dagster(
+        ["definitions", "validate", "-w", str(REPO_ROOT / "workspace.yaml")], dict(os.environ), REPO_ROOT
+    )
     assert done.returncode == 0, done.stdout + done.stderr

@@ -23,11 +23,15 @@ def latest_materialization(h: Harness, asset_name: str, key: str) -> Any:
     return records[0].asset_materialization
 
 
-def test_isi_jobs_become_partitions_results_and_records(harness_factory: Any, example_jobs: list[Path]) -> None:
+def test_isi_jobs_become_partitions_results_and_records(
+    harness_factory: Any, example_jobs: list[Path]
+) -> None:
     h = harness_factory([isi])
     jobs = h.submit(example_jobs)
     assert len(jobs) == 3
-    assert sorted(h.instance.get_dynamic_partitions(isi.partitions_name)) == sorted(j.partition_key for j in jobs)
+    assert sorted(h.instance.get_dynamic_partitions(isi.partitions_name)) == sorted(
+        j.partition_key for j in jobs
+    )
     for job in jobs:
         assert h.materialize("isi_violations", job.partition_key).success
         record = h.store.get_record("isi_violations", job.fingerprint)
@@ -70,8 +74,10 @@ def test_recorded_fingerprint_is_skipped_unless_forced(harness_factory: Any, tmp
     logs = [e.message for e in h.instance.all_logs(result.run_id) if e.user_message]
     assert any("Skipping" in m and "already recorded" in m for m in logs)
     assert h.store.get_record("echo", job.fingerprint) == first
-    assert latest_materialization(h, echo.asset_name, job.partition_key).metadata["status"].value.startswith(
-        "skipped"
+    assert (
+        latest_materialization(h, echo.asset_name, job.partition_key)
+        .metadata["status"]
+        .value.startswith("skipped")
     )
 
     forced = h.materialize("echo", job.partition_key, force=True)

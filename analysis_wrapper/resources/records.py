@@ -22,12 +22,14 @@ _lock = threading.Lock()
 class RecordStoreResource(ConfigurableResource):  # type: ignore[misc]
     """Job registry and provenance record store."""
 
-    backend: Literal["sqlite", "mongodb"] = Field("sqlite", description="sqlite (embedded) or mongodb")
-    sqlite_path: str | None = Field(None, description="SQLite file, for the sqlite backend")
-    uri: str | None = Field(None, description="mongodb:// URI (secret: pass as an EnvVar)")
-    database: str = Field("analysis", description="Database holding the record collections")
-    collection: str | None = Field(None, description="Record collection; default: the analysis name")
-    tls_ca_file: str | None = Field(None, description="CA bundle for TLS (DocumentDB)")
+    backend: Literal["sqlite", "mongodb"] = Field(
+        default="sqlite", description="sqlite (embedded) or mongodb"
+    )
+    sqlite_path: str | None = Field(default=None, description="SQLite file, for the sqlite backend")
+    uri: str | None = Field(default=None, description="mongodb:// URI (secret: pass as an EnvVar)")
+    database: str = Field(default="analysis", description="Database holding the record collections")
+    collection: str | None = Field(default=None, description="Record collection; default: the analysis name")
+    tls_ca_file: str | None = Field(default=None, description="CA bundle for TLS (DocumentDB)")
 
     def _cache_key(self) -> tuple[object, ...]:
         return (self.backend, self.sqlite_path, self.uri, self.database, self.collection, self.tls_ca_file)

@@ -61,8 +61,10 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
     """Writes result folders (local ``results_root``) and commits records to ``records``."""
 
     records: RecordStoreResource
-    results_root: str = Field("analysis_results", description="Local folder for results")
-    dry_run_root: str = Field("analysis_results_dry_run", description="Local folder for dry-run results")
+    results_root: str = Field(default="analysis_results", description="Local folder for results")
+    dry_run_root: str = Field(
+        default="analysis_results_dry_run", description="Local folder for dry-run results"
+    )
 
     _storage: ResultsStorage | None = PrivateAttr(None)
 
@@ -82,7 +84,10 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             if obj.skipped:
                 existing = store.get_record(job.analysis, job.fingerprint) or {}
                 context.add_output_metadata(
-                    {LOCATION_METADATA_KEY: existing.get("location", ""), "status": "skipped: already recorded"}
+                    {
+                        LOCATION_METADATA_KEY: existing.get("location", ""),
+                        "status": "skipped: already recorded",
+                    }
                 )
                 return
             if obj.dry_run:
@@ -114,7 +119,9 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             f"DRY RUN: results written to {record['location']}; nothing posted to the results root or the "
             "record store. Set DRY_RUN=0 (or dry_run: false in run config) to post."
         )
-        context.add_output_metadata({LOCATION_METADATA_KEY: record["location"], "status": "dry run: not posted"})
+        context.add_output_metadata(
+            {LOCATION_METADATA_KEY: record["location"], "status": "dry run: not posted"}
+        )
 
     def _commit(self, context: OutputContext, obj: AnalysisResult) -> None:
         store = self.records.get_store()
@@ -154,7 +161,7 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
     ) -> None:
         """Under ``force``: keep the old folder and record, renamed, with a link to the successor."""
         fp = new["_id"]
-        stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
         suffix = f".superseded-{stamp}"
         old_location = storage.move_aside(fp, suffix)
         kept = json.loads(json.dumps(old, default=str))
@@ -162,7 +169,9 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         kept["location"] = old_location or old.get("location")
         kept.setdefault("analysis_wrapper", {})["superseded_by"] = fp
         self.records.get_store().supersede_record(new["analysis_wrapper"]["analysis"], fp, kept)
-        context.log.info(f"force: previous record of {fp} kept as {kept['_id']} (location {kept['location']}).")
+        context.log.info(
+            f"force: previous record of {fp} kept as {kept['_id']} (location {kept['location']})."
+        )
 
     # ---- input ------------------------------------------------------------------------------
     def load_input(self, context: InputContext) -> BaseModel:
@@ -173,7 +182,9 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             AssetRecordsFilter(asset_key=upstream.asset_key, asset_partitions=[partition]), limit=1
         ).records
         if not records:
-            raise FileNotFoundError(f"{upstream.asset_key.to_user_string()} partition {partition} is not materialized")
+            raise FileNotFoundError(
+                f"{upstream.asset_key.to_user_string()} partition {partition} is not materialized"
+            )
         materialization = records[0].asset_materialization
         assert materialization is not None
         location = str(materialization.metadata[LOCATION_METADATA_KEY].value)

@@ -14,12 +14,16 @@ from analysis_wrapper.provenance import CodeState, code_state, default_experimen
 class AnalysisRuntime(ConfigurableResource):  # type: ignore[misc]
     """Policy for a run: ``dry_run`` is the default when run config does not say (``DRY_RUN``)."""
 
-    dry_run: bool = Field(True, description="Default dry-run mode (DRY_RUN); run config may override")
-    allow_dirty: bool = Field(False, description="Post results from a dirty git tree (ALLOW_DIRTY)")
-    git_commit: str | None = Field(None, description="Commit of the code where there is no .git (GIT_COMMIT)")
-    code_repository: str | None = Field(None, description="Git work tree of the analysis code")
+    dry_run: bool = Field(default=True, description="Default dry-run mode (DRY_RUN); run config may override")
+    allow_dirty: bool = Field(default=False, description="Post results from a dirty git tree (ALLOW_DIRTY)")
+    git_commit: str | None = Field(
+        default=None, description="Commit of the code where there is no .git (GIT_COMMIT)"
+    )
+    code_repository: str | None = Field(default=None, description="Git work tree of the analysis code")
     experimenters: list[str] = Field(default_factory=list, description="People responsible; default: user")
-    scratch_root: str | None = Field(None, description="Where analyses write before results are stored")
+    scratch_root: str | None = Field(
+        default=None, description="Where analyses write before results are stored"
+    )
 
     def code_state(self) -> CodeState:
         repo = Path(self.code_repository) if self.code_repository else Path(analysis_wrapper.__file__).parent

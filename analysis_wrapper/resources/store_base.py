@@ -17,11 +17,11 @@ import abc
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 
-class JobState(str, Enum):
+class JobState(StrEnum):
     PENDING = "pending"
     QUEUED = "queued"
     RUNNING = "running"
@@ -44,7 +44,7 @@ class RecordExistsError(StoreError):
 
 
 def utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 @dataclass(frozen=True)
@@ -141,12 +141,20 @@ class RecordStore(abc.ABC):
         """Insert ``record`` under ``record['_id']``; :class:`RecordExistsError` if present."""
 
     @abc.abstractmethod
+    def supersede_record(self, analysis: str, fingerprint: str, kept: Mapping[str, Any]) -> None:
+        """Under ``force``: store ``kept`` (the old record, with its own ``_id`` and
+        ``analysis_wrapper.superseded_by``) and remove the record under ``fingerprint`` so the
+        successor can be inserted. The old record is never lost."""
+
+    @abc.abstractmethod
     def get_record(self, analysis: str, fingerprint: str) -> dict[str, Any] | None:
         """The record with this fingerprint, or None."""
 
     @abc.abstractmethod
     def find_records(self, analysis: str | None = None) -> list[dict[str, Any]]:
-        """All records, optionally of one analysis, oldest first."""
+        """All records, optionally of one analysis, oldest first (SQLite: insertion order; MongoDB:
+        the record's ``created`` time). With one shared collection the analysis is told apart by
+        ``analysis_wrapper.analysis``."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -1,0 +1,554 @@
+"""Job registry and records in MongoDB or AWS DocumentDB, through pymongo.
+
+* Records go to one collection per analysis (or to ``collection`` for all), ``_id`` = fingerprint,
+  so a second insert of the same fingerprint fails on the server's unique ``_id`` index.
+* The registry is one collection (``jobs_collection``) with ``_id`` = ``"<analysis>/<partition key>"``.
+* DocumentDB-ready: ``retryWrites=False`` (DocumentDB has no retryable writes), optional TLS with a CA
+  file, no ``bulk_write`` (mongomock's is broken with pymongo 4.20), only plain ``find`` / ``insert``
+  / ``update_one`` / ``create_indexes`` commands.
+* Every failure to reach or use the server is raised as :class:`StoreError` naming host(s) and
+  database from :func:`redact_uri`; the password never appears in a message, and the original
+  exception (which may hold the URI) is neither chained nor kept as context.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+from urllib.parse import quote, unquote, urlsplit
+
+from pymongo import ASCENDING, IndexModel
+from pymongo.errors import (
+    BulkWriteError,
+    ConnectionFailure,
+    DuplicateKeyError,
+    OperationFailure,
+    PyMongoError,
+    ServerSelectionTimeoutError,
+)
+
+from analysis_wrapper.resources.store_base import (
+    JobEntry,
+    JobState,
+    RecordExistsError,
+    RecordStore,
+    RegisterOutcome,
+    StoreError,
+    utcnow,
+)
+from analysis_wrapper.settings import redact_uri
+
+log = logging.getLogger(__name__)
+
+ID_CHUNK = 10_000
+"""Ids per ``$in`` query (a 64-character fingerprint: about 800 kB of query, far below 16 MB)."""
+DUPLICATE_KEY = 11000
+_AUTH_ERROR_CODES = {11, 13, 18}  # UserNotFound, Unauthorized, AuthenticationFailed
+_INDEX_ERRORS_TO_TOLERATE = {13, 85, 86}  # Unauthorized, IndexOptionsConflict, IndexKeySpecsConflict
+
+T = TypeVar("T")
+
+# Indexes already ensured in this process for clients made from a URI: (uri, database, collection).
+_ENSURED_INDEXES: set[tuple[str, str, str]] = set()
+_ENSURED_LOCK = threading.Lock()
+
+
+def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
+    return [items[start : start + size] for start in range(0, len(items), size)]
+
+
+def _utc(value: Any) -> dt.datetime:
+    """BSON datetimes come back naive (UTC, millisecond precision); strings are ISO-8601."""
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if not isinstance(value, dt.datetime):
+        return utcnow()
+    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
+
+
+def _bson_time(value: dt.datetime) -> dt.datetime:
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.UTC)
+    return value.astimezone(dt.UTC)
+
+
+def _sort_key(record: Mapping[str, Any]) -> tuple[str, str]:
+    created = record.get("created")
+    if isinstance(created, dt.datetime):
+        text = _bson_time(created).isoformat(timespec="microseconds")
+    else:
+        text = "" if created is None else str(created)
+    return (text, str(record.get("_id")))
+
+
+def _userinfo_and_hosts(uri: str) -> tuple[str, str]:
+    """Split a ``mongodb://user:password@host1,host2/db?options`` URI as pymongo reads it, but
+    tolerating an unescaped ``/`` in the password: the credentials end at the LAST ``@`` before
+    the options."""
+    rest = uri.split("://", 1)[-1].split("?", 1)[0]
+    userinfo, at, hosts = rest.rpartition("@")
+    if not at:
+        userinfo, hosts = "", rest
+    return userinfo, hosts.split("/", 1)[0]
+
+
+def uri_hosts(uri: str) -> str:
+    """The host list of a ``mongodb://`` / ``mongodb+srv://`` URI, without any credentials."""
+    return _userinfo_and_hosts(uri)[1] or "localhost"
+
+
+def _uri_secrets(uri: str) -> set[str]:
+    """The password of ``uri`` in the forms it may appear in (as written, escaped, unescaped)."""
+    secrets: set[str] = set()
+    try:
+        password = urlsplit(uri).password
+        if password:
+            secrets.add(password)
+    except ValueError:
+        pass
+    userinfo = _userinfo_and_hosts(uri)[0]
+    if ":" in userinfo:
+        secrets.add(userinfo.split(":", 1)[1])
+    for secret in list(secrets):
+        secrets.update({quote(secret, safe=""), unquote(secret)})
+    return {secret for secret in secrets if secret}
+
+
+class MongoRecordStore(RecordStore):
+    """Job registry and record store in MongoDB / AWS DocumentDB."""
+
+    analysis_field = "analysis_wrapper.analysis"
+    """Record field holding the analysis name; used (and indexed) only when all analyses share one
+    record ``collection``, to find the records of one analysis there."""
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        *,
+        database: str = "analysis",
+        collection: str | None = None,
+        jobs_collection: str = "analysis_wrapper_jobs",
+        client: Any = None,
+        tls: bool | None = None,
+        tls_ca_file: str | None = None,
+        server_selection_timeout_ms: int = 10000,
+    ):
+        if client is None and not uri:
+            raise ValueError("MongoRecordStore needs a mongodb:// URI or a client")
+        self._uri = uri
+        self.database_name = database
+        self.collection = collection
+        self.jobs_collection = jobs_collection
+        self.tls = tls
+        self.tls_ca_file = tls_ca_file
+        self.server_selection_timeout_ms = int(server_selection_timeout_ms)
+        self.query_count = 0
+        self._client = client
+        self._owns_client = client is None
+        self._client_lock = threading.Lock()
+        self._ensured: set[tuple[str, str, str]] = set()  # for a client given by the caller
+        self._secrets = _uri_secrets(uri) if uri else set()
+
+    @property
+    def uri(self) -> str | None:
+        """The URI with the password replaced by ``***`` (safe to show)."""
+        return self._scrub(redact_uri(self._uri)) if self._uri else None
+
+    def __repr__(self) -> str:
+        where = self.uri or "given client"
+        return f"MongoRecordStore({where!r}, database={self.database_name!r})"
+
+    # ---- connection and errors ----------------------------------------------------------------
+    def _where(self) -> str:
+        if self._uri:
+            hosts = self._scrub(uri_hosts(self._uri))
+            return f"MongoDB at {hosts} (database {self.database_name!r}, uri {self.uri})"
+        return f"MongoDB (given client, database {self.database_name!r})"
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the URI's password in any form."""
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            text = text.replace(secret, "***")
+        return text
+
+    def _store_error(self, action: str, exc: BaseException) -> StoreError:
+        reason = str(exc).split(", Timeout:", 1)[0].strip()
+        if isinstance(exc, ServerSelectionTimeoutError):
+            message = f"cannot reach {self._where()} to {action}: {reason}"
+        elif isinstance(exc, ConnectionFailure):
+            message = f"lost the connection to {self._where()} while trying to {action}: {reason}"
+        elif isinstance(exc, OperationFailure) and exc.code in _AUTH_ERROR_CODES:
+            message = (
+                f"authentication or authorization failed on {self._where()} while trying to {action} "
+                f"(check the user, password and authSource in the URI): {reason}"
+            )
+        elif isinstance(exc, OperationFailure):
+            message = f"{self._where()} refused to {action} (code {exc.code}): {reason}"
+        else:
+            message = f"{self._where()}: cannot {action}: {type(exc).__name__}: {reason}"
+        return StoreError(self._scrub(message))
+
+    def _run(self, action: str, call: Callable[[], T]) -> T:
+        """One round trip: counted, and with pymongo failures turned into credential-free
+        :class:`StoreError` raised outside the ``except`` block, so no original is kept as context."""
+        self.query_count += 1
+        try:
+            return call()
+        except (DuplicateKeyError, BulkWriteError):
+            raise  # the callers handle these
+        except PyMongoError as exc:
+            error = self._store_error(action, exc)
+        raise error from None
+
+    def _find(
+        self,
+        action: str,
+        collection: Any,
+        query: Mapping[str, Any],
+        projection: Mapping[str, Any] | None = None,
+        *,
+        sort: list[tuple[str, int]] | None = None,
+        batch_size: int = 0,
+    ) -> list[dict[str, Any]]:
+        """A ``find`` read to the end in one round trip (``batch_size`` = the expected count)."""
+
+        def read() -> list[dict[str, Any]]:
+            cursor = collection.find(query, projection)
+            if sort:
+                cursor = cursor.sort(sort)
+            if batch_size:
+                cursor = cursor.batch_size(batch_size)
+            return [dict(doc) for doc in cursor]
+
+        return self._run(action, read)
+
+    def _find_ids(
+        self, action: str, collection: Any, ids: Sequence[str], projection: Mapping[str, Any] | None
+    ) -> list[dict[str, Any]]:
+        return self._find(action, collection, {"_id": {"$in": list(ids)}}, projection, batch_size=len(ids))
+
+    def _find_one(self, action: str, collection: Any, doc_id: str) -> dict[str, Any] | None:
+        doc = self._run(action, lambda: collection.find_one({"_id": doc_id}))
+        return None if doc is None else dict(doc)
+
+    def _get_client(self) -> Any:
+        if self._client is not None:
+            return self._client
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client()
+        return self._client
+
+    def _make_client(self) -> Any:
+        import pymongo
+
+        options: dict[str, Any] = {
+            "retryWrites": False,  # DocumentDB does not support retryable writes
+            "serverSelectionTimeoutMS": self.server_selection_timeout_ms,
+        }
+        if self.tls is not None:
+            options["tls"] = self.tls
+        if self.tls_ca_file is not None:
+            options["tlsCAFile"] = self.tls_ca_file
+        log.debug("connecting to %s", self._where())
+        try:
+            return pymongo.MongoClient(self._uri, **options)
+        except PyMongoError as exc:  # ConfigurationError / InvalidURI: the URI itself is wrong
+            error = self._store_error("connect", exc)
+        except (TypeError, ValueError) as exc:
+            error = StoreError(self._scrub(f"{self._where()}: invalid connection options: {exc}"))
+        raise error from None
+
+    def _db(self) -> Any:
+        return self._get_client()[self.database_name]
+
+    def _ensure_indexes(self, name: str, indexes: list[IndexModel]) -> None:
+        key = (self._uri or "", self.database_name, name)
+        ensured = _ENSURED_INDEXES if self._owns_client else self._ensured
+        if key in ensured:
+            return
+        collection = self._db()[name]
+
+        def create() -> None:
+            try:
+                collection.create_indexes(indexes)
+            except OperationFailure as exc:
+                # A read-only user, or an index already there under another name or options, must
+                # not stop the store from working: the indexes only make the queries fast.
+                if exc.code not in _INDEX_ERRORS_TO_TOLERATE:
+                    raise
+                log.warning("%s: indexes on %r not created (%s)", self._where(), name, self._scrub(str(exc)))
+
+        self._run(f"create indexes on {name!r}", create)
+        with _ENSURED_LOCK:
+            ensured.add(key)
+
+    def _jobs(self) -> Any:
+        self._ensure_indexes(
+            self.jobs_collection,
+            [
+                IndexModel([("analysis", ASCENDING), ("state", ASCENDING)]),
+                IndexModel([("analysis", ASCENDING), ("created_at", ASCENDING)]),
+            ],
+        )
+        return self._db()[self.jobs_collection]
+
+    def _records_name(self, analysis: str) -> str:
+        return self.collection or analysis
+
+    def _records(self, analysis: str) -> Any:
+        return self._record_collection(self._records_name(analysis))
+
+    def _record_collection(self, name: str) -> Any:
+        indexes = [IndexModel([("name", ASCENDING)]), IndexModel([("created", ASCENDING)])]
+        if self.collection:
+            indexes.append(IndexModel([(self.analysis_field, ASCENDING)]))
+        self._ensure_indexes(name, indexes)
+        return self._db()[name]
+
+    def close(self) -> None:
+        if self._owns_client and self._client is not None:
+            client, self._client = self._client, None
+            client.close()
+
+    # ---- job registry -------------------------------------------------------------------------
+    @staticmethod
+    def _job_id(analysis: str, partition_key: str) -> str:
+        return f"{analysis}/{partition_key}"
+
+    def _job_doc(self, entry: JobEntry) -> dict[str, Any]:
+        return {
+            "_id": self._job_id(entry.analysis, entry.partition_key),
+            "analysis": entry.analysis,
+            "partition_key": entry.partition_key,
+            "fingerprint": entry.fingerprint,
+            "state": JobState(entry.state).value,
+            "job": dict(entry.job),
+            "source": entry.source or "",
+            "run_id": entry.run_id,
+            "attempts": int(entry.attempts),
+            "last_error": entry.last_error,
+            "created_at": _bson_time(entry.created_at),
+            "updated_at": _bson_time(entry.updated_at),
+        }
+
+    @staticmethod
+    def _job_from_doc(doc: Mapping[str, Any]) -> JobEntry:
+        return JobEntry(
+            analysis=doc["analysis"],
+            partition_key=doc["partition_key"],
+            fingerprint=doc["fingerprint"],
+            job=dict(doc.get("job") or {}),
+            source=doc.get("source") or "",
+            state=JobState(doc["state"]),
+            run_id=doc.get("run_id"),
+            attempts=int(doc.get("attempts") or 0),
+            last_error=doc.get("last_error"),
+            created_at=_utc(doc.get("created_at")),
+            updated_at=_utc(doc.get("updated_at")),
+        )
+
+    def _reset_changed(self, jobs: Any, entry: JobEntry) -> None:
+        doc_id = self._job_id(entry.analysis, entry.partition_key)
+        update = {
+            "$set": {
+                "fingerprint": entry.fingerprint,
+                "job": dict(entry.job),
+                "source": entry.source or "",
+                "state": JobState.PENDING.value,
+                "attempts": 0,
+                "run_id": None,
+                "last_error": None,
+                "updated_at": _bson_time(utcnow()),
+            }
+        }
+        self._run("update a job", lambda: jobs.update_one({"_id": doc_id}, update))
+
+    def register_jobs(self, entries: Sequence[JobEntry]) -> RegisterOutcome:
+        wanted: dict[str, JobEntry] = {}  # the last entry for a key wins
+        for entry in entries:
+            wanted[self._job_id(entry.analysis, entry.partition_key)] = entry
+        outcome = RegisterOutcome(added=[], changed=[], unchanged=[])
+        if not wanted:
+            return outcome
+        jobs = self._jobs()
+        for chunk in _chunks(list(wanted), ID_CHUNK):
+            found = self._find_ids("look up jobs", jobs, chunk, {"fingerprint": 1})
+            known = {doc["_id"]: doc.get("fingerprint") for doc in found}
+            new = [doc_id for doc_id in chunk if doc_id not in known]
+            lost: set[str] = set()
+            if new:
+                docs = [self._job_doc(wanted[doc_id]) for doc_id in new]
+                lost = self._insert_new_jobs(jobs, docs)
+            for doc_id in chunk:
+                entry = wanted[doc_id]
+                if doc_id in known:
+                    fingerprint = known[doc_id]
+                elif doc_id in lost:
+                    # Another process registered it between our find and our insert.
+                    current = self._find_one("look up a job", jobs, doc_id)
+                    fingerprint = None if current is None else current.get("fingerprint")
+                else:
+                    outcome.added.append(entry.partition_key)
+                    continue
+                if fingerprint == entry.fingerprint:
+                    outcome.unchanged.append(entry.partition_key)
+                else:
+                    self._reset_changed(jobs, entry)
+                    outcome.changed.append(entry.partition_key)
+        return outcome
+
+    def _insert_new_jobs(self, jobs: Any, docs: list[dict[str, Any]]) -> set[str]:
+        """Insert ``docs``; the ids that already existed (a concurrent registration)."""
+        try:
+            self._run("register jobs", lambda: jobs.insert_many(docs, ordered=False))
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            others = [error for error in errors if error.get("code") != DUPLICATE_KEY]
+            if others:
+                first = others[0]
+                error = StoreError(
+                    self._scrub(
+                        f"{self._where()}: registering jobs failed for {len(others)} job(s), first: "
+                        f"code {first.get('code')}: {first.get('errmsg')}"
+                    )
+                )
+            else:
+                return {docs[error["index"]]["_id"] for error in errors}
+        else:
+            return set()
+        raise error from None
+
+    def get_jobs(self, analysis: str, partition_keys: Iterable[str]) -> dict[str, JobEntry]:
+        ids = [self._job_id(analysis, key) for key in dict.fromkeys(partition_keys)]
+        if not ids:
+            return {}
+        jobs = self._jobs()
+        found: dict[str, JobEntry] = {}
+        for chunk in _chunks(ids, ID_CHUNK):
+            docs = self._find_ids("look up jobs", jobs, chunk, None)
+            for doc in docs:
+                entry = self._job_from_doc(doc)
+                found[entry.partition_key] = entry
+        return found
+
+    def list_jobs(
+        self, analysis: str | None = None, states: Iterable[JobState] | None = None
+    ) -> list[JobEntry]:
+        query: dict[str, Any] = {}
+        if analysis is not None:
+            query["analysis"] = analysis
+        if states is not None:
+            values = sorted({JobState(state).value for state in states})
+            if not values:
+                return []
+            query["state"] = {"$in": values}
+        jobs = self._jobs()
+        docs = self._find("list jobs", jobs, query, sort=[("created_at", ASCENDING), ("_id", ASCENDING)])
+        return [self._job_from_doc(doc) for doc in docs]
+
+    def update_job(
+        self,
+        analysis: str,
+        partition_key: str,
+        *,
+        state: JobState,
+        run_id: str | None = None,
+        error: str | None = None,
+        fingerprint: str | None = None,
+        count_attempt: bool = False,
+    ) -> None:
+        state = JobState(state)
+        changes: dict[str, Any] = {"state": state.value, "updated_at": _bson_time(utcnow())}
+        if run_id is not None:
+            changes["run_id"] = run_id
+        if fingerprint is not None:
+            changes["fingerprint"] = fingerprint
+        if error is not None:
+            changes["last_error"] = error
+        elif state is JobState.DONE:
+            changes["last_error"] = None
+        update: dict[str, Any] = {"$set": changes}
+        if count_attempt:
+            update["$inc"] = {"attempts": 1}
+        jobs = self._jobs()
+        doc_id = self._job_id(analysis, partition_key)
+        result = self._run("update a job", lambda: jobs.update_one({"_id": doc_id}, update))
+        if result.matched_count == 0:
+            log.warning("update_job: no registered job %s/%s; nothing updated", analysis, partition_key)
+
+    # ---- record store -------------------------------------------------------------------------
+    def existing_fingerprints(self, analysis: str, fingerprints: Iterable[str]) -> set[str]:
+        ids = list(dict.fromkeys(fingerprints))
+        if not ids:
+            return set()
+        records = self._records(analysis)
+        found: set[str] = set()
+        for chunk in _chunks(ids, ID_CHUNK):
+            docs = self._find_ids("look up records", records, chunk, {"_id": 1})
+            found.update(doc["_id"] for doc in docs)
+        return found
+
+    def insert_record(self, analysis: str, record: Mapping[str, Any]) -> None:
+        if "_id" not in record:
+            raise ValueError("a record needs an '_id' (its fingerprint)")
+        doc = dict(record)
+        records = self._records(analysis)
+        try:
+            self._run("insert a record", lambda: records.insert_one(doc))
+        except DuplicateKeyError:
+            error = RecordExistsError(str(record["_id"]))
+        else:
+            return
+        raise error from None
+
+    def supersede_record(self, analysis: str, fingerprint: str, kept: Mapping[str, Any]) -> None:
+        """Move the record of ``fingerprint`` aside as ``kept`` (stored under ``kept['_id']``),
+        freeing the fingerprint for a new record. Two commands (DocumentDB has no multi-document
+        transactions outside replica sets): the copy is written before the original is removed."""
+        kept_id = str(kept["_id"])
+        if kept_id == fingerprint:
+            raise ValueError("the superseded record needs an '_id' other than the fingerprint")
+        records = self._records(analysis)
+        doc = dict(kept)
+        try:
+            self._run("keep a superseded record", lambda: records.insert_one(doc))
+        except DuplicateKeyError:
+            error = RecordExistsError(kept_id)
+        else:
+            self._run("remove a superseded record", lambda: records.delete_one({"_id": fingerprint}))
+            return
+        raise error from None
+
+    def get_record(self, analysis: str, fingerprint: str) -> dict[str, Any] | None:
+        records = self._records(analysis)
+        return self._find_one("read a record", records, fingerprint)
+
+    def _record_collections(self) -> list[str]:
+        if self.collection:
+            return [self.collection]
+        db = self._db()
+        names = self._run("list record collections", lambda: db.list_collection_names())
+        return sorted(
+            name for name in names if name != self.jobs_collection and not name.startswith("system.")
+        )
+
+    def find_records(self, analysis: str | None = None) -> list[dict[str, Any]]:
+        """Oldest first by the records' ``created`` field, then ``_id``. Without an analysis, the
+        records of every record collection in the database (all but the jobs collection)."""
+        query: dict[str, Any] = {}
+        if analysis is not None and self.collection:
+            query[self.analysis_field] = analysis
+        names = [self._records_name(analysis)] if analysis is not None else self._record_collections()
+        found: list[dict[str, Any]] = []
+        for name in names:
+            records = self._record_collection(name)
+            found.extend(
+                self._find("read records", records, query, sort=[("created", ASCENDING), ("_id", ASCENDING)])
+            )
+        if len(names) > 1:
+            found.sort(key=_sort_key)
+        return found

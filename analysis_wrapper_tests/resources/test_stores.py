@@ -1,0 +1,645 @@
+"""One suite for every record store backend: SQLite, mongomock, and a real MongoDB when
+``TEST_MONGODB_URI`` is set; then the tests that only make sense for one backend (SQLite's WAL mode
+and multi-process safety, Mongo's credential-free connection errors)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import os
+import sqlite3
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mongomock
+import pymongo
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pymongo.errors import OperationFailure
+
+from analysis_wrapper.resources.mongo_store import MongoRecordStore, uri_hosts
+from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+from analysis_wrapper.resources.store_base import (
+    JobEntry,
+    JobState,
+    RecordExistsError,
+    RecordStore,
+    StoreError,
+)
+
+MONGO_URI = os.environ.get("TEST_MONGODB_URI")
+NO_MONGO = "TEST_MONGODB_URI not set: no MongoDB server on this machine"
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+
+
+# ---- helpers ------------------------------------------------------------------------------------
+def entry(key: str, fp: str, analysis: str = "demo", **changes: Any) -> JobEntry:
+    fields: dict[str, Any] = {
+        "job": {"inputs": [f"s3://bucket/{key}"], "parameters": {"fp": fp}},
+        "source": f"inbox/{key}.json",
+        **changes,
+    }
+    return JobEntry(analysis=analysis, partition_key=key, fingerprint=fp, **fields)
+
+
+def record(fp: str, analysis: str = "demo", minute: int = 0, **extra: Any) -> dict[str, Any]:
+    return {
+        "_id": fp,
+        "name": fp,
+        "location": f"/results/{fp}",
+        "created": (T0 + dt.timedelta(minutes=minute)).isoformat(),
+        "processing": {"data_processes": [{"code": {"name": analysis, "version": "1.0"}}]},
+        "analysis_wrapper": {"analysis": analysis, "fingerprint": fp},
+        **extra,
+    }
+
+
+def fresh_analysis() -> str:
+    return f"a{uuid.uuid4().hex[:10]}"
+
+
+# ---- the backends -------------------------------------------------------------------------------
+@pytest.fixture(
+    params=[
+        "sqlite",
+        "mongomock",
+        pytest.param("mongodb", marks=pytest.mark.skipif(not MONGO_URI, reason=NO_MONGO)),
+    ]
+)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStore]:
+    backend = request.param
+    made: RecordStore
+    database = f"aw_test_{uuid.uuid4().hex[:12]}"
+    if backend == "sqlite":
+        made = SqliteRecordStore(tmp_path / "nested" / "folders" / "records.sqlite")
+    elif backend == "mongomock":
+        made = MongoRecordStore(database=database, client=mongomock.MongoClient())
+    else:
+        assert MONGO_URI
+        made = MongoRecordStore(MONGO_URI, database=database, server_selection_timeout_ms=5000)
+    try:
+        yield made
+    finally:
+        made.close()
+        if backend == "mongodb":
+            client: Any = pymongo.MongoClient(MONGO_URI, serverSelectionTimeoutMS=5000)
+            try:
+                client.drop_database(database)
+            finally:
+                client.close()
+
+
+# ---- job registry -------------------------------------------------------------------------------
+def test_register_new_changed_unchanged(store: RecordStore) -> None:
+    first = store.register_jobs([entry("k1", "fp1"), entry("k2", "fp2")])
+    assert (first.added, first.changed, first.unchanged) == (["k1", "k2"], [], [])
+    stored = store.get_job("demo", "k1")
+    assert stored is not None
+    assert (stored.state, stored.attempts, stored.fingerprint) == (JobState.PENDING, 0, "fp1")
+    assert stored.job == {"inputs": ["s3://bucket/k1"], "parameters": {"fp": "fp1"}}
+    assert stored.source == "inbox/k1.json"
+    assert stored.created_at.tzinfo is not None
+
+    # k1 ran and failed twice; then a new analysis version changes its fingerprint.
+    for _ in range(2):
+        store.update_job("demo", "k1", state=JobState.RUNNING, run_id="r1", count_attempt=True)
+    store.update_job("demo", "k1", state=JobState.FAILED, run_id="r1", error="boom")
+    changed_job = entry("k1", "fp1-v2", source="inbox/new.json")
+    same_fp_other_job = JobEntry("demo", "k2", "fp2", job={"something": "else"}, source="elsewhere")
+    second = store.register_jobs([changed_job, same_fp_other_job, entry("k3", "fp3")])
+    assert (second.added, second.changed, second.unchanged) == (["k3"], ["k1"], ["k2"])
+
+    k1 = store.get_job("demo", "k1")
+    assert k1 is not None
+    assert (k1.fingerprint, k1.state, k1.attempts) == ("fp1-v2", JobState.PENDING, 0)
+    assert (k1.run_id, k1.last_error) == (None, None)
+    assert k1.job == {"inputs": ["s3://bucket/k1"], "parameters": {"fp": "fp1-v2"}}
+    assert k1.source == "inbox/new.json"
+    assert k1.created_at == stored.created_at  # still the same job, registered back then
+    k2 = store.get_job("demo", "k2")
+    assert k2 is not None  # unchanged: left untouched, job and source included
+    assert (k2.job, k2.source) == (
+        {"inputs": ["s3://bucket/k2"], "parameters": {"fp": "fp2"}},
+        "inbox/k2.json",
+    )
+
+    third = store.register_jobs([entry("k1", "fp1-v2"), entry("k2", "fp2"), entry("k3", "fp3")])
+    assert (third.added, third.changed, sorted(third.unchanged)) == ([], [], ["k1", "k2", "k3"])
+    assert store.register_jobs([]).added == []
+
+
+def test_register_mixed_analyses_and_repeated_keys(store: RecordStore) -> None:
+    outcome = store.register_jobs(
+        [entry("k", "fpA", analysis="a"), entry("k", "fpB", analysis="b"), entry("k", "fpA2", analysis="a")]
+    )
+    assert sorted(outcome.added) == ["k", "k"]  # one key per analysis; the last entry for a key wins
+    a, b = store.get_job("a", "k"), store.get_job("b", "k")
+    assert a is not None and b is not None
+    assert (a.fingerprint, b.fingerprint) == ("fpA2", "fpB")
+
+
+def test_get_jobs_batch(store: RecordStore) -> None:
+    store.register_jobs([entry(f"k{i:03d}", f"fp{i}") for i in range(50)])
+    store.register_jobs([entry("k000", "other-analysis", analysis="other")])
+    wanted = [f"k{i:03d}" for i in range(0, 60, 2)] + ["missing", "k000"]
+    got = store.get_jobs("demo", wanted)
+    assert sorted(got) == [f"k{i:03d}" for i in range(0, 50, 2)]
+    assert all(job.fingerprint == f"fp{int(key[1:])}" for key, job in got.items())
+    assert all(job.analysis == "demo" for job in got.values())
+    assert store.get_jobs("demo", []) == {}
+    assert store.get_job("demo", "missing") is None
+    assert store.get_job("other", "k000") is not None
+
+
+def test_list_jobs_by_analysis_and_state_oldest_first(store: RecordStore) -> None:
+    minutes = [5, 1, 4, 2, 3]  # registered out of time order
+    store.register_jobs(
+        [entry(f"k{m}", f"fp{m}", created_at=T0 + dt.timedelta(minutes=m)) for m in minutes]
+        + [entry("x", "fpx", analysis="other", created_at=T0)]
+    )
+    assert [job.partition_key for job in store.list_jobs("demo")] == ["k1", "k2", "k3", "k4", "k5"]
+    assert [job.partition_key for job in store.list_jobs()] == ["x", "k1", "k2", "k3", "k4", "k5"]
+    store.update_job("demo", "k4", state=JobState.FAILED, error="e")
+    store.update_job("demo", "k2", state=JobState.DONE)
+    store.update_job("demo", "k5", state=JobState.QUEUED)
+    assert [job.partition_key for job in store.list_jobs("demo", [JobState.PENDING])] == ["k1", "k3"]
+    assert [j.partition_key for j in store.list_jobs("demo", [JobState.FAILED, JobState.QUEUED])] == [
+        "k4",
+        "k5",
+    ]
+    assert [j.partition_key for j in store.list_jobs(states=[JobState.PENDING])] == ["x", "k1", "k3"]
+    assert store.list_jobs("demo", []) == []
+    assert store.list_jobs("nobody") == []
+
+
+def test_update_job_transitions_attempts_and_errors(store: RecordStore) -> None:
+    store.register_jobs([entry("k", "fp")])
+
+    def get() -> JobEntry:
+        job = store.get_job("demo", "k")
+        assert job is not None
+        return job
+
+    before = get().updated_at
+    store.update_job("demo", "k", state=JobState.QUEUED)
+    assert (get().state, get().attempts, get().run_id) == (JobState.QUEUED, 0, None)
+    assert get().updated_at >= before
+    store.update_job("demo", "k", state=JobState.RUNNING, run_id="run-1", count_attempt=True)
+    assert (get().state, get().attempts, get().run_id) == (JobState.RUNNING, 1, "run-1")
+    store.update_job("demo", "k", state=JobState.FAILED, error="division by zero")
+    assert (get().state, get().run_id, get().last_error) == (JobState.FAILED, "run-1", "division by zero")
+    # A retry: the error of the last failure stays visible until the job is done.
+    store.update_job("demo", "k", state=JobState.RUNNING, run_id="run-2", count_attempt=True)
+    assert (get().attempts, get().run_id, get().last_error) == (2, "run-2", "division by zero")
+    store.update_job("demo", "k", state=JobState.DONE, fingerprint="fp-new")
+    job = get()
+    assert (job.state, job.last_error, job.fingerprint, job.attempts) == (JobState.DONE, None, "fp-new", 2)
+    store.update_job("demo", "k", state=JobState.SKIPPED, error="already recorded")
+    assert (get().state, get().last_error) == (JobState.SKIPPED, "already recorded")
+    store.update_job("demo", "k", state=JobState.DRY_RUN)
+    assert (get().state, get().last_error) == (JobState.DRY_RUN, "already recorded")
+    # An unknown job is not an error (nothing to update), and does not create one.
+    store.update_job("demo", "nope", state=JobState.DONE)
+    assert store.get_job("demo", "nope") is None
+
+
+# ---- record store -------------------------------------------------------------------------------
+def test_existing_fingerprints_mixed_batch(store: RecordStore) -> None:
+    for i in range(0, 20, 3):
+        store.insert_record("demo", record(f"fp{i:02d}", minute=i))
+    asked = [f"fp{i:02d}" for i in range(20)] + ["absent", "fp00"]
+    assert store.existing_fingerprints("demo", asked) == {f"fp{i:02d}" for i in range(0, 20, 3)}
+    assert store.existing_fingerprints("demo", []) == set()
+    assert store.existing_fingerprints("demo", ["nothing", "here"]) == set()
+
+
+def test_insert_duplicate_raises_and_keeps_one(store: RecordStore) -> None:
+    first = record("fp1", notes="first")
+    store.insert_record("demo", first)
+    with pytest.raises(RecordExistsError) as caught:
+        store.insert_record("demo", record("fp1", notes="second"))
+    assert caught.value.fingerprint == "fp1"
+    assert isinstance(caught.value, StoreError)
+    assert [r["notes"] for r in store.find_records("demo")] == ["first"]
+    assert store.get_record("demo", "fp1") == first
+    with pytest.raises(ValueError, match="_id"):
+        store.insert_record("demo", {"name": "no id"})
+
+
+def test_get_record_and_find_records_by_analysis(store: RecordStore) -> None:
+    nested = record("fpA1", analysis="a", minute=1, outputs={"values": [1.5, 2, None], "ok": True})
+    store.insert_record("a", nested)
+    store.insert_record("b", record("fpB1", analysis="b", minute=2))
+    store.insert_record("a", record("fpA2", analysis="a", minute=3))
+    got = store.get_record("a", "fpA1")
+    assert got == nested and type(got) is dict
+    assert store.get_record("a", "missing") is None
+    assert [r["_id"] for r in store.find_records("a")] == ["fpA1", "fpA2"]
+    assert [r["_id"] for r in store.find_records("b")] == ["fpB1"]
+    assert [r["_id"] for r in store.find_records()] == ["fpA1", "fpB1", "fpA2"]
+    assert store.find_records("nobody") == []
+    assert all(type(r) is dict for r in store.find_records())
+
+
+def test_supersede_record_frees_the_fingerprint(store: RecordStore) -> None:
+    store.insert_record("demo", record("fp", notes="old"))
+    kept = {**record("fp", notes="old"), "_id": "fp.superseded-1"}
+    kept["analysis_wrapper"]["superseded_by"] = "fp"
+    store.supersede_record("demo", "fp", kept)  # type: ignore[attr-defined]
+    assert store.get_record("demo", "fp") is None
+    assert store.existing_fingerprints("demo", ["fp"]) == set()
+    store.insert_record("demo", record("fp", notes="new"))
+    assert store.get_record("demo", "fp")["notes"] == "new"  # type: ignore[index]
+    assert store.get_record("demo", "fp.superseded-1") == kept
+    with pytest.raises(RecordExistsError):
+        store.supersede_record("demo", "fp", kept)  # type: ignore[attr-defined]
+    assert store.get_record("demo", "fp") is not None  # a failed move removes nothing
+
+
+def test_batching_is_a_constant_number_of_queries(store: RecordStore) -> None:
+    # Warm up: connection, schema and indexes are a one-off cost, not part of the batch.
+    store.register_jobs([entry("warm", "warm")])
+    store.existing_fingerprints("demo", ["warm"])
+    for i in range(0, 2000, 2):
+        store.insert_record("demo", {"_id": f"fp{i:04d}"})
+    jobs = [entry(f"k{i:04d}", f"fp{i:04d}") for i in range(2000)]
+
+    before = store.query_count
+    outcome = store.register_jobs(jobs)
+    found = store.existing_fingerprints("demo", [job.fingerprint for job in jobs])
+    spent = store.query_count - before
+    assert len(outcome.added) == 2000
+    assert found == {f"fp{i:04d}" for i in range(0, 2000, 2)}
+    assert spent <= 10, f"{spent} queries for 2,000 jobs + 2,000 fingerprints"
+
+    changed = [entry(f"k{i:04d}", f"new{i}") if i % 100 == 0 else job for i, job in enumerate(jobs)]
+    before = store.query_count
+    outcome = store.register_jobs(changed)
+    assert (len(outcome.added), len(outcome.changed), len(outcome.unchanged)) == (0, 20, 1980)
+    assert len(store.get_jobs("demo", [job.partition_key for job in jobs])) == 2000
+    # Changed jobs may cost one write each (pymongo without bulk_write), unchanged ones nothing.
+    assert store.query_count - before <= 10 + len(outcome.changed)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    batches=st.lists(
+        st.lists(st.tuples(st.sampled_from("abcde"), st.sampled_from(["f1", "f2", "f3"])), max_size=8),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_register_matches_a_dict_model(store: RecordStore, batches: list[list[tuple[str, str]]]) -> None:
+    analysis = fresh_analysis()
+    model: dict[str, str] = {}
+    for batch in batches:
+        last = dict(batch)  # the last entry for a key wins
+        outcome = store.register_jobs([entry(key, fp, analysis=analysis) for key, fp in batch])
+        assert set(outcome.added) == {k for k in last if k not in model}
+        assert set(outcome.changed) == {k for k, fp in last.items() if k in model and model[k] != fp}
+        assert set(outcome.unchanged) == {k for k, fp in last.items() if model.get(k) == fp}
+        assert len(outcome.added) + len(outcome.changed) + len(outcome.unchanged) == len(last)
+        model.update(last)
+        assert {k: job.fingerprint for k, job in store.get_jobs(analysis, "abcde").items()} == model
+
+
+# ---- SQLite only --------------------------------------------------------------------------------
+def test_sqlite_file_wal_and_idempotent_schema(tmp_path: Path) -> None:
+    path = tmp_path / "a" / "b" / "store.sqlite"
+    store = SqliteRecordStore(path)
+    assert store.path == path and not path.exists()  # opened lazily
+    store.register_jobs([entry("k", "fp")])
+    assert path.exists()
+    raw = sqlite3.connect(path)
+    try:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        assert {"jobs", "records"} <= tables
+    finally:
+        raw.close()
+    conn = store._connection()
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
+    store.close()
+    again = SqliteRecordStore(path)  # a second opening finds the schema and keeps the data
+    assert again.get_job("demo", "k") is not None
+    again.close()
+
+
+def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA user_version = 99")
+    raw.close()
+    with pytest.raises(StoreError, match="schema version 99"):
+        SqliteRecordStore(path).list_jobs()
+
+
+@pytest.mark.parametrize("json_each", [True, False], ids=["json-array", "variable-lists"])
+def test_sqlite_batches_stay_under_a_500_variable_limit(tmp_path: Path, json_each: bool) -> None:
+    store = SqliteRecordStore(tmp_path / "store.sqlite")
+    conn = store._connection()
+    conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 500)  # what old builds allow (999) and less
+    store._json_each = json_each
+    jobs = [entry(f"k{i:04d}", f"fp{i:04d}") for i in range(1234)]
+    assert len(store.register_jobs(jobs).added) == 1234
+    for i in range(0, 1234, 3):
+        store.insert_record("demo", {"_id": f"fp{i:04d}"})
+    keys = [job.partition_key for job in jobs]
+    assert len(store.get_jobs("demo", keys)) == 1234
+    fps = [job.fingerprint for job in jobs]
+    assert store.existing_fingerprints("demo", fps) == {f"fp{i:04d}" for i in range(0, 1234, 3)}
+    outcome = store.register_jobs([entry(k, "changed") for k in keys[:700]])
+    assert len(outcome.changed) == 700
+    store.close()
+
+
+def test_sqlite_threads_share_one_store(tmp_path: Path) -> None:
+    store = SqliteRecordStore(tmp_path / "store.sqlite")
+    errors: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            store.register_jobs([entry(f"t{worker}-{i}", f"fp{worker}-{i}") for i in range(50)])
+            for i in range(50):
+                store.insert_record("demo", {"_id": f"fp{worker}-{i}"})
+                store.update_job("demo", f"t{worker}-{i}", state=JobState.DONE)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(store.list_jobs("demo", [JobState.DONE])) == 400
+    assert len(store.find_records("demo")) == 400
+    store.close()
+
+
+def _sqlite_writer(path: str, worker: int, count: int, barrier: Any, results: Any) -> None:
+    """One process of the concurrency test: register ``count`` jobs, then insert their records."""
+    try:
+        store = SqliteRecordStore(Path(path))
+        barrier.wait(timeout=60)
+        outcome = store.register_jobs([entry(f"w{worker}-{i}", f"fp-{worker}-{i}") for i in range(count)])
+        for i in range(count):
+            store.insert_record("demo", {"_id": f"fp-{worker}-{i}", "worker": worker})
+            store.update_job("demo", f"w{worker}-{i}", state=JobState.DONE, count_attempt=True)
+        store.close()
+        results.put((worker, "ok", len(outcome.added)))
+    except BaseException as exc:  # sent to the test, which fails on it
+        results.put((worker, "error", repr(exc)))
+
+
+def _sqlite_racer(path: str, worker: int, fingerprints: list[str], barrier: Any, results: Any) -> None:
+    """One process of the race test: insert the same fingerprints as the other racer."""
+    try:
+        store = SqliteRecordStore(Path(path))
+        store.existing_fingerprints("race", [])  # open before the start signal
+        barrier.wait(timeout=60)
+        won, lost = [], 0
+        for fp in fingerprints:
+            try:
+                store.insert_record("race", {"_id": fp, "worker": worker})
+                won.append(fp)
+            except RecordExistsError:
+                lost += 1
+        store.close()
+        results.put((worker, "ok", (won, lost)))
+    except BaseException as exc:  # sent to the test, which fails on it
+        results.put((worker, "error", repr(exc)))
+
+
+def _run_processes(target: Any, args_for: list[tuple[Any, ...]]) -> list[tuple[int, str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(len(args_for))
+    results = ctx.Queue()
+    processes = [ctx.Process(target=target, args=(*args, barrier, results)) for args in args_for]
+    for process in processes:
+        process.start()
+    outcomes = [results.get(timeout=120) for _ in processes]
+    for process in processes:
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    return sorted(outcomes)
+
+
+def test_sqlite_four_processes_write_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "shared" / "store.sqlite"  # not created yet: the processes race to create it
+    outcomes = _run_processes(_sqlite_writer, [(str(path), worker, 300) for worker in range(4)])
+    assert outcomes == [(worker, "ok", 300) for worker in range(4)], outcomes  # no "database is locked"
+    store = SqliteRecordStore(path)
+    jobs = store.list_jobs("demo")
+    assert len(jobs) == 1200
+    assert all(job.state is JobState.DONE and job.attempts == 1 for job in jobs)
+    fps = [f"fp-{worker}-{i}" for worker in range(4) for i in range(300)]
+    assert store.existing_fingerprints("demo", fps) == set(fps)
+    assert len(store.find_records("demo")) == 1200
+    store.close()
+
+
+def test_sqlite_two_processes_race_for_the_same_fingerprints(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    SqliteRecordStore(path).existing_fingerprints("race", [])  # schema in place
+    fingerprints = [f"same-{i}" for i in range(300)]
+    outcomes = _run_processes(_sqlite_racer, [(str(path), worker, fingerprints) for worker in range(2)])
+    assert [status for _, status, _ in outcomes] == ["ok", "ok"], outcomes
+    (won_0, lost_0), (won_1, lost_1) = (detail for _, _, detail in outcomes)
+    assert sorted(won_0 + won_1) == sorted(fingerprints)  # each inserted exactly once
+    assert not set(won_0) & set(won_1)
+    assert lost_0 + lost_1 == len(fingerprints)  # every loser got RecordExistsError
+    store = SqliteRecordStore(path)
+    records = store.find_records("race")
+    assert len(records) == 300
+    assert {r["_id"]: r["worker"] for r in records} == {
+        **{fp: 0 for fp in won_0},
+        **{fp: 1 for fp in won_1},
+    }
+    store.close()
+
+
+# ---- Mongo only ---------------------------------------------------------------------------------
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def test_mongo_unreachable_server_names_host_never_password() -> None:
+    store = MongoRecordStore("mongodb://user:s3cretpw@127.0.0.1:1/?", server_selection_timeout_ms=300)
+    assert "s3cretpw" not in repr(store) and "s3cretpw" not in str(store.uri)
+    with pytest.raises(StoreError) as caught:
+        store.existing_fingerprints("demo", ["fp"])
+    message = str(caught.value)
+    assert "127.0.0.1" in message and "'analysis'" in message
+    assert "s3cretpw" not in message
+    for linked in _chain(caught.value):
+        assert "s3cretpw" not in str(linked) and "s3cretpw" not in repr(linked)
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+    with pytest.raises(StoreError) as again:
+        store.register_jobs([entry("k", "fp")])
+    assert "s3cretpw" not in str(again.value) and "127.0.0.1" in str(again.value)
+    store.close()
+
+
+def test_mongo_malformed_uri_does_not_leak_the_password() -> None:
+    store = MongoRecordStore(
+        "mongodb://user:pa/ss-w0rd@db.example.org:27017/", server_selection_timeout_ms=300
+    )
+    with pytest.raises(StoreError) as caught:
+        store.list_jobs()
+    for linked in _chain(caught.value):
+        assert "pa/ss-w0rd" not in str(linked) and "ss-w0rd" not in str(linked)
+    assert "db.example.org" in str(caught.value)
+
+
+class _RefusingClient:
+    """Client, database and collection in one: every command fails as a server refusing the login
+    would, with the password in the server's message to check that it is scrubbed."""
+
+    def __getitem__(self, name: str) -> Any:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        def refuse(*args: Any, **kwargs: Any) -> Any:
+            raise OperationFailure("Authentication failed for user:hunter2pw", code=18)
+
+        return refuse
+
+
+def test_mongo_auth_failure_is_a_clear_store_error() -> None:
+    store = MongoRecordStore("mongodb://user:hunter2pw@docdb.local:27017/", client=_RefusingClient())
+    with pytest.raises(StoreError, match="authentication") as caught:
+        store.get_record("demo", "fp")
+    assert "docdb.local" in str(caught.value)
+    for linked in _chain(caught.value):
+        assert "hunter2pw" not in str(linked)
+
+
+def test_mongo_client_is_lazy_and_documentdb_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    made: list[tuple[str, dict[str, Any]]] = []
+
+    def fake_client(uri: str, **options: Any) -> Any:
+        made.append((uri, options))
+        return mongomock.MongoClient()
+
+    monkeypatch.setattr(pymongo, "MongoClient", fake_client)
+    store = MongoRecordStore(
+        "mongodb://u:p@docdb:27017/?tls=true", database="d", tls=True, tls_ca_file="/ca/global-bundle.pem"
+    )
+    assert made == []
+    store.register_jobs([entry("k", "fp")])
+    store.get_jobs("demo", ["k"])
+    assert len(made) == 1
+    assert made[0][1] == {
+        "retryWrites": False,
+        "serverSelectionTimeoutMS": 10000,
+        "tls": True,
+        "tlsCAFile": "/ca/global-bundle.pem",
+    }
+    MongoRecordStore("mongodb://localhost:27017", server_selection_timeout_ms=50).list_jobs()
+    assert made[1][1] == {"retryWrites": False, "serverSelectionTimeoutMS": 50}
+    with pytest.raises(ValueError):
+        MongoRecordStore()
+
+
+def test_mongo_uri_hosts() -> None:
+    assert uri_hosts("mongodb://u:p@h1:27017,h2:27018/db?replicaSet=rs0") == "h1:27017,h2:27018"
+    assert uri_hosts("mongodb+srv://cluster.example.org/") == "cluster.example.org"
+    assert uri_hosts("mongodb://h") == "h"
+
+
+def test_mongo_documents_and_indexes() -> None:
+    client: Any = mongomock.MongoClient()
+    store = MongoRecordStore(database="db", client=client)
+    store.register_jobs([entry("k", "fp")])
+    store.insert_record("demo", record("fp"))
+    doc = client["db"]["analysis_wrapper_jobs"].find_one({"_id": "demo/k"})
+    assert doc is not None
+    assert {k: doc[k] for k in ("analysis", "partition_key", "fingerprint", "state", "attempts")} == {
+        "analysis": "demo",
+        "partition_key": "k",
+        "fingerprint": "fp",
+        "state": "pending",
+        "attempts": 0,
+    }
+    assert doc["job"] == {"inputs": ["s3://bucket/k"], "parameters": {"fp": "fp"}}
+    assert isinstance(doc["created_at"], dt.datetime)
+    job_indexes = {
+        tuple(spec["key"]) for spec in client["db"]["analysis_wrapper_jobs"].index_information().values()
+    }
+    assert {(("analysis", 1), ("state", 1)), (("analysis", 1), ("created_at", 1))} <= job_indexes
+    assert client["db"]["demo"].find_one({"_id": "fp"})["name"] == "fp"  # type: ignore[index]
+    record_indexes = {tuple(spec["key"]) for spec in client["db"]["demo"].index_information().values()}
+    assert {(("name", 1),), (("created", 1),)} <= record_indexes
+    # Indexes are ensured once per collection, not per call.
+    before = store.query_count
+    store.insert_record("demo", record("fp2"))
+    assert store.query_count - before == 1
+
+
+def test_mongo_shared_collection_filters_by_analysis() -> None:
+    client: Any = mongomock.MongoClient()
+    store = MongoRecordStore(database="db", collection="records", client=client)
+    store.insert_record("a", record("fpA", analysis="a", minute=1))
+    store.insert_record("b", record("fpB", analysis="b", minute=2))
+    assert client["db"].list_collection_names() == ["records"]
+    assert [r["_id"] for r in store.find_records("a")] == ["fpA"]
+    assert [r["_id"] for r in store.find_records()] == ["fpA", "fpB"]
+    with pytest.raises(RecordExistsError):
+        store.insert_record("b", record("fpA", analysis="b"))
+
+
+def test_mongo_register_survives_a_concurrent_registration(monkeypatch: pytest.MonkeyPatch) -> None:
+    client: Any = mongomock.MongoClient()
+    store = MongoRecordStore(database="db", client=client)
+    other = MongoRecordStore(database="db", client=client)
+    other.register_jobs([entry("k1", "fp1"), entry("k2", "old")])
+    # This store looks up before the other registered, and inserts after: its inserts collide.
+    monkeypatch.setattr(store, "_find_ids", lambda *args, **kwargs: [])
+    outcome = store.register_jobs([entry("k1", "fp1"), entry("k2", "new"), entry("k3", "fp3")])
+    assert (outcome.added, outcome.changed, outcome.unchanged) == (["k3"], ["k2"], ["k1"])
+    monkeypatch.undo()
+    assert {k: j.fingerprint for k, j in store.get_jobs("demo", ["k1", "k2", "k3"]).items()} == {
+        "k1": "fp1",
+        "k2": "new",
+        "k3": "fp3",
+    }
+
+
+def test_mongo_works_without_the_right_to_create_indexes() -> None:
+    client: Any = mongomock.MongoClient()
+
+    class ReadOnlyIndexes:
+        """A collection whose user may read and write documents but not create indexes."""
+
+        def __init__(self, real: Any) -> None:
+            self._real = real
+
+        def create_indexes(self, indexes: Any) -> Any:
+            raise OperationFailure("not authorized on db to execute command createIndexes", code=13)
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._real, name)
+
+    class Database:
+        def __getitem__(self, name: str) -> Any:
+            return ReadOnlyIndexes(client["db"][name])
+
+    class Client:
+        def __getitem__(self, name: str) -> Any:
+            return Database()
+
+    store = MongoRecordStore(database="db", client=Client())
+    store.register_jobs([entry("k", "fp")])
+    store.insert_record("demo", record("fp"))
+    assert store.existing_fingerprints("demo", ["fp", "x"]) == {"fp"}
