@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import hashlib
 import types
 import typing
 from pathlib import PurePath
 from typing import Any, Literal, Optional, Union, get_args, get_origin
 
 from dagster import Config
-from pydantic import BaseModel, Field, create_model
+from pydantic import BaseModel, Field, TypeAdapter, create_model
 from pydantic_core import PydanticUndefined
 
 from analysis_wrapper.analysis import Analysis
@@ -41,7 +42,10 @@ def config_type_for(annotation: Any, owner: str) -> Any:
     if origin is typing.Annotated:
         return config_type_for(args[0], owner)
     if origin is Literal:
-        return annotation
+        # Dagster takes a Literal but not an Optional[Literal]: an Enum keeps the choices in the UI.
+        # Its name must be the same in every process (webserver, daemon, run worker): no hash().
+        digest = hashlib.sha256(repr(args).encode()).hexdigest()[:8]
+        return enum.Enum(f"{owner}Choice_{digest}", {str(a): a for a in args})
     if isinstance(annotation, type):
         if issubclass(annotation, enum.Enum):
             return annotation
@@ -74,14 +78,22 @@ def nested_config_class(model: type[BaseModel], name: str) -> type[Config]:
     fields: dict[str, Any] = {}
     for field_name, info in model.model_fields.items():
         ftype = config_type_for(info.annotation, name)
-        default = info.get_default(call_default_factory=True)
-        if isinstance(default, BaseModel):
-            default = default.model_dump(mode="json")
+        default = _config_default(info)
         fields[field_name] = (
             ftype,
             Field(default=... if info.is_required() else default, description=info.description),
         )
     return create_model(name, __base__=Config, **fields)  # type: ignore[call-overload,no-any-return]
+
+
+def _config_default(info: Any) -> Any:
+    """A field's default in the form its mapped config type holds (JSON mode; seconds for timedelta)."""
+    default = info.get_default(call_default_factory=True)
+    if default is PydanticUndefined or default is None or isinstance(default, enum.Enum):
+        return default
+    if isinstance(default, dt.timedelta):
+        return default.total_seconds()
+    return TypeAdapter(Any).dump_python(default, mode="json")
 
 
 def _describe(info: Any) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +22,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from analysis_wrapper.fingerprint import fingerprint, partition_key
+from analysis_wrapper.fingerprint import CanonicalJSONError, fingerprint, partition_key
 
 if TYPE_CHECKING:
     from analysis_wrapper.analysis import Analysis
@@ -87,7 +88,9 @@ class DispatchJob(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    s3_location: list[str] = Field(description="Location of each asset: s3:// URI, local path or file:// URI")
+    s3_location: list[str] = Field(
+        min_length=1, description="Location of each asset: s3:// URI, local path or file:// URI"
+    )
     asset_name: list[str] = Field(default_factory=list, description="Name of each asset")
     docdb_record_id: list[str] = Field(default_factory=list, description="DocDB record id of each asset")
     file_location: list[str] | None = Field(None, description="Specific file within each asset")
@@ -107,12 +110,6 @@ class DispatchJob(BaseModel):
             log.warning("job key 'asset_id' is obsolete and ignored (use 'docdb_record_id')")
         return data
 
-    @model_validator(mode="after")
-    def _check_lists(self) -> DispatchJob:
-        if not self.s3_location:
-            raise ValueError("s3_location must name at least one asset")
-        return self
-
     @property
     def base_parameters(self) -> dict[str, Any]:
         if self.analysis_code and self.analysis_code.parameters:
@@ -121,9 +118,10 @@ class DispatchJob(BaseModel):
 
     @property
     def analysis_name(self) -> str | None:
-        name = self.base_parameters.get(ANALYSIS_NAME_PARAMETER)
-        if name is None and self.distributed_parameters:
-            name = self.distributed_parameters.get(ANALYSIS_NAME_PARAMETER)
+        # The same precedence as the parameter merge: distributed_parameters win.
+        name = (self.distributed_parameters or {}).get(ANALYSIS_NAME_PARAMETER)
+        if name is None:
+            name = self.base_parameters.get(ANALYSIS_NAME_PARAMETER)
         return str(name) if name is not None else None
 
 
@@ -186,7 +184,7 @@ def normalize_location(location: str, base: Path | None = None) -> str:
     path = Path(location).expanduser()
     if not path.is_absolute():
         path = (base or Path.cwd()) / path
-    return Path(*path.parts).as_posix() if path.parts else str(path)
+    return Path(os.path.normpath(path)).as_posix()
 
 
 def resolve_relative_locations(job: DispatchJob, base: Path) -> DispatchJob:
@@ -287,6 +285,11 @@ def build_analysis_job(
         (logger or log).info("%s [%s]: %s", analysis.name, source, line)
     inputs = list(dispatch.file_location or dispatch.s3_location)
     label = dispatch.asset_name[0] if dispatch.asset_name else Path(inputs[0]).name
+    try:
+        job_fingerprint = fingerprint(analysis.name, inputs, validated, analysis.version)
+        key = partition_key(analysis.name, inputs, validated, label)
+    except CanonicalJSONError as exc:
+        raise JobFileError(source, None, f"cannot fingerprint this job: {exc}") from None
     return AnalysisJob(
         analysis=analysis.name,
         version=analysis.version,
@@ -294,8 +297,8 @@ def build_analysis_job(
         dispatch=dispatch,
         inputs=inputs,
         parameters=validated,
-        fingerprint=fingerprint(analysis.name, inputs, validated, analysis.version),
-        partition_key=partition_key(analysis.name, inputs, validated, label),
+        fingerprint=job_fingerprint,
+        partition_key=key,
     )
 
 

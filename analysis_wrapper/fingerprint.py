@@ -29,7 +29,15 @@ class CanonicalJSONError(ValueError):
 
 
 def _canonical_value(value: Any, path: str) -> Any:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CanonicalJSONError(
+                f"{path or 'value'}: text is not valid Unicode (lone surrogate)"
+            ) from None
+        return value
+    if isinstance(value, bool) or value is None:
         return value
     if isinstance(value, int):
         return value
@@ -46,6 +54,7 @@ def _canonical_value(value: Any, path: str) -> Any:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise CanonicalJSONError(f"{path or 'value'}: key {key!r} is not a string")
+            _canonical_value(key, f"{path}.<key>" if path else "<key>")
             out[key] = _canonical_value(item, f"{path}.{key}" if path else key)
         return out
     if isinstance(value, Sequence) and not isinstance(value, (bytes, bytearray)):

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from analysis_wrapper.analysis import Analysis
 
@@ -71,15 +71,14 @@ class IsiViolationsParams(BaseModel):
         description="Units whose isi_violations_ratio exceeds this value count as violating.",
     )
 
-    @model_validator(mode="after")
-    def _min_isi_below_threshold(self) -> IsiViolationsParams:
+    @field_validator("min_isi_ms")
+    @classmethod
+    def _min_isi_below_threshold(cls, value: float, info: ValidationInfo) -> float:
         # A window of zero or negative length makes the ratio meaningless (division by zero).
-        if self.min_isi_ms >= self.isi_threshold_ms:
-            raise ValueError(
-                f"min_isi_ms ({self.min_isi_ms}) must be smaller than isi_threshold_ms "
-                f"({self.isi_threshold_ms})"
-            )
-        return self
+        threshold = info.data.get("isi_threshold_ms")
+        if threshold is not None and value >= threshold:
+            raise ValueError(f"min_isi_ms ({value}) must be smaller than isi_threshold_ms ({threshold})")
+        return value
 
 
 class IsiViolationsOutputs(BaseModel):
