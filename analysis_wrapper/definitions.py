@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from dagster import Definitions, EnvVar
+from dagster_aws.s3 import S3Resource
 
 from analysis_wrapper.analyses import discover_analyses
 from analysis_wrapper.analysis import Analysis
@@ -31,12 +32,19 @@ def record_store_resource(settings: Settings) -> RecordStoreResource:
         uri=EnvVar("DOCDB_URI"),
         database=settings.DOCDB_DATABASE,
         collection=settings.DOCDB_COLLECTION,
+        tls=settings.DOCDB_TLS,
+        tls_ca_file=settings.DOCDB_TLS_CA_FILE,
+        timeout_ms=settings.DOCDB_TIMEOUT_MS,
     )
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
     records = record_store_resource(settings)
+    # Credentials come from boto3's usual chain (environment, profile, instance role), never from config,
+    # so the UI shows none; AWS_ENDPOINT_URL points boto3 at S3-compatible servers.
+    s3 = S3Resource(endpoint_url=settings.AWS_ENDPOINT_URL)
     return {
+        "s3": s3,
         "records": records,
         "runtime": AnalysisRuntime(
             dry_run=settings.DRY_RUN,
@@ -46,6 +54,8 @@ def build_resources(settings: Settings) -> dict[str, Any]:
         ),
         RESULTS_IO_MANAGER_KEY: ResultsIOManager(
             records=records,
+            s3=s3,
+            results_bucket=settings.ANALYSIS_BUCKET,
             results_root=str(settings.RESULTS_ROOT.absolute()),
             dry_run_root=str(settings.DRY_RUN_ROOT.absolute()),
         ),

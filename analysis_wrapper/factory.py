@@ -38,16 +38,18 @@ from dagster import (
     asset,
     define_asset_job,
 )
+from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ValidationError
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.config import build_config_class, overrides_from_config
 from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError, build_analysis_job
-from analysis_wrapper.inputs import InputNotFoundError, resolve_local_inputs
+from analysis_wrapper.inputs import InputNotFoundError, resolve_inputs
 from analysis_wrapper.provenance import DirtyTreeError, build_record, check_may_post
 from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, AnalysisResult
 from analysis_wrapper.resources.runtime import AnalysisRuntime
+from analysis_wrapper.resources.s3_storage import S3InputCache
 from analysis_wrapper.resources.store_base import JobState
 
 # `Output(data_version=...)` is marked beta in Dagster 1.13; we rely on it knowingly (data version =
@@ -130,6 +132,7 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         config: Any,
         records: RecordStoreResource,
         runtime: AnalysisRuntime,
+        s3: S3Resource,
     ) -> Output[AnalysisResult]:
         key = context.partition_key
         store = records.get_store()
@@ -173,14 +176,16 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         scratch = Path(
             tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir())
         )
+        cache = S3InputCache(s3.get_client, scratch.with_name(scratch.name + "-inputs"))
         started = dt.datetime.now(dt.UTC)
         clock = time.perf_counter()
         try:
-            job = job.model_copy(update={"input_paths": resolve_local_inputs(job.inputs, source)})
+            job = job.model_copy(update={"input_paths": resolve_inputs(job.inputs, source, cache)})
             outputs = analysis.run(job, analysis.params.model_validate(job.parameters), scratch, context.log)
             outputs = analysis.outputs.model_validate(outputs)
         except Exception as exc:
             shutil.rmtree(scratch, ignore_errors=True)
+            cache.cleanup()
             reason = f"{type(exc).__name__}: {exc}"
             store.update_job(
                 analysis.name, key, state=JobState.FAILED, run_id=context.run.run_id, error=reason
@@ -188,6 +193,7 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
             if isinstance(exc, InputNotFoundError):
                 raise Failure(str(exc)) from None
             raise
+        cache.cleanup()
         duration = time.perf_counter() - clock
         finished = dt.datetime.now(dt.UTC)
         record = build_record(

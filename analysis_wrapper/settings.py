@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
+from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^?]*@")
@@ -31,16 +32,32 @@ class Settings(BaseSettings):
     DOCDB_URI: SecretStr | None = Field(None, description="mongodb:// URI; set = pymongo store")
     DOCDB_DATABASE: str = Field("analysis", description="Database of the record collections")
     DOCDB_COLLECTION: str | None = Field(None, description="Record collection; default: the analysis name")
+    DOCDB_TLS: bool | None = Field(
+        None, description="Use TLS to the database (DocumentDB: 1); unset: as the URI says"
+    )
+    DOCDB_TLS_CA_FILE: str | None = Field(
+        None, description="CA bundle for TLS, e.g. global-bundle.pem (DocumentDB)"
+    )
+    DOCDB_TIMEOUT_MS: int = Field(
+        10_000, description="Server selection timeout: how long to wait for the database"
+    )
+    METADATA_DOCDB_URI: SecretStr | None = Field(
+        None, description="Where input assets' metadata records live; default: DOCDB_URI"
+    )
+    METADATA_DOCDB_DATABASE: str = Field("metadata_index", description="Database of input metadata records")
+    METADATA_DOCDB_COLLECTION: str = Field("data_assets", description="Collection of input metadata records")
     DISPATCH_INBOX: str = Field("dispatch_inbox", description="Folder or s3:// prefix the sensor watches")
     DRY_RUN: bool = Field(True, description="1: write results locally only, post nothing")
     ALLOW_DIRTY: bool = Field(False, description="1: allow posting results from a dirty git tree")
     GIT_COMMIT: str | None = Field(None, description="Commit of the code where there is no .git")
     CODE_REPOSITORY: Path | None = Field(None, description="Git work tree of the analysis code")
 
-    @field_validator("DRY_RUN", "ALLOW_DIRTY", mode="before")
+    @field_validator("DRY_RUN", "ALLOW_DIRTY", "DOCDB_TLS", mode="before")
     @classmethod
-    def _empty_is_false(cls, value: object) -> object:
-        return False if value == "" else value
+    def _empty_means_default(cls, value: object) -> object:
+        if value == "":
+            raise PydanticUseDefault()
+        return value
 
     @property
     def dagster_home(self) -> Path:

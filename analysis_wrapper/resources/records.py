@@ -29,10 +29,21 @@ class RecordStoreResource(ConfigurableResource):  # type: ignore[misc]
     uri: str | None = Field(default=None, description="mongodb:// URI (secret: pass as an EnvVar)")
     database: str = Field(default="analysis", description="Database holding the record collections")
     collection: str | None = Field(default=None, description="Record collection; default: the analysis name")
+    tls: bool | None = Field(default=None, description="Use TLS (DocumentDB); unset: as the URI says")
     tls_ca_file: str | None = Field(default=None, description="CA bundle for TLS (DocumentDB)")
+    timeout_ms: int = Field(default=10_000, description="Server selection timeout in milliseconds")
 
     def _cache_key(self) -> tuple[object, ...]:
-        return (self.backend, self.sqlite_path, self.uri, self.database, self.collection, self.tls_ca_file)
+        return (
+            self.backend,
+            self.sqlite_path,
+            self.uri,
+            self.database,
+            self.collection,
+            self.tls,
+            self.tls_ca_file,
+            self.timeout_ms,
+        )
 
     def get_store(self) -> RecordStore:
         """The store for this configuration; one per process, shared by threads."""
@@ -62,7 +73,9 @@ def _open_store(config: RecordStoreResource) -> RecordStore:
         config.uri,
         database=config.database,
         collection=config.collection,
+        tls=config.tls,
         tls_ca_file=config.tls_ca_file,
+        server_selection_timeout_ms=config.timeout_ms,
     )
 
 

@@ -24,6 +24,7 @@ from dagster import (
     InputContext,
     OutputContext,
 )
+from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, Field, PrivateAttr
 
 from analysis_wrapper.dispatch import AnalysisJob
@@ -34,6 +35,7 @@ from analysis_wrapper.resources.results_storage import (
     ResultsStorage,
     storage_for_location,
 )
+from analysis_wrapper.resources.s3_storage import S3ResultsStorage, split_bucket
 from analysis_wrapper.resources.store_base import JobState, RecordExistsError
 
 LOCATION_METADATA_KEY = "results_location"
@@ -61,6 +63,10 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
     """Writes result folders (local ``results_root``) and commits records to ``records``."""
 
     records: RecordStoreResource
+    s3: S3Resource
+    results_bucket: str | None = Field(
+        default=None, description="bucket[/prefix] for results (ANALYSIS_BUCKET); unset: results_root"
+    )
     results_root: str = Field(default="analysis_results", description="Local folder for results")
     dry_run_root: str = Field(
         default="analysis_results_dry_run", description="Local folder for dry-run results"
@@ -70,7 +76,11 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
 
     def storage(self) -> ResultsStorage:
         if self._storage is None:
-            self._storage = LocalResultsStorage(Path(self.results_root))
+            if self.results_bucket:
+                bucket, prefix = split_bucket(self.results_bucket)
+                self._storage = S3ResultsStorage(self.s3.get_client(), bucket, prefix)
+            else:
+                self._storage = LocalResultsStorage(Path(self.results_root))
         return self._storage
 
     def dry_run_storage(self) -> LocalResultsStorage:
