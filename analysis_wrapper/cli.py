@@ -253,9 +253,50 @@ def result_summary(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def parse_param_filters(items: Sequence[str]) -> dict[str, Any]:
+    """``key=value`` pairs; a value is read as JSON when it parses (1.5, true, null, "x"), else as text."""
+    filters: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"error: --param wants KEY=VALUE, got {item!r}")
+        try:
+            filters[key] = json.loads(text)
+        except json.JSONDecodeError:
+            filters[key] = text
+    return filters
+
+
+def latest_per_input(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest record for each (analysis, input locations); records come oldest first."""
+    latest: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for record in records:
+        extra = record.get("analysis_wrapper", {})
+        latest[(extra.get("analysis"), tuple(extra.get("inputs") or ()))] = record
+    return list(latest.values())
+
+
+def record_files(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The files of a record's result folder, wherever it is (local folder or S3)."""
+    from analysis_wrapper.resources.results_storage import storage_for_location
+
+    storage, name = storage_for_location(record["location"])
+    return [{"name": f.name, "size": f.size} for f in storage.list_files(name)]
+
+
 def cmd_results(args: argparse.Namespace) -> int:
     ctx = _open(args)
-    records = ctx.store.find_records(args.analysis)
+    records = ctx.store.find_records(
+        args.analysis,
+        parameters=parse_param_filters(args.param),
+        code_version=args.code_version,
+        include_superseded=args.include_superseded,
+    )
+    if args.latest:
+        records = latest_per_input(records)
+    if args.files:
+        for record in records:
+            record["files"] = record_files(record)
     if args.json:
         print(json.dumps(records, indent=2, default=str))
         return 0
@@ -266,6 +307,11 @@ def cmd_results(args: argparse.Namespace) -> int:
     _print_table(
         rows, ["analysis", "version", "partition_key", "fingerprint", "finished", "location", "outputs"]
     )
+    if args.files:
+        for record in records:
+            print(f"\n{record['location']}:")
+            for item in record["files"]:
+                print(f"  {item['size']:>12}  {item['name']}")
     return 0
 
 
@@ -293,14 +339,28 @@ def build_parser() -> argparse.ArgumentParser:
     dry.add_argument("--no-dry-run", dest="dry_run", action="store_false", help="post results (DRY_RUN=0)")
     run.set_defaults(func=cmd_run)
 
-    for name, func, text in (
-        ("status", cmd_status, "show every registered job and its state"),
-        ("results", cmd_results, "show the provenance records"),
-    ):
-        cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--analysis", help="only this analysis")
-        cmd.add_argument("--json", action="store_true", help="print a JSON list")
-        cmd.set_defaults(func=func)
+    status = sub.add_parser("status", help="show every registered job and its state")
+    status.add_argument("--analysis", help="only this analysis")
+    status.add_argument("--json", action="store_true", help="print a JSON list")
+    status.set_defaults(func=cmd_status)
+
+    results = sub.add_parser("results", help="show the provenance records")
+    results.add_argument("--analysis", help="only this analysis")
+    results.add_argument("--json", action="store_true", help="print a JSON list")
+    results.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only records with this parameter value",
+    )
+    results.add_argument("--code-version", help="only records of this analysis version")
+    results.add_argument("--latest", action="store_true", help="only the newest record per input")
+    results.add_argument("--files", action="store_true", help="list each record's result files (local or S3)")
+    results.add_argument(
+        "--include-superseded", action="store_true", help="also records replaced under force"
+    )
+    results.set_defaults(func=cmd_results)
     return parser
 
 

@@ -198,3 +198,37 @@ def test_dagster_definitions_validate(workdir: Path) -> None:
         ["definitions", "validate", "-w", str(REPO_ROOT / "workspace.yaml")], dict(os.environ), REPO_ROOT
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_results_queries_filter_by_parameter_version_latest_and_list_files(
+    workdir: Path, example_jobs: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    jobs_dir = workdir / "jobs"
+    shutil.copytree(example_jobs[0].parent, jobs_dir)
+    variant = json.loads(example_jobs[0].read_text())
+    variant["analysis_code"]["parameters"]["isi_violations_cutoff"] = 0.3
+    (jobs_dir / "variant.json").write_text(json.dumps(variant))
+    code, out = cli(capsys, "run", str(jobs_dir))
+    assert code == 0 and "4 done" in out
+
+    def query(*args: str) -> list[dict[str, Any]]:
+        code, out = cli(capsys, "results", "--json", *args)
+        assert code == 0
+        return list(json.loads(out))
+
+    params = "processing", "data_processes"
+    assert len(query()) == 4
+    (only,) = query("--param", "isi_violations_cutoff=0.3")
+    assert only[params[0]][params[1]][0]["code"]["parameters"]["isi_violations_cutoff"] == 0.3
+    assert len(query("--param", "isi_violations_cutoff=0.5", "--param", "analysis_tag=example")) == 3
+    assert query("--param", "analysis_tag=other") == []
+    assert len(query("--code-version", "1.0.0")) == 4 and query("--code-version", "0.9") == []
+    latest = query("--latest")
+    assert len(latest) == 3 and only["_id"] in {r["_id"] for r in latest}
+    with_files = query("--files", "--latest")
+    for record in with_files:
+        names = sorted(f["name"] for f in record["files"])
+        assert names == ["isi_violations.csv", "isi_violations.png", "metadata.nd.json", "outputs.json"]
+        assert all(f["size"] > 0 for f in record["files"])
+    code, out = cli(capsys, "results", "--files", "--param", "isi_violations_cutoff=0.3")
+    assert code == 0 and "isi_violations.csv" in out and only["location"] in out

@@ -536,12 +536,26 @@ class MongoRecordStore(RecordStore):
             name for name in names if name != self.jobs_collection and not name.startswith("system.")
         )
 
-    def find_records(self, analysis: str | None = None) -> list[dict[str, Any]]:
+    def find_records(
+        self,
+        analysis: str | None = None,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        code_version: str | None = None,
+        include_superseded: bool = False,
+    ) -> list[dict[str, Any]]:
         """Oldest first by the records' ``created`` field, then ``_id``. Without an analysis, the
         records of every record collection in the database (all but the jobs collection)."""
         query: dict[str, Any] = {}
         if analysis is not None and self.collection:
             query[self.analysis_field] = analysis
+        code = "processing.data_processes.0.code"
+        if code_version is not None:
+            query[f"{code}.version"] = code_version
+        for name, value in (parameters or {}).items():
+            query[f"{code}.parameters.{name}"] = value
+        if not include_superseded:
+            query["analysis_wrapper.superseded_by"] = None
         names = [self._records_name(analysis)] if analysis is not None else self._record_collections()
         found: list[dict[str, Any]] = []
         for name in names:

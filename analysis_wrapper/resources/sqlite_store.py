@@ -469,14 +469,39 @@ class SqliteRecordStore(RecordStore):
         ).fetchone()
         return None if row is None else dict(json.loads(row[0]))
 
-    def find_records(self, analysis: str | None = None) -> list[dict[str, Any]]:
+    def find_records(
+        self,
+        analysis: str | None = None,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        code_version: str | None = None,
+        include_superseded: bool = False,
+    ) -> list[dict[str, Any]]:
         conn = self._connection()
-        if analysis is None:
-            cursor = self._execute(conn, "SELECT record_json FROM records ORDER BY created_at, rowid")
-        else:
-            cursor = self._execute(
-                conn,
-                "SELECT record_json FROM records WHERE analysis = ? ORDER BY created_at, rowid",
-                [analysis],
-            )
+        where: list[str] = []
+        args: list[Any] = []
+        code = "$.processing.data_processes[0].code"
+        if analysis is not None:
+            where.append("analysis = ?")
+            args.append(analysis)
+        if code_version is not None:
+            where.append(f"json_extract(record_json, '{code}.version') = ?")
+            args.append(code_version)
+        for name, value in (parameters or {}).items():
+            path = f'{code}.parameters."{name.replace(chr(34), "")}"'
+            if value is None:
+                where.append("json_type(record_json, ?) = 'null'")
+                args.append(path)
+            elif isinstance(value, (list, dict)):
+                where.append("json_extract(record_json, ?) = json(?)")
+                args.extend([path, json.dumps(value)])
+            else:
+                where.append("json_extract(record_json, ?) = ?")
+                args.extend([path, value])
+        if not include_superseded:
+            where.append("json_extract(record_json, '$.analysis_wrapper.superseded_by') IS NULL")
+        sql = "SELECT record_json FROM records"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        cursor = self._execute(conn, sql + " ORDER BY created_at, rowid", args)
         return [dict(json.loads(row[0])) for row in cursor.fetchall()]

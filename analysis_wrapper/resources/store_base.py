@@ -151,10 +151,21 @@ class RecordStore(abc.ABC):
         """The record with this fingerprint, or None."""
 
     @abc.abstractmethod
-    def find_records(self, analysis: str | None = None) -> list[dict[str, Any]]:
+    def find_records(
+        self,
+        analysis: str | None = None,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        code_version: str | None = None,
+        include_superseded: bool = False,
+    ) -> list[dict[str, Any]]:
         """All records, optionally of one analysis, oldest first (SQLite: insertion order; MongoDB:
         the record's ``created`` time). With one shared collection the analysis is told apart by
-        ``analysis_wrapper.analysis``."""
+        ``analysis_wrapper.analysis``.
+
+        ``parameters`` keeps records whose ``processing.data_processes[0].code.parameters`` hold
+        these exact values; ``code_version`` those of that analysis version. Records replaced under
+        ``force`` are left out unless ``include_superseded``. Filters run in the database."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

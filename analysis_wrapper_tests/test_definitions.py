@@ -1,0 +1,44 @@
+"""Resources are picked from settings in one place, and secrets stay out of resource config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dagster import EnvVar
+
+from analysis_wrapper.definitions import build_definitions, build_resources
+from analysis_wrapper.resources.s3_storage import S3ResultsStorage
+from analysis_wrapper.settings import Settings
+
+
+def test_embedded_defaults(tmp_path: Path) -> None:
+    settings = Settings(_env_file=None, DAGSTER_HOME=tmp_path / "home")  # type: ignore[call-arg]
+    resources = build_resources(settings)
+    assert resources["records"].backend == "sqlite"
+    assert resources["records"].sqlite_path == str(tmp_path / "home" / "analysis_records.sqlite")
+    assert resources["runtime"].dry_run is True  # DRY_RUN=1 by default, as in the capsule
+    assert resources["results_io_manager"].results_bucket is None
+
+
+def test_cloud_settings_pick_pymongo_and_s3_without_exposing_the_password(
+    tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.delenv("DOCDB_URI", raising=False)
+    settings = Settings(  # type: ignore[call-arg]
+        _env_file=None,
+        DOCDB_URI="mongodb://writer:t0ps3cret@docdb.example.org:27017/?tls=true",
+        DOCDB_TLS=True,
+        DOCDB_TLS_CA_FILE="/etc/ssl/global-bundle.pem",
+        ANALYSIS_BUCKET="results-bucket/analyses/isi",
+        AWS_ENDPOINT_URL="http://127.0.0.1:9",
+    )
+    resources = build_resources(settings)
+    records = resources["records"]
+    assert records.backend == "mongodb" and records.tls is True
+    assert isinstance(records.uri, EnvVar) and records.uri == "DOCDB_URI"
+    assert "t0ps3cret" not in repr(records) and "t0ps3cret" not in repr(resources["results_io_manager"])
+    storage = resources["results_io_manager"].storage()
+    assert isinstance(storage, S3ResultsStorage)
+    assert storage.uri("f" * 64) == f"s3://results-bucket/analyses/isi/{'f' * 64}"
+    assert storage.client.meta.endpoint_url == "http://127.0.0.1:9"
+    build_definitions(settings)  # the code location loads with cloud settings too
