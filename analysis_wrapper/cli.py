@@ -157,8 +157,18 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return 1 if rejected else 0
 
 
+def _refuse_dirty_post(ctx: Context, args: argparse.Namespace) -> None:
+    """Fail fast, before any job, when the run would post from a dirty tree (every job would fail)."""
+    from analysis_wrapper.provenance import check_may_post
+
+    runtime = ctx.defs.resources["runtime"]
+    dry_run = runtime.dry_run if args.dry_run is None else args.dry_run
+    check_may_post(runtime.code_state(), dry_run, runtime.allow_dirty)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     ctx = _open(args)
+    _refuse_dirty_post(ctx, args)
     if args.paths:
         jobs, rejected = _register_paths(ctx, args.paths, args.analysis, sys.stdout)
     else:

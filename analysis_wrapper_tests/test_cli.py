@@ -232,3 +232,24 @@ def test_results_queries_filter_by_parameter_version_latest_and_list_files(
         assert all(f["size"] > 0 for f in record["files"])
     code, out = cli(capsys, "results", "--files", "--param", "isi_violations_cutoff=0.3")
     assert code == 0 and "isi_violations.csv" in out and only["location"] in out
+
+
+def test_posting_from_a_dirty_tree_is_refused_before_any_job(
+    workdir: Path,
+    example_jobs: list[Path],
+    dirty_repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("CODE_REPOSITORY", str(dirty_repo))
+    code = main(["run", str(example_jobs[0])])
+    close_all_stores()
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "uncommitted changes" in captured.err and "ALLOW_DIRTY=1" in captured.err
+    assert not (workdir / "analysis_results").exists()
+    code, out = cli(capsys, "run", "--dry-run", str(example_jobs[0]))
+    assert code == 0 and "1 dry run" in out
+    monkeypatch.setenv("ALLOW_DIRTY", "1")
+    code, out = cli(capsys, "run", str(example_jobs[0]))
+    assert code == 0 and "1 done" in out
