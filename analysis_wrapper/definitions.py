@@ -51,6 +51,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             allow_dirty=settings.ALLOW_DIRTY,
             git_commit=settings.GIT_COMMIT,
             code_repository=str(settings.CODE_REPOSITORY) if settings.CODE_REPOSITORY else None,
+            s3=s3,
         ),
         RESULTS_IO_MANAGER_KEY: ResultsIOManager(
             records=records,

@@ -38,7 +38,6 @@ from dagster import (
     asset,
     define_asset_job,
 )
-from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, ValidationError
 
 from analysis_wrapper.analysis import Analysis
@@ -132,7 +131,6 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         config: Any,
         records: RecordStoreResource,
         runtime: AnalysisRuntime,
-        s3: S3Resource,
     ) -> Output[AnalysisResult]:
         key = context.partition_key
         store = records.get_store()
@@ -176,7 +174,7 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         scratch = Path(
             tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir())
         )
-        cache = S3InputCache(s3.get_client, scratch.with_name(scratch.name + "-inputs"))
+        cache = S3InputCache(runtime.s3_client, scratch.with_name(scratch.name + "-inputs"))
         started = dt.datetime.now(dt.UTC)
         clock = time.perf_counter()
         try:

@@ -23,10 +23,10 @@ def test_embedded_defaults(tmp_path: Path) -> None:
 def test_cloud_settings_pick_pymongo_and_s3_without_exposing_the_password(
     tmp_path: Path, monkeypatch
 ) -> None:  # type: ignore[no-untyped-def]
-    monkeypatch.delenv("DOCDB_URI", raising=False)
+    uri = "mongodb://writer:t0ps3cret@docdb.example.org:27017/?tls=true"
+    monkeypatch.setenv("DOCDB_URI", uri)  # restored after the test
     settings = Settings(  # type: ignore[call-arg]
         _env_file=None,
-        DOCDB_URI="mongodb://writer:t0ps3cret@docdb.example.org:27017/?tls=true",
         DOCDB_TLS=True,
         DOCDB_TLS_CA_FILE="/etc/ssl/global-bundle.pem",
         ANALYSIS_BUCKET="results-bucket/analyses/isi",
@@ -42,3 +42,5 @@ def test_cloud_settings_pick_pymongo_and_s3_without_exposing_the_password(
     assert storage.uri("f" * 64) == f"s3://results-bucket/analyses/isi/{'f' * 64}"
     assert storage.client.meta.endpoint_url == "http://127.0.0.1:9"
     build_definitions(settings)  # the code location loads with cloud settings too
+    store = records.get_store()  # used outside a run (CLI), the EnvVar is resolved, not taken literally
+    assert store.uri == "mongodb://***@docdb.example.org:27017/?tls=true"

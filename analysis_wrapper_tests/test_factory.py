@@ -84,7 +84,9 @@ def test_recorded_fingerprint_is_skipped_unless_forced(harness_factory: Any, tmp
     assert forced.success
     second = h.store.get_record("echo", job.fingerprint)
     assert second["analysis_wrapper"]["run_id"] == forced.run_id != first["analysis_wrapper"]["run_id"]
-    superseded = [r for r in h.store.find_records("echo") if r["_id"] != job.fingerprint]
+    assert [r["_id"] for r in h.store.find_records("echo")] == [job.fingerprint]
+    everything = h.store.find_records("echo", include_superseded=True)
+    superseded = [r for r in everything if r["_id"] != job.fingerprint]
     assert len(superseded) == 1
     old = superseded[0]
     assert old["analysis_wrapper"]["superseded_by"] == job.fingerprint

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Literal
 
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
 from analysis_wrapper.resources.store_base import RecordStore
@@ -67,10 +67,12 @@ def _open_store(config: RecordStoreResource) -> RecordStore:
         return SqliteRecordStore(Path(config.sqlite_path))
     from analysis_wrapper.resources.mongo_store import MongoRecordStore
 
-    if not config.uri:
+    # Inside a Dagster run the EnvVar is resolved already; used directly (CLI, sensors' helpers) it is not.
+    uri = config.uri.get_value() if isinstance(config.uri, EnvVar) else config.uri
+    if not uri:
         raise ValueError("RecordStoreResource(backend='mongodb') needs uri (DOCDB_URI)")
     return MongoRecordStore(
-        config.uri,
+        uri,
         database=config.database,
         collection=config.collection,
         tls=config.tls,

@@ -35,7 +35,7 @@ from analysis_wrapper.resources.results_storage import (
     ResultsStorage,
     storage_for_location,
 )
-from analysis_wrapper.resources.s3_storage import S3ResultsStorage, split_bucket
+from analysis_wrapper.resources.s3_storage import S3ResultsStorage, cached_client, split_bucket
 from analysis_wrapper.resources.store_base import JobState, RecordExistsError
 
 LOCATION_METADATA_KEY = "results_location"
@@ -78,7 +78,7 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         if self._storage is None:
             if self.results_bucket:
                 bucket, prefix = split_bucket(self.results_bucket)
-                self._storage = S3ResultsStorage(self.s3.get_client(), bucket, prefix)
+                self._storage = S3ResultsStorage(cached_client(self.s3), bucket, prefix)
             else:
                 self._storage = LocalResultsStorage(Path(self.results_root))
         return self._storage

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from dagster import ConfigurableResource
+from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
 import analysis_wrapper
 from analysis_wrapper.provenance import CodeState, code_state, default_experimenters
+from analysis_wrapper.resources.s3_storage import cached_client
 
 
 class AnalysisRuntime(ConfigurableResource):  # type: ignore[misc]
@@ -21,6 +24,7 @@ class AnalysisRuntime(ConfigurableResource):  # type: ignore[misc]
     )
     code_repository: str | None = Field(default=None, description="Git work tree of the analysis code")
     experimenters: list[str] = Field(default_factory=list, description="People responsible; default: user")
+    s3: S3Resource
     scratch_root: str | None = Field(
         default=None, description="Where analyses write before results are stored"
     )
@@ -28,6 +32,10 @@ class AnalysisRuntime(ConfigurableResource):  # type: ignore[misc]
     def code_state(self) -> CodeState:
         repo = Path(self.code_repository) if self.code_repository else Path(analysis_wrapper.__file__).parent
         return code_state(repo, self.git_commit)
+
+    def s3_client(self) -> Any:
+        """The shared S3 client (for S3 inputs), built on first use."""
+        return cached_client(self.s3)
 
     def people(self) -> list[str]:
         return list(self.experimenters) or default_experimenters()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any
 
 import boto3
 from boto3.s3.transfer import TransferConfig
+from dagster_aws.s3 import S3Resource
+from s3transfer.utils import ChunksizeAdjuster
 
 from analysis_wrapper.resources.results_storage import (
     OUTPUTS_FILE,
@@ -30,8 +33,35 @@ from analysis_wrapper.resources.results_storage import (
 )
 
 MB = 1024 * 1024
-DEFAULT_TRANSFER = TransferConfig(multipart_threshold=16 * MB, multipart_chunksize=16 * MB, max_concurrency=8)
+# "classic": boto3's own transfer manager, whose part sizes ``expected_etag`` mirrors. With awscrt installed,
+# boto3's default ("auto") switches to the CRT manager on some instance types, which ignores these settings,
+# so every large upload would fail verification there.
+DEFAULT_TRANSFER = TransferConfig(
+    multipart_threshold=16 * MB,
+    multipart_chunksize=16 * MB,
+    max_concurrency=8,
+    preferred_transfer_client="classic",
+)
 UPLOAD_WORKERS = 8
+
+
+_clients: dict[str, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def cached_client(resource: S3Resource) -> Any:
+    """One boto3 S3 client per resource configuration and process.
+
+    Building a client reads botocore's service models from disk (about 0.2 s); doing that once per run
+    would double the cost of a small job. boto3 clients are thread-safe, so sharing one is fine.
+    """
+    key = resource.model_dump_json()
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = resource.get_client()
+            _clients[key] = client
+        return client
 
 
 def split_bucket(setting: str) -> tuple[str, str]:
@@ -59,9 +89,11 @@ def expected_etag(path: Path, config: TransferConfig) -> str:
             for block in iter(lambda: handle.read(MB), b""):
                 digest.update(block)
         return digest.hexdigest()
+    # s3transfer raises a part size below S3's 5 MiB minimum and doubles it past 10,000 parts; so do we.
+    part_size = ChunksizeAdjuster().adjust_chunksize(config.multipart_chunksize, size)
     parts = []
     with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(config.multipart_chunksize), b""):
+        for block in iter(lambda: handle.read(part_size), b""):
             parts.append(hashlib.md5(block, usedforsecurity=False).digest())
     return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
 
@@ -207,11 +239,13 @@ class S3InputCache:
             return self._fetched[uri]
         bucket, key = split_s3_uri(uri)
         target = self.root / bucket / key
-        try:
-            self.client.head_object(Bucket=bucket, Key=key)
-            is_object = bool(key) and not key.endswith("/")
-        except self.client.exceptions.ClientError:
-            is_object = False
+        # A whole bucket (empty key; HeadObject refuses it) or a key ending in "/" names a prefix.
+        is_object = bool(key) and not key.endswith("/")
+        if is_object:
+            try:
+                self.client.head_object(Bucket=bucket, Key=key)
+            except self.client.exceptions.ClientError:
+                is_object = False
         if is_object:
             target.parent.mkdir(parents=True, exist_ok=True)
             self.client.download_file(bucket, key, str(target), Config=DEFAULT_TRANSFER)
@@ -221,6 +255,9 @@ class S3InputCache:
             count = 0
             for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
                 for obj in page.get("Contents", []):
+                    if obj["Key"].endswith("/"):
+                        # A "folder" marker (what the S3 console's "Create folder" writes): not a file.
+                        continue
                     destination = target / obj["Key"][len(prefix) :]
                     destination.parent.mkdir(parents=True, exist_ok=True)
                     self.client.download_file(bucket, obj["Key"], str(destination), Config=DEFAULT_TRANSFER)
