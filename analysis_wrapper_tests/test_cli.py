@@ -253,3 +253,27 @@ def test_posting_from_a_dirty_tree_is_refused_before_any_job(
     monkeypatch.setenv("ALLOW_DIRTY", "1")
     code, out = cli(capsys, "run", str(example_jobs[0]))
     assert code == 0 and "1 done" in out
+
+
+def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
+    import io
+
+    from analysis_wrapper.cli import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    bar = Progress(2, screen)
+    bar.step("done a")
+    bar.step("done b")
+    text = screen.getvalue()
+    assert "\r[###############...............] 1/2 done a" in text
+    assert "\r[##############################] 2/2 done b" in text and text.endswith("\n")
+
+    pipe = io.StringIO()
+    lines = Progress(2, pipe)
+    lines.step("done a")
+    lines.step("done b")
+    assert pipe.getvalue() == "done a\ndone b\n"
