@@ -286,11 +286,11 @@ def latest_per_input(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
-def record_files(record: dict[str, Any]) -> list[dict[str, Any]]:
+def record_files(record: dict[str, Any], s3_client: Any) -> list[dict[str, Any]]:
     """The files of a record's result folder, wherever it is (local folder or S3)."""
     from analysis_wrapper.resources.results_storage import storage_for_location
 
-    storage, name = storage_for_location(record["location"])
+    storage, name = storage_for_location(record["location"], s3_client)
     return [{"name": f.name, "size": f.size} for f in storage.list_files(name)]
 
 
@@ -305,8 +305,15 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.latest:
         records = latest_per_input(records)
     if args.files:
+        from analysis_wrapper.resources.s3_storage import cached_client
+
+        s3_client = (
+            cached_client(ctx.defs.resources["s3"])
+            if any(r["location"].startswith("s3://") for r in records)
+            else None
+        )
         for record in records:
-            record["files"] = record_files(record)
+            record["files"] = record_files(record, s3_client)
     if args.json:
         print(json.dumps(records, indent=2, default=str))
         return 0
@@ -323,6 +330,49 @@ def cmd_results(args: argparse.Namespace) -> int:
             for item in record["files"]:
                 print(f"  {item['size']:>12}  {item['name']}")
     return 0
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    """Re-queue failed jobs: back to pending, so the inbox sensor requests them on its next tick."""
+    from analysis_wrapper.resources.store_base import JobState
+
+    ctx = _open(args)
+    if args.analysis and args.analysis not in ctx.analyses:
+        raise SystemExit(
+            f"error: --analysis {args.analysis!r} is not served here (known: {', '.join(ctx.analyses)})"
+        )
+    names = [args.analysis] if args.analysis else sorted(ctx.analyses)
+    # Named jobs may also be stuck queued/running (their run died with the machine); unnamed: every
+    # failed job.
+    allowed = {JobState.FAILED, JobState.QUEUED, JobState.RUNNING} if args.keys else {JobState.FAILED}
+    found: dict[str, Any] = {}
+    for name in names:
+        if args.keys:
+            entries = ctx.store.get_jobs(name, args.keys)
+        else:
+            entries = {e.partition_key: e for e in ctx.store.list_jobs(name, [JobState.FAILED])}
+        for key, entry in entries.items():
+            found.setdefault(key, entry)
+    requeued = 0
+    for key in dict.fromkeys(args.keys or list(found)):
+        entry = found.get(key)
+        if entry is None:
+            print(f"UNKNOWN {key}: no registered job has this partition key")
+            continue
+        if entry.state not in allowed:
+            done = entry.state in {JobState.DONE, JobState.SKIPPED}
+            advice = " (`analysis-wrapper run --force` runs it again)" if done else ""
+            print(f"left as is: {entry.analysis} {key} is {entry.state.value}{advice}")
+            continue
+        ctx.store.set_job_states(entry.analysis, [key], JobState.PENDING, only_from=[entry.state])
+        requeued += 1
+        error = f"; last error: {entry.last_error[:80]}" if entry.last_error else ""
+        print(f"re-queued {entry.analysis} {key} (attempt {entry.attempts + 1} next{error})")
+    print(
+        f"{requeued} job(s) re-queued. The inbox sensor requests them on its next tick (`dagster dev` or "
+        "`dagster-daemon run` must be running); `analysis-wrapper run` runs them now, in-process."
+    )
+    return 1 if args.keys and len(found) < len(set(args.keys)) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -353,6 +403,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--analysis", help="only this analysis")
     status.add_argument("--json", action="store_true", help="print a JSON list")
     status.set_defaults(func=cmd_status)
+
+    retry = sub.add_parser("retry", help="re-queue failed jobs for the inbox sensor to run again")
+    retry.add_argument("keys", nargs="*", help="partition keys (default: every failed job)")
+    retry.add_argument("--analysis", help="only this analysis")
+    retry.set_defaults(func=cmd_retry)
 
     results = sub.add_parser("results", help="show the provenance records")
     results.add_argument("--analysis", help="only this analysis")

@@ -20,6 +20,8 @@ from analysis_wrapper.registration import find_job_files, prepare_files, registe
 from analysis_wrapper.resources.records import close_all_stores
 from analysis_wrapper.settings import Settings
 
+pytest_plugins = ["analysis_wrapper_tests.s3_servers"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 

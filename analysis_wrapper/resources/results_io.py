@@ -198,7 +198,9 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         materialization = records[0].asset_materialization
         assert materialization is not None
         location = str(materialization.metadata[LOCATION_METADATA_KEY].value)
-        storage, name = storage_for_location(location)
+        storage, name = storage_for_location(
+            location, cached_client(self.s3) if location.startswith("s3://") else None
+        )
         data = json.loads(storage.read_bytes(name, OUTPUTS_FILE))
         return outputs_model(upstream.definition_metadata).model_validate(data)
 

@@ -146,12 +146,16 @@ class LocalResultsStorage(ResultsStorage):
         return str(target)
 
 
-def storage_for_location(location: str) -> tuple[ResultsStorage, str]:
-    """The storage holding a recorded ``location`` and the fingerprint folder name within it."""
+def storage_for_location(location: str, s3_client: Any = None) -> tuple[ResultsStorage, str]:
+    """The storage holding a recorded ``location`` and the fingerprint folder name within it.
+
+    Pass the configured ``s3_client`` (endpoint, credentials) for ``s3://`` locations; without it a
+    default boto3 client is made, which only knows what the environment says.
+    """
     if location.startswith("s3://"):
         from analysis_wrapper.resources.s3_storage import S3ResultsStorage
 
         bucket_and_prefix, _, name = location[len("s3://") :].rstrip("/").rpartition("/")
-        return S3ResultsStorage.from_bucket_setting(bucket_and_prefix), name
+        return S3ResultsStorage.from_bucket_setting(bucket_and_prefix, client=s3_client), name
     path = Path(location)
     return LocalResultsStorage(path.parent), path.name

@@ -253,15 +253,22 @@ class S3InputCache:
             prefix = key.rstrip("/") + "/" if key else ""
             paginator = self.client.get_paginator("list_objects_v2")
             count = 0
-            for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-                for obj in page.get("Contents", []):
-                    if obj["Key"].endswith("/"):
-                        # A "folder" marker (what the S3 console's "Create folder" writes): not a file.
-                        continue
-                    destination = target / obj["Key"][len(prefix) :]
-                    destination.parent.mkdir(parents=True, exist_ok=True)
-                    self.client.download_file(bucket, obj["Key"], str(destination), Config=DEFAULT_TRANSFER)
-                    count += 1
+            try:
+                for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+                    for obj in page.get("Contents", []):
+                        if obj["Key"].endswith("/"):
+                            # A "folder" marker (what the S3 console's "Create folder" writes): not a file.
+                            continue
+                        destination = target / obj["Key"][len(prefix) :]
+                        destination.parent.mkdir(parents=True, exist_ok=True)
+                        self.client.download_file(
+                            bucket, obj["Key"], str(destination), Config=DEFAULT_TRANSFER
+                        )
+                        count += 1
+            except self.client.exceptions.NoSuchBucket:
+                raise FileNotFoundError(
+                    f"{uri}: no such object or prefix in S3 (no bucket {bucket})"
+                ) from None
             if count == 0:
                 raise FileNotFoundError(f"{uri}: no such object or prefix in S3")
         self._fetched[uri] = target
