@@ -337,22 +337,17 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from analysis_wrapper.resources.store_base import JobState
 
     ctx = _open(args)
-    if args.analysis and args.analysis not in ctx.analyses:
-        raise SystemExit(
-            f"error: --analysis {args.analysis!r} is not served here (known: {', '.join(ctx.analyses)})"
-        )
-    names = [args.analysis] if args.analysis else sorted(ctx.analyses)
     # Named jobs may also be stuck queued/running (their run died with the machine); unnamed: every
-    # failed job.
+    # failed job (of --analysis, or of any analysis in the registry).
     allowed = {JobState.FAILED, JobState.QUEUED, JobState.RUNNING} if args.keys else {JobState.FAILED}
     found: dict[str, Any] = {}
-    for name in names:
-        if args.keys:
-            entries = ctx.store.get_jobs(name, args.keys)
-        else:
-            entries = {e.partition_key: e for e in ctx.store.list_jobs(name, [JobState.FAILED])}
-        for key, entry in entries.items():
-            found.setdefault(key, entry)
+    if args.keys:
+        for name in [args.analysis] if args.analysis else sorted(ctx.analyses):
+            for key, entry in ctx.store.get_jobs(name, args.keys).items():
+                found.setdefault(key, entry)
+    else:
+        for entry in ctx.store.list_jobs(args.analysis, [JobState.FAILED]):
+            found.setdefault(entry.partition_key, entry)
     requeued = 0
     for key in dict.fromkeys(args.keys or list(found)):
         entry = found.get(key)

@@ -19,6 +19,7 @@ from analysis_wrapper.factory import RESULTS_IO_MANAGER_KEY, AnalysisDefinitions
 from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
+from analysis_wrapper.sensors import build_sensors
 from analysis_wrapper.settings import Settings
 
 
@@ -79,6 +80,7 @@ def build_definitions(
     return Definitions(
         assets=[d.asset for d in built.values()],
         jobs=[d.job for d in built.values()],
+        sensors=build_sensors(built, settings),
         resources=build_resources(settings),
     )
 

@@ -51,8 +51,49 @@ class Settings(BaseSettings):
     ALLOW_DIRTY: bool = Field(False, description="1: allow posting results from a dirty git tree")
     GIT_COMMIT: str | None = Field(None, description="Commit of the code where there is no .git")
     CODE_REPOSITORY: Path | None = Field(None, description="Git work tree of the analysis code")
+    # ---- the inbox sensors (analysis_wrapper.sensors) ----
+    SENSOR_INTERVAL_S: int = Field(30, ge=1, description="Seconds between two ticks of an inbox sensor")
+    SENSOR_START_STOPPED: bool = Field(
+        False, description="1: the sensors start stopped (turn them on in the UI); 0: running"
+    )
+    SENSOR_MAX_RUNS_PER_TICK: int = Field(
+        50, ge=1, description="Most runs one inbox sensor requests per tick; the rest wait in the registry"
+    )
+    SENSOR_MAX_QUEUED_RUNS: int = Field(
+        200, ge=0, description="Request no more while this many runs of the analysis are queued (0: no limit)"
+    )
+    SENSOR_MAX_FILES_PER_TICK: int = Field(
+        1000, ge=1, description="Most inbox files one tick reads; the rest wait for the next tick"
+    )
+    SENSOR_TICK_BUDGET_S: float = Field(
+        30.0, gt=0, description="Seconds a tick may spend reading files (Dagster stops a tick at 60 s)"
+    )
+    INBOX_SETTLE_S: float = Field(
+        10.0, ge=0, description="A broken inbox file younger than this may be half-written: kept for later"
+    )
+    MAX_ATTEMPTS: int = Field(3, ge=1, description="Runs a failing job gets before it stays failed")
+    RETRY_DELAY_S: float = Field(
+        60.0, ge=0, description="Delay before the first retry; it doubles with every further attempt"
+    )
+    RERUN_ON_NEW_VERSION: bool = Field(
+        True, description="1: a new analysis version makes every registered job of it due again"
+    )
+    RUN_MAX_RUNTIME_S: int | None = Field(
+        None, ge=1, description="Sensor runs taking longer are failed by Dagster run monitoring (and retried)"
+    )
+    SENSOR_AUDIT_AFTER_S: float = Field(
+        60.0, ge=0, description="Queued/running jobs unchanged this long are checked against their run"
+    )
 
-    @field_validator("DRY_RUN", "ALLOW_DIRTY", "DOCDB_TLS", mode="before")
+    @field_validator(
+        "DRY_RUN",
+        "ALLOW_DIRTY",
+        "DOCDB_TLS",
+        "SENSOR_START_STOPPED",
+        "RERUN_ON_NEW_VERSION",
+        "RUN_MAX_RUNTIME_S",
+        mode="before",
+    )
     @classmethod
     def _empty_means_default(cls, value: object) -> object:
         if value == "":

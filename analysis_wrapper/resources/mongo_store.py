@@ -32,6 +32,7 @@ from pymongo.errors import (
 
 from analysis_wrapper.resources.store_base import (
     JobEntry,
+    JobOrder,
     JobState,
     RecordExistsError,
     RecordStore,
@@ -292,6 +293,17 @@ class MongoRecordStore(RecordStore):
             [
                 IndexModel([("analysis", ASCENDING), ("state", ASCENDING)]),
                 IndexModel([("analysis", ASCENDING), ("created_at", ASCENDING)]),
+                # For the sensor's bounded queries (backlog, retries, stale runs, paging by key).
+                IndexModel([("analysis", ASCENDING), ("state", ASCENDING), ("created_at", ASCENDING)]),
+                IndexModel(
+                    [
+                        ("analysis", ASCENDING),
+                        ("state", ASCENDING),
+                        ("attempts", ASCENDING),
+                        ("updated_at", ASCENDING),
+                    ]
+                ),
+                IndexModel([("analysis", ASCENDING), ("partition_key", ASCENDING)]),
             ],
         )
         return self._db()[self.jobs_collection]
@@ -479,6 +491,66 @@ class MongoRecordStore(RecordStore):
         result = self._run("update a job", lambda: jobs.update_one({"_id": doc_id}, update))
         if result.matched_count == 0:
             log.warning("update_job: no registered job %s/%s; nothing updated", analysis, partition_key)
+
+    def find_jobs(
+        self,
+        analysis: str,
+        *,
+        limit: int,
+        states: Iterable[JobState] | None = None,
+        order: JobOrder = "created",
+        after_key: str | None = None,
+        updated_before: dt.datetime | None = None,
+        attempts: int | None = None,
+    ) -> list[JobEntry]:
+        if limit <= 0:
+            return []
+        query: dict[str, Any] = {"analysis": analysis}
+        if states is not None:
+            values = sorted({JobState(state).value for state in states})
+            if not values:
+                return []
+            query["state"] = {"$in": values}
+        if attempts is not None:
+            query["attempts"] = int(attempts)
+        if updated_before is not None:
+            query["updated_at"] = {"$lt": _bson_time(updated_before)}
+        if after_key is not None:
+            query["partition_key"] = {"$gt": after_key}
+        sort = {
+            "created": [("created_at", ASCENDING), ("_id", ASCENDING)],
+            "updated": [("updated_at", ASCENDING), ("_id", ASCENDING)],
+            "key": [("partition_key", ASCENDING)],
+        }[order]
+        jobs = self._jobs()
+
+        def read() -> list[dict[str, Any]]:
+            return [dict(doc) for doc in jobs.find(query).sort(sort).limit(int(limit))]
+
+        return [self._job_from_doc(doc) for doc in self._run("find jobs", read)]
+
+    def set_job_states(
+        self,
+        analysis: str,
+        partition_keys: Iterable[str],
+        state: JobState,
+        *,
+        only_from: Iterable[JobState] | None = None,
+    ) -> int:
+        ids = [self._job_id(analysis, key) for key in dict.fromkeys(partition_keys)]
+        sources = None if only_from is None else sorted({JobState(s).value for s in only_from})
+        if not ids or sources == []:
+            return 0
+        jobs = self._jobs()
+        update = {"$set": {"state": JobState(state).value, "updated_at": _bson_time(utcnow())}}
+        changed = 0
+        for chunk in _chunks(ids, ID_CHUNK):
+            query: dict[str, Any] = {"_id": {"$in": list(chunk)}}
+            if sources:
+                query["state"] = {"$in": sources}
+            result: Any = self._run("update job states", lambda q=query: jobs.update_many(q, update))  # type: ignore[misc]
+            changed += int(result.modified_count)
+        return changed
 
     # ---- record store -------------------------------------------------------------------------
     def existing_fingerprints(self, analysis: str, fingerprints: Iterable[str]) -> set[str]:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from analysis_wrapper.resources.store_base import (
     JobEntry,
+    JobOrder,
     JobState,
     RecordExistsError,
     RecordStore,
@@ -38,7 +39,7 @@ from analysis_wrapper.resources.store_base import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_SQL_VARIABLES = 500
 """Most bound variables one statement uses (SQLite's limit is 999 on old builds, 32766 on new)."""
 JSON_CHUNK = 10_000
@@ -60,6 +61,10 @@ _SCHEMA = (
         PRIMARY KEY (analysis, partition_key)
     )""",
     "CREATE INDEX IF NOT EXISTS jobs_analysis_state ON jobs (analysis, state)",
+    # Schema 2: the sensor's bounded queries (backlog oldest first; retries and stale runs by attempts
+    # and last update) read an index range, never the whole registry.
+    "CREATE INDEX IF NOT EXISTS jobs_state_created ON jobs (analysis, state, created_at)",
+    "CREATE INDEX IF NOT EXISTS jobs_state_attempts_updated ON jobs (analysis, state, attempts, updated_at)",
     """CREATE TABLE IF NOT EXISTS records (
         fingerprint TEXT PRIMARY KEY,
         analysis TEXT NOT NULL,
@@ -414,6 +419,76 @@ class SqliteRecordStore(RecordStore):
         )
         if cursor.rowcount == 0:
             log.warning("update_job: no registered job %s/%s; nothing updated", analysis, partition_key)
+
+    def find_jobs(
+        self,
+        analysis: str,
+        *,
+        limit: int,
+        states: Iterable[JobState] | None = None,
+        order: JobOrder = "created",
+        after_key: str | None = None,
+        updated_before: dt.datetime | None = None,
+        attempts: int | None = None,
+    ) -> list[JobEntry]:
+        if limit <= 0:
+            return []
+        conditions = ["analysis = ?"]
+        params: list[Any] = [analysis]
+        if states is not None:
+            values = sorted({JobState(state).value for state in states})
+            if not values:
+                return []
+            conditions.append(f"state IN ({', '.join('?' * len(values))})")
+            params.extend(values)
+        if attempts is not None:
+            conditions.append("attempts = ?")
+            params.append(int(attempts))
+        if updated_before is not None:
+            conditions.append("updated_at < ?")
+            params.append(_iso(updated_before))
+        if after_key is not None:
+            conditions.append("partition_key > ?")
+            params.append(after_key)
+        order_by = {"created": "created_at, rowid", "updated": "updated_at, rowid", "key": "partition_key"}[
+            order
+        ]
+        conn = self._connection()
+        cursor = self._execute(
+            conn,
+            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(conditions)} ORDER BY {order_by} LIMIT ?",
+            [*params, int(limit)],
+        )
+        return [self._job_from_row(row) for row in cursor.fetchall()]
+
+    def set_job_states(
+        self,
+        analysis: str,
+        partition_keys: Iterable[str],
+        state: JobState,
+        *,
+        only_from: Iterable[JobState] | None = None,
+    ) -> int:
+        keys = list(dict.fromkeys(partition_keys))
+        sources = None if only_from is None else sorted({JobState(s).value for s in only_from})
+        if not keys or sources == []:
+            return 0
+        conn = self._connection()
+        fixed: list[Any] = [JobState(state).value, _iso(utcnow()), analysis]
+        state_condition = ""
+        if sources:
+            state_condition = f" AND state IN ({', '.join('?' * len(sources))})"
+        changed = 0
+        with self._transaction(conn):
+            for condition, params in self._in_chunks(conn, "partition_key", keys, 3 + len(sources or [])):
+                cursor = self._execute(
+                    conn,
+                    f"UPDATE jobs SET state = ?, updated_at = ? WHERE analysis = ? AND {condition}"
+                    + state_condition,
+                    [*fixed, *params, *(sources or [])],
+                )
+                changed += max(cursor.rowcount, 0)
+        return changed
 
     # ---- record store -------------------------------------------------------------------------
     def existing_fingerprints(self, analysis: str, fingerprints: Iterable[str]) -> set[str]:

@@ -18,7 +18,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 
 class JobState(StrEnum):
@@ -29,6 +29,10 @@ class JobState(StrEnum):
     SKIPPED = "skipped"
     FAILED = "failed"
     DRY_RUN = "dry_run"
+
+
+JobOrder = Literal["created", "updated", "key"]
+"""How :meth:`RecordStore.find_jobs` orders: oldest created, oldest updated, or by partition key."""
 
 
 class StoreError(RuntimeError):
@@ -130,6 +134,36 @@ class RecordStore(abc.ABC):
     ) -> None:
         """Set a job's state (and run id / error / fingerprint when given); ``count_attempt`` adds
         one to ``attempts``. A ``None`` error clears the last error only when the state is done."""
+
+    @abc.abstractmethod
+    def find_jobs(
+        self,
+        analysis: str,
+        *,
+        limit: int,
+        states: Iterable[JobState] | None = None,
+        order: JobOrder = "created",
+        after_key: str | None = None,
+        updated_before: dt.datetime | None = None,
+        attempts: int | None = None,
+    ) -> list[JobEntry]:
+        """At most ``limit`` jobs of ``analysis``, in one indexed query (never a full scan): those in
+        ``states``, with exactly ``attempts`` attempts, last updated before ``updated_before``, with a
+        partition key after ``after_key``; ordered oldest ``created`` first, oldest ``updated`` first,
+        or by partition ``key`` (for paging through the registry with ``after_key``)."""
+
+    @abc.abstractmethod
+    def set_job_states(
+        self,
+        analysis: str,
+        partition_keys: Iterable[str],
+        state: JobState,
+        *,
+        only_from: Iterable[JobState] | None = None,
+    ) -> int:
+        """Set the state of many jobs at once (a constant number of queries per batch), only of those
+        currently in ``only_from`` when given; run id, attempts and last error are kept. Returns
+        how many jobs changed."""
 
     # ---- record store -------------------------------------------------------------------------
     @abc.abstractmethod

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from pymongo.errors import OperationFailure
 
 from analysis_wrapper.resources.mongo_store import MongoRecordStore, uri_hosts
-from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+from analysis_wrapper.resources.sqlite_store import SCHEMA_VERSION, SqliteRecordStore
 from analysis_wrapper.resources.store_base import (
     JobEntry,
     JobState,
@@ -207,6 +207,61 @@ def test_update_job_transitions_attempts_and_errors(store: RecordStore) -> None:
     assert store.get_job("demo", "nope") is None
 
 
+def test_find_jobs_bounded_filtered_and_ordered(store: RecordStore) -> None:
+    minutes = [5, 1, 4, 2, 3, 6]
+    store.register_jobs(
+        [
+            entry(
+                f"k{m}",
+                f"fp{m}",
+                created_at=T0 + dt.timedelta(minutes=m),
+                updated_at=T0 + dt.timedelta(minutes=10 - m),
+            )
+            for m in minutes
+        ]
+        + [entry("k0", "fpx", analysis="other", created_at=T0)]
+    )
+    pending = [JobState.PENDING]
+    assert [j.partition_key for j in store.find_jobs("demo", states=pending, limit=3)] == ["k1", "k2", "k3"]
+    assert [j.partition_key for j in store.find_jobs("demo", limit=2, order="updated")] == ["k6", "k5"]
+    by_key = store.find_jobs("demo", limit=4, order="key", after_key="k2")
+    assert [j.partition_key for j in by_key] == ["k3", "k4", "k5", "k6"]
+    assert [j.partition_key for j in store.find_jobs("demo", limit=10, order="key", after_key="k6")] == []
+    early = store.find_jobs("demo", limit=10, updated_before=T0 + dt.timedelta(minutes=6), order="updated")
+    assert [j.partition_key for j in early] == ["k6", "k5"]
+    assert store.find_jobs("demo", limit=0) == [] and store.find_jobs("demo", states=[], limit=5) == []
+    store.update_job("demo", "k4", state=JobState.FAILED, count_attempt=True)
+    store.update_job("demo", "k2", state=JobState.FAILED, count_attempt=True)
+    store.update_job("demo", "k2", state=JobState.FAILED, count_attempt=True)
+    failed_once = store.find_jobs("demo", states=[JobState.FAILED], attempts=1, limit=10)
+    assert [j.partition_key for j in failed_once] == ["k4"]
+    assert [j.partition_key for j in store.find_jobs("demo", states=[JobState.FAILED], limit=10)] == [
+        "k2",
+        "k4",
+    ]
+    assert [j.partition_key for j in store.find_jobs("other", limit=10)] == ["k0"]
+
+
+def test_set_job_states_in_batches_and_only_from(store: RecordStore) -> None:
+    store.register_jobs([entry(f"k{i:04d}", f"fp{i}") for i in range(1200)])
+    store.register_jobs([entry("k0000", "fpo", analysis="other")])
+    store.update_job("demo", "k0001", state=JobState.RUNNING, run_id="r1", count_attempt=True)
+    keys = [f"k{i:04d}" for i in range(1200)] + ["missing"]
+    before = store.query_count
+    changed = store.set_job_states("demo", keys, JobState.QUEUED, only_from=[JobState.PENDING])
+    assert store.query_count - before <= 5
+    assert changed == 1199
+    jobs = store.get_jobs("demo", keys)
+    assert jobs["k0001"].state == JobState.RUNNING and jobs["k0001"].run_id == "r1"
+    assert {j.state for k, j in jobs.items() if k != "k0001"} == {JobState.QUEUED}
+    assert store.get_job("other", "k0000").state == JobState.PENDING  # type: ignore[union-attr]
+    assert store.set_job_states("demo", ["k0001"], JobState.FAILED) == 1
+    job = store.get_job("demo", "k0001")
+    assert job is not None and (job.state, job.attempts, job.run_id) == (JobState.FAILED, 1, "r1")
+    assert store.set_job_states("demo", ["k0001"], JobState.PENDING, only_from=[]) == 0
+    assert store.set_job_states("demo", [], JobState.PENDING) == 0
+
+
 # ---- record store -------------------------------------------------------------------------------
 def test_existing_fingerprints_mixed_batch(store: RecordStore) -> None:
     for i in range(0, 20, 3):
@@ -317,7 +372,7 @@ def test_sqlite_file_wal_and_idempotent_schema(tmp_path: Path) -> None:
     raw = sqlite3.connect(path)
     try:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert raw.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = {row[0] for row in raw.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert {"jobs", "records"} <= tables
     finally:
@@ -329,6 +384,39 @@ def test_sqlite_file_wal_and_idempotent_schema(tmp_path: Path) -> None:
     again = SqliteRecordStore(path)  # a second opening finds the schema and keeps the data
     assert again.get_job("demo", "k") is not None
     again.close()
+
+
+def test_sqlite_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    raw = sqlite3.connect(path)
+    raw.execute(
+        "CREATE TABLE jobs (analysis TEXT NOT NULL, partition_key TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+        "state TEXT NOT NULL, job_json TEXT NOT NULL, source TEXT NOT NULL DEFAULT '', run_id TEXT, "
+        "attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, created_at TEXT NOT NULL, "
+        "updated_at TEXT NOT NULL, PRIMARY KEY (analysis, partition_key))"
+    )
+    raw.execute(
+        "INSERT INTO jobs VALUES ('demo', 'k', 'fp', 'pending', '{}', '', NULL, 0, NULL, "
+        "'2024-01-01T00:00:00.000000+00:00', '2024-01-01T00:00:00.000000+00:00')"
+    )
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    store = SqliteRecordStore(path)
+    assert [j.partition_key for j in store.find_jobs("demo", states=[JobState.PENDING], limit=5)] == ["k"]
+    conn = store._connection()
+    indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"jobs_state_created", "jobs_state_attempts_updated"} <= indexes
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    plan = " ".join(
+        str(row[-1])
+        for row in conn.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM jobs WHERE analysis = 'demo' AND state IN ('pending') "
+            "ORDER BY created_at, rowid LIMIT 5"
+        )
+    )
+    assert "jobs_state_created" in plan
+    store.close()
 
 
 def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:

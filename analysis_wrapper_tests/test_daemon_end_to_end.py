@@ -1,0 +1,213 @@
+"""A real ``dagster dev`` (daemon, webserver, code server) against a temporary DAGSTER_HOME holding the
+shipped ``dagster_home/dagster.yaml``: job files dropped into the inbox are run without anyone at the
+keyboard, and a ``kill -9`` of the whole process group in the middle of a run loses nothing and runs
+nothing twice."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analysis_wrapper.analyses.isi_violations import analysis as isi
+from analysis_wrapper.registration import prepare_files
+from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+from analysis_wrapper.resources.store_base import JobState
+from analysis_wrapper_tests.conftest import load_examples_module
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHIPPED_INSTANCE_YAML = REPO_ROOT / "dagster_home" / "dagster.yaml"
+PHASE_TIMEOUT_S = 100.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class DagsterDev:
+    """``dagster dev`` in its own process group (so one signal reaches daemon, webserver, code
+    server and run workers), its output in a log file."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        self.starts += 1
+        exe = Path(sys.executable).parent / "dagster"
+        with self.log_path.open("ab") as log:
+            log.write(f"\n===== start {self.starts} =====\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(free_port())],
+                cwd=REPO_ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL to the whole process group: nobody gets to clean up."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def tail(self, lines: int = 60) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@pytest.fixture
+def dagster_dev(tmp_path: Path, clean_repo: Path) -> Iterator[tuple[DagsterDev, Path, Path, Path]]:
+    home = tmp_path / "home"
+    home.mkdir()
+    shutil.copy(SHIPPED_INSTANCE_YAML, home / "dagster.yaml")
+    inbox, results = tmp_path / "inbox", tmp_path / "results"
+    inbox.mkdir()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DAGSTER_", "DOCDB_", "SENSOR_", "AWS_"))
+        and k not in {"ANALYSIS_BUCKET", "ALLOW_DIRTY", "GIT_COMMIT", "RESULTS_ROOT", "DISPATCH_INBOX"}
+    }
+    env.update(
+        {
+            "DAGSTER_HOME": str(home),
+            "DISPATCH_INBOX": str(inbox),
+            "RESULTS_ROOT": str(results),
+            "DRY_RUN": "0",
+            "CODE_REPOSITORY": str(clean_repo),
+            "SENSOR_INTERVAL_S": "1",
+            "RETRY_DELAY_S": "1",
+            "SENSOR_AUDIT_AFTER_S": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    dev = DagsterDev(env, tmp_path / "dagster_dev.log")
+    try:
+        yield dev, home, inbox, results
+    finally:
+        dev.kill()
+
+
+def drop(files: list[Path], inbox: Path) -> None:
+    """As a dispatcher should: write under a hidden name, then rename into place."""
+    for path in files:
+        hidden = inbox / f".{path.name}.tmp"
+        shutil.copy(path, hidden)
+        os.replace(hidden, inbox / path.name)
+
+
+def wait_for(what: str, check: Callable[[], bool], dev: DagsterDev, timeout: float = PHASE_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if dev.proc is not None and dev.proc.poll() is not None:
+            pytest.fail(
+                f"dagster dev exited with {dev.proc.returncode} while waiting for {what}:\n{dev.tail()}"
+            )
+        if check():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; dagster dev log:\n{dev.tail()}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_daemon_runs_dropped_jobs_and_survives_kill_9(
+    dagster_dev: tuple[DagsterDev, Path, Path, Path], tmp_path: Path
+) -> None:
+    dev, home, inbox, results = dagster_dev
+    files = list(load_examples_module().write_examples(tmp_path / "examples", n_jobs=7, seed=11))
+    prepared = prepare_files(files, {isi.name: isi})
+    assert not prepared.rejected
+    expected = {job.partition_key: job.fingerprint for job in prepared.all_jobs()}
+    assert len(set(expected.values())) == 7
+    first, second = files[:4], files[4:]
+    store = SqliteRecordStore(home / "analysis_records.sqlite")
+
+    def recorded(keys: list[str]) -> bool:
+        return len(store.existing_fingerprints(isi.name, [expected[k] for k in keys])) == len(keys)
+
+    # Phase 1: a running daemon picks the files up, registers and runs them.
+    dev.start()
+    drop(first, inbox)
+    first_keys = [j.partition_key for j in prepared.all_jobs()[:4]]
+    second_keys = [j.partition_key for j in prepared.all_jobs()[4:]]
+
+    def first_done() -> bool:
+        states = {e.partition_key: e.state for e in store.list_jobs(isi.name)}
+        return recorded(first_keys) and all(states.get(k) == JobState.DONE for k in first_keys)
+
+    wait_for("the first 4 jobs to be recorded and done", first_done, dev)
+
+    # Phase 2: more jobs; kill -9 everything while one of them runs, then start again.
+    drop(second, inbox)
+
+    def something_running() -> bool:
+        return any(e.state == JobState.RUNNING for e in store.get_jobs(isi.name, second_keys).values())
+
+    wait_for("a job of the second batch to be running", something_running, dev)
+    dev.kill()
+    interrupted = {e.partition_key for e in store.list_jobs(isi.name) if e.state == JobState.RUNNING}
+    assert interrupted and not recorded(sorted(interrupted)), "the kill was meant to land mid-run"
+
+    dev.start()
+
+    def all_done() -> bool:
+        entries = store.list_jobs(isi.name)
+        return (
+            len(entries) == 7 and all(e.state == JobState.DONE for e in entries) and recorded(list(expected))
+        )
+
+    wait_for("every job to be recorded and done after the restart", all_done, dev)
+    dev.kill()
+
+    # Every job done exactly once: one record per fingerprint, one result folder each, no job lost.
+    records = store.find_records(isi.name)
+    assert sorted(r["_id"] for r in records) == sorted(expected.values())
+    assert sorted(p.name for p in results.iterdir()) == sorted(expected.values())
+    assert all((results / fp / "metadata.nd.json").is_file() for fp in expected.values())
+    entries = {e.partition_key: e for e in store.list_jobs(isi.name)}
+    assert {k: e.fingerprint for k, e in entries.items()} == expected
+    for key in interrupted:  # the killed run was failed, and retried under a new run key
+        assert entries[key].attempts >= 2, entries[key]
+    assert sorted(p.name for p in (inbox / "registered" / isi.name).iterdir()) == sorted(
+        p.name for p in files
+    )
+    assert not list(inbox.glob("*.json")) and not (inbox / "rejected").exists()
+    store.close()
+
+    from dagster import DagsterInstance, DagsterRunStatus
+
+    with DagsterInstance.from_config(str(home)) as instance:
+        runs = instance.get_runs()
+    successes: Counter[Any] = Counter(
+        r.tags.get("dagster/partition") for r in runs if r.status == DagsterRunStatus.SUCCESS
+    )
+    lost = [r for r in runs if r.status == DagsterRunStatus.FAILURE]
+    lost_keys = {r.tags.get("dagster/partition") for r in lost}
+    # No job succeeded twice; a job without a successful run is one whose run was killed after it
+    # had committed its record (its run was then failed as lost, and nothing ran again).
+    assert set(successes) <= set(expected) and set(successes.values()) <= {1}, successes
+    assert set(expected) - set(successes) <= lost_keys
+    assert lost_keys >= interrupted
+    assert all(r.tags.get("dagster/run_key", "").endswith(":1") for r in lost)

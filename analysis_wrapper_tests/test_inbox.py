@@ -1,0 +1,166 @@
+"""The dispatch inbox, local and S3 (a real S3 server on 127.0.0.1): listing only what is new, and
+moves that never lose or overwrite a file."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from analysis_wrapper.inbox import (
+    REASON_SUFFIX,
+    Inbox,
+    InboxFile,
+    LocalInbox,
+    S3Inbox,
+    is_job_file_name,
+    open_inbox,
+    split_inbox_uri,
+)
+from analysis_wrapper_tests.s3_servers import S3Endpoint
+
+
+def test_job_file_names() -> None:
+    assert is_job_file_name("0b6d.json")
+    assert not is_job_file_name(".0b6d.json")  # a dispatcher's temporary name
+    assert not is_job_file_name("0b6d.json.tmp") and not is_job_file_name("notes.txt")
+
+
+def test_split_inbox_uri_and_open() -> None:
+    assert split_inbox_uri("s3://bucket/some/prefix/") == ("bucket", "some/prefix")
+    assert split_inbox_uri("s3://bucket") == ("bucket", "")
+    with pytest.raises(ValueError, match="names no bucket"):
+        split_inbox_uri("s3://")
+    assert isinstance(open_inbox("relative/inbox"), LocalInbox)
+    assert isinstance(open_inbox("s3://b/p", lambda: object()), S3Inbox)
+
+
+def _write(path: Path, text: str = "{}", age: float = 0.0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    if age:
+        then = time.time() - age
+        os.utime(path, (then, then))
+    return path
+
+
+def test_local_listing_is_oldest_first_bounded_and_blind_to_what_was_handled(tmp_path: Path) -> None:
+    inbox = LocalInbox(tmp_path / "inbox")
+    assert inbox.list_files("", 10) == [] and (tmp_path / "inbox").is_dir()  # created when missing
+    root = tmp_path / "inbox"
+    _write(root / "c.json", age=10)
+    _write(root / "a.json", age=30)
+    _write(root / "b.json", age=20)
+    _write(root / ".hidden.json")
+    _write(root / "x.json.tmp")
+    for i in range(50):  # the history: never listed
+        _write(root / "registered" / "echo" / f"{i}.json")
+        _write(root / "rejected" / f"{i}.json")
+    _write(root / "echo" / "e.json")
+    files = inbox.list_files("", 10)
+    assert [f.name for f in files] == ["a.json", "b.json", "c.json"]
+    assert all(f.folder == "" and f.uri == str(root / f.name) for f in files)
+    assert inbox.listed == 3 + 2 + 3  # 3 job files, 2 other files, 3 folders: not their contents
+    assert [f.name for f in inbox.list_files("", 2)] == ["a.json", "b.json"]
+    assert [(f.folder, f.name) for f in inbox.list_files("echo", 10)] == [("echo", "e.json")]
+    assert inbox.list_files("nothing-here", 10) == []
+    assert inbox.read(files[0]) == b"{}" and inbox.reads == 1
+    assert inbox.base_folder(files[0]) == root
+
+
+def test_local_moves_never_overwrite(tmp_path: Path) -> None:
+    inbox = LocalInbox(tmp_path)
+    first = InboxFile("", "j.json", str(_write(tmp_path / "j.json", "first")), 0.0)
+    target = inbox.registered_uri(first, "echo")
+    assert target == str(tmp_path / "registered" / "echo" / "j.json")
+    assert inbox.accept(first, "echo", target)
+    # The same name dropped again: registered beside the first, not over it.
+    second = InboxFile("", "j.json", str(_write(tmp_path / "j.json", "second")), 0.0)
+    other = inbox.registered_uri(second, "echo")
+    assert other != target and inbox.accept(second, "echo", other)
+    assert sorted(p.read_text() for p in (tmp_path / "registered" / "echo").iterdir()) == ["first", "second"]
+    assert not inbox.accept(second, "echo", other)  # gone already: False, no error
+
+    routed = InboxFile("", "r.json", str(_write(tmp_path / "r.json", "r")), 0.0)
+    assert inbox.route(routed, "other") and (tmp_path / "other" / "r.json").read_text() == "r"
+
+    for text in ("bad 1", "bad 2"):
+        bad = InboxFile("", "bad.json", str(_write(tmp_path / "bad.json", text)), 0.0)
+        where = inbox.reject(bad, f"reason for {text}", "echo_inbox_sensor")
+        assert where is not None and Path(where).read_text() == text
+        reason = Path(where + REASON_SUFFIX).read_text()
+        assert reason.startswith(f"reason for {text}\n") and "by echo_inbox_sensor" in reason
+        assert f"file: {tmp_path / 'bad.json'}" in reason
+    assert len(list((tmp_path / "rejected").glob("bad*.json"))) == 2
+    gone = InboxFile("", "gone.json", str(tmp_path / "gone.json"), 0.0)
+    assert inbox.reject(gone, "x", "me") is None
+    assert not list((tmp_path / "rejected").glob("gone*"))
+
+
+@pytest.fixture
+def s3_inbox(moto_s3: S3Endpoint) -> tuple[S3Inbox, str, S3Endpoint]:
+    bucket = moto_s3.new_bucket("inbox")
+    return S3Inbox(moto_s3.client(), f"s3://{bucket}/dispatch/"), bucket, moto_s3
+
+
+def test_s3_listing_skips_the_subfolders_and_stops_at_the_limit(
+    s3_inbox: tuple[S3Inbox, str, S3Endpoint],
+) -> None:
+    inbox, bucket, server = s3_inbox
+    client = server.client()
+    for name in ("b.json", "a.json", "notes.txt", ".tmp.json"):
+        client.put_object(Bucket=bucket, Key=f"dispatch/{name}", Body=b"{}")
+    for i in range(30):
+        client.put_object(Bucket=bucket, Key=f"dispatch/registered/echo/{i}.json", Body=b"{}")
+        client.put_object(Bucket=bucket, Key=f"dispatch/rejected/{i}.json", Body=b"{}")
+    client.put_object(Bucket=bucket, Key="dispatch/echo/e.json", Body=b"{}")
+    client.put_object(Bucket=bucket, Key="dispatchother/x.json", Body=b"{}")
+    assert inbox.uri == f"s3://{bucket}/dispatch"
+    files = inbox.list_files("", 10)
+    assert sorted(f.name for f in files) == ["a.json", "b.json"]
+    assert inbox.listed == 4 + 3  # four objects and three folders, not the 60 files below them
+    assert {f.uri for f in files} == {f"s3://{bucket}/dispatch/a.json", f"s3://{bucket}/dispatch/b.json"}
+    assert [f.name for f in inbox.list_files("echo", 10)] == ["e.json"]
+    assert len(inbox.list_files("", 1)) == 1
+    assert inbox.read(files[0]) == b"{}"
+    with pytest.raises(FileNotFoundError):
+        inbox.read(InboxFile("", "nope.json", f"s3://{bucket}/dispatch/nope.json", 0.0))
+
+
+def test_s3_moves_copy_then_remove(s3_inbox: tuple[S3Inbox, str, S3Endpoint]) -> None:
+    inbox, bucket, server = s3_inbox
+    client = server.client()
+
+    def put(name: str, body: bytes) -> InboxFile:
+        client.put_object(Bucket=bucket, Key=f"dispatch/{name}", Body=body)
+        return InboxFile("", name, f"s3://{bucket}/dispatch/{name}", 0.0)
+
+    good = put("g.json", b"good")
+    target = inbox.registered_uri(good, "echo")
+    assert target == f"s3://{bucket}/dispatch/registered/echo/g.json"
+    assert inbox.accept(good, "echo", target)
+    assert not inbox.accept(good, "echo", target)  # already moved
+    assert inbox.route(put("r.json", b"r"), "other")
+    assert inbox.route(put("r.json", b"r2"), "other")  # a second r.json is kept beside the first
+    for body in (b"bad", b"bad again"):
+        where = inbox.reject(put("bad.json", body), "invalid JSON", "echo_inbox_sensor")
+        assert where is not None
+    objects = server.objects(bucket)
+    assert "dispatch/g.json" not in objects and "dispatch/bad.json" not in objects
+    assert client.get_object(Bucket=bucket, Key="dispatch/registered/echo/g.json")["Body"].read() == b"good"
+    assert len([k for k in objects if k.startswith("dispatch/other/r")]) == 2
+    rejected = sorted(k for k in objects if k.startswith("dispatch/rejected/"))
+    assert len(rejected) == 4 and "dispatch/rejected/bad.json.reason.txt" in rejected
+    reason = client.get_object(Bucket=bucket, Key="dispatch/rejected/bad.json.reason.txt")["Body"].read()
+    assert reason.startswith(b"invalid JSON") and f"s3://{bucket}/dispatch/bad.json".encode() in reason
+    assert (
+        inbox.reject(InboxFile("", "gone.json", f"s3://{bucket}/dispatch/gone.json", 0.0), "x", "me") is None
+    )
+    assert not [k for k in server.objects(bucket) if "gone" in k]
+
+
+def test_inbox_is_an_interface() -> None:
+    with pytest.raises(TypeError):
+        Inbox()  # type: ignore[abstract]
