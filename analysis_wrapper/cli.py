@@ -41,9 +41,11 @@ def _open(args: argparse.Namespace) -> Context:
     home.mkdir(parents=True, exist_ok=True)
     instance_yaml = home / "dagster.yaml"
     if not instance_yaml.exists():
+        # The shipped local instance config (queued runs, concurrency limits, telemetry off), so that
+        # `dagster dev` on the same DAGSTER_HOME behaves as the README says.
+        shipped = Path(__file__).resolve().parent.parent / "dagster_home" / "dagster.yaml"
         instance_yaml.write_text(
-            "# Written by analysis-wrapper: a local instance, storage in this folder.\n"
-            "telemetry:\n  enabled: false\n"
+            shipped.read_text() if shipped.is_file() else "telemetry:\n  enabled: false\n"
         )
     os.environ["DAGSTER_HOME"] = str(home)
 
