@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
-.venv/bin/ruff check analysis_wrapper analysis_wrapper_tests examples
-.venv/bin/ruff format --check analysis_wrapper analysis_wrapper_tests examples
+.venv/bin/ruff check analysis_wrapper analysis_wrapper_tests examples benchmarks
+.venv/bin/ruff format --check analysis_wrapper analysis_wrapper_tests examples benchmarks
 .venv/bin/mypy
 .venv/bin/python -m pytest "$@"

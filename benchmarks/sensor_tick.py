@@ -1,0 +1,314 @@
+"""Items 1 and 5a: one inbox sensor tick against what is already known.
+
+A registry of N jobs (all done, each with its record and its dynamic partition, as after months of
+use) and M new job files dropped at the top of a local inbox, named by uuid4 as the AIND dispatcher
+names them. One tick of the real inbox sensor (``analysis_wrapper.sensors.build_inbox_sensor``),
+evaluated as the sensor daemon evaluates it (``build_sensor_context`` with the instance and the
+resources, a cursor as left by earlier ticks), then its dynamic-partition requests applied to the
+instance as the daemon applies them. The registry grows 1,000 -> 10,000 -> 100,000 between ticks.
+
+Each tick runs in its own process (``python -m benchmarks.sensor_tick ROOT``), so its peak RSS is its
+own: the peak is reset (``/proc/self/clear_refs``) just before the tick and read (``VmHWM``) after it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import trivial
+from benchmarks.common import REPO_ROOT, Entry, RunOptions, compared, entry, failed
+from benchmarks.records import fingerprint
+
+TICK_TARGET_S = 5.0
+SCALE_TARGET = 1.5
+REGISTRY_BATCH = 10_000
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+class Setup:
+    """The on-disk state of the tick benchmark: Dagster home, record store, inbox, one input file."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.home = root / "dagster_home"
+        self.store_path = self.home / "analysis_records.sqlite"
+        self.inbox = root / "inbox"
+        self.input = root / "inputs" / "asset.txt"
+        self.size = 0
+        self.batch = 0
+
+    def environ(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in {"DOCDB_URI", "ANALYSIS_BUCKET"}}
+        env["DAGSTER_HOME"] = str(self.home)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        return env
+
+    def start(self) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        self.input.parent.mkdir(parents=True, exist_ok=True)
+        self.input.write_text("benchmark input\n")
+        self.inbox.mkdir(parents=True, exist_ok=True)
+
+    def grow(self, size: int, log: Any) -> float:
+        """Register jobs up to ``size`` (done, recorded, with their partitions); returns seconds."""
+        from dagster import DagsterInstance
+        from dagster._core.instance.ref import InstanceRef
+
+        from analysis_wrapper.registration import add_partitions
+        from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+        from analysis_wrapper.resources.store_base import JobEntry, JobState
+
+        if size <= self.size:
+            return 0.0
+        start = time.perf_counter()
+        log(f"    registry: {self.size:,} -> {size:,} jobs")
+        store = SqliteRecordStore(self.store_path)
+        instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
+        try:
+            for lo in range(self.size, size, REGISTRY_BATCH):
+                hi = min(size, lo + REGISTRY_BATCH)
+                entries = []
+                for i in range(lo, hi):
+                    fp = fingerprint(i)
+                    job = _job_dict(self.input, f"old job {i}")
+                    entries.append(
+                        JobEntry(
+                            analysis=trivial.NAME,
+                            partition_key=f"asset_{i:07d}-{fp[:20]}",
+                            fingerprint=fp,
+                            job=job,
+                            source=str(self.inbox / "registered" / trivial.NAME / f"{i:07d}.json"),
+                            state=JobState.DONE,
+                        )
+                    )
+                store.register_jobs(entries)
+                for e in entries:
+                    store.insert_record(trivial.NAME, _small_record(e.fingerprint, e.partition_key))
+                add_partitions(instance, trivial.analysis.partitions_name, [e.partition_key for e in entries])
+        finally:
+            store.close()
+            instance.dispose()
+        self.size = size
+        return time.perf_counter() - start
+
+    def drop_files(self, count: int) -> None:
+        self.batch += 1
+        for i in range(count):
+            trivial.write_job(
+                self.inbox, [self.input], {"analysis_name": trivial.NAME, "label": f"new {self.batch}-{i}"}
+            )
+
+    def settle(self) -> None:
+        """After a tick: its registered jobs count as done (so every tick starts alike)."""
+        from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+        from analysis_wrapper.resources.store_base import JobState
+
+        store = SqliteRecordStore(self.store_path)
+        try:
+            pending = store.find_jobs(trivial.NAME, states=[JobState.PENDING], limit=1_000_000)
+            store.set_job_states(trivial.NAME, [e.partition_key for e in pending], JobState.DONE)
+            self.size += len(pending)
+        finally:
+            store.close()
+
+
+def _job_dict(source: Path, label: str) -> dict[str, Any]:
+    return {
+        "s3_location": [str(source.parent)],
+        "asset_name": [source.stem],
+        "docdb_record_id": ["00000000-0000-4000-8000-000000000000"],
+        "file_location": [str(source)],
+        "distributed_parameters": None,
+        "group_metadata": None,
+        "query": None,
+        "analysis_code": {
+            "object_type": "Code",
+            "url": "https://example.org/benchmark",
+            "name": trivial.NAME,
+            "version": "1.0.0",
+            "parameters": {"analysis_name": trivial.NAME, "label": label},
+        },
+    }
+
+
+def _small_record(fp: str, key: str) -> dict[str, Any]:
+    return {
+        "_id": fp,
+        "name": fp,
+        "location": f"/results/{fp}",
+        "processing": {"data_processes": [{"code": {"parameters": {"analysis_name": trivial.NAME}}}]},
+        "analysis_wrapper": {"analysis": trivial.NAME, "partition_key": key},
+    }
+
+
+# ---- the tick, in its own process ----------------------------------------------------------------------
+def tick_main(root: Path, store_path: Path, inbox: Path) -> dict[str, Any]:
+    from dagster import DagsterInstance, SensorResult, build_sensor_context
+    from dagster_aws.s3 import S3Resource
+
+    from analysis_wrapper.definitions import build_analysis_set
+    from analysis_wrapper.resources.records import RecordStoreResource
+    from analysis_wrapper.sensors import InboxCursor, SensorSettings, build_inbox_sensor
+
+    instance = DagsterInstance.get()
+    built = build_analysis_set([trivial.analysis])
+    sensor_def = build_inbox_sensor(
+        built[trivial.NAME], {trivial.NAME: trivial.analysis}, SensorSettings(inbox=str(inbox))
+    )
+    records = RecordStoreResource(backend="sqlite", sqlite_path=str(store_path))
+    resources = {"records": records, "s3": S3Resource()}
+    # The cursor of a sensor that has run before: the registry is reconciled with this version.
+    cursor = InboxCursor(version=trivial.analysis.version).dump()
+    store = records.get_store()
+    store.get_jobs(trivial.NAME, ["warm-up"])  # open the store: the connection is kept between ticks
+    files_before = sum(1 for p in inbox.iterdir() if p.suffix == ".json")
+    reset = _reset_peak_rss()
+    rss_before = _status_kb("VmRSS")
+    queries_before = store.query_count
+    start = time.perf_counter()
+    with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as context:
+        result = sensor_def(context)
+    if not isinstance(result, SensorResult):
+        raise TypeError(f"the inbox sensor returned {type(result).__name__}, not a SensorResult")
+    evaluated = time.perf_counter()
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    applied = time.perf_counter()
+    peak = _status_kb("VmHWM")
+    files_after = sum(1 for p in inbox.iterdir() if p.suffix == ".json")
+    return {
+        "evaluate_s": evaluated - start,
+        "apply_s": applied - evaluated,
+        "rss_before_kb": rss_before,
+        "peak_rss_kb": peak,
+        "peak_reset": reset,
+        "store_queries": store.query_count - queries_before,
+        "files_taken": files_before - files_after,
+        "run_requests": len(result.run_requests or []),
+        "skip_reason": result.skip_reason,
+    }
+
+
+def _tick_subprocess(setup: Setup) -> dict[str, Any]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.sensor_tick",
+        str(setup.root),
+        str(setup.store_path),
+        str(setup.inbox),
+    ]
+    done = subprocess.run(
+        cmd, env=setup.environ(), cwd=setup.root, capture_output=True, text=True, timeout=600, check=False
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(
+            f"tick process exited {done.returncode}: {(done.stderr or done.stdout).strip()[-400:]}"
+        )
+    return dict(json.loads(lines[-1]))
+
+
+def _median_tick(ticks: list[dict[str, Any]]) -> dict[str, Any]:
+    ordered = sorted(ticks, key=lambda r: r["evaluate_s"] + r["apply_s"])
+    return ordered[len(ordered) // 2]
+
+
+def run(options: RunOptions) -> list[Entry]:
+    sizes = options.sizes
+    setup = Setup(Path(options.workdir) / "sensor_tick")
+    setup.start()
+    new = sizes.sensor_new_files
+    results: dict[int, dict[str, Any]] = {}
+    entries: list[Entry] = []
+    for size in sizes.sensor_registry:
+        label = f"sensor tick: registry {size:,} jobs + {new:,} new files"
+        ticks = []
+        try:
+            setup.grow(size, options.log)
+            for repeat in range(sizes.sensor_repeats):
+                setup.drop_files(new)
+                options.log(f"  {label} (tick {repeat + 1}/{sizes.sensor_repeats})")
+                tick = _tick_subprocess(setup)
+                setup.settle()
+                if tick["files_taken"] != new:
+                    raise RuntimeError(f"the tick took {tick['files_taken']} of {new} new files")
+                ticks.append(tick)
+        except Exception as exc:
+            entries.append(failed(label, exc))
+            continue
+        result = results[size] = _median_tick(ticks)
+        seconds = result["evaluate_s"] + result["apply_s"]
+        entries.append(
+            entry(
+                label,
+                seconds,
+                "s",
+                target=f"< {TICK_TARGET_S:g} s",
+                met=max(t["evaluate_s"] + t["apply_s"] for t in ticks) < TICK_TARGET_S,
+                note=(
+                    f"median of {len(ticks)}: evaluate {result['evaluate_s']:.2f} s + add partitions "
+                    f"{result['apply_s']:.2f} s; {result['store_queries']} store queries, "
+                    f"{result['run_requests']} runs requested (creating them is the daemon's, not timed)"
+                ),
+            )
+        )
+        peaks = [t["peak_rss_kb"] for t in ticks if t.get("peak_rss_kb")]
+        if peaks:
+            grew = max(t["peak_rss_kb"] - (t["rss_before_kb"] or 0) for t in ticks if t.get("peak_rss_kb"))
+            entries.append(
+                entry(
+                    f"sensor tick: registry {size:,} jobs, peak RSS",
+                    max(peaks) / 1024,
+                    "MB",
+                    note=f"tick process; +{grew / 1024:.0f} MB during the tick"
+                    + ("" if all(t["peak_reset"] for t in ticks) else " (peak not reset: includes start-up)"),
+                )
+            )
+    smallest, largest = min(sizes.sensor_registry), max(sizes.sensor_registry)
+    if smallest in results and largest in results and largest != smallest:
+
+        def total(r: dict[str, Any]) -> float:
+            return float(r["evaluate_s"] + r["apply_s"])
+
+        entries.append(
+            compared(
+                f"sensor tick: registry {largest:,} vs {smallest:,} jobs",
+                total(results[largest]),
+                "s",
+                f"tick at {smallest:,} jobs",
+                total(results[smallest]),
+                "time ratio",
+                target=f"≤ {SCALE_TARGET:g}x",
+                met=lambda r: r <= SCALE_TARGET,
+            )
+        )
+    return entries
+
+
+if __name__ == "__main__":
+    print(json.dumps(tick_main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))))
