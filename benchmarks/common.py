@@ -9,8 +9,6 @@ import os
 import platform
 import pstats
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -358,86 +356,32 @@ def clean_git_repo(path: Path) -> Path:
 
 
 # ---- a local S3 server: SeaweedFS ---------------------------------------------------------------------
-def _free_port_pair(taken: set[int]) -> int:
-    """A free TCP port ``p`` on 127.0.0.1 with ``p + 10000`` free too (SeaweedFS's gRPC ports)."""
-    for _ in range(200):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port + 10000 > 65535 or port in taken or port + 10000 in taken:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        taken.update({port, port + 10000})
-        return port
-    raise RuntimeError("no free port pair found for SeaweedFS")
-
-
 class SeaweedServer:
-    """``weed mini`` on 127.0.0.1 with every port chosen free (so it runs beside other servers)."""
+    """``weed mini`` on 127.0.0.1 with every port chosen free, started exactly as the tests start it."""
 
     def __init__(self, data_dir: Path, weed: str):
-        self.data_dir = data_dir
+        self.folder = data_dir.parent
         self.weed = weed
-        self.process: subprocess.Popen[bytes] | None = None
         self.endpoint = ""
-        self.log_path = data_dir.parent / "weed.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._ports: list[int] = []
 
     def start(self, timeout: float = 60.0) -> SeaweedServer:
-        import boto3
+        from analysis_wrapper_tests.s3_servers import start_weed
 
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        taken: set[int] = set()
-        ports = {name: _free_port_pair(taken) for name in ("master", "volume", "filer", "s3", "admin")}
-        cmd = [
-            self.weed,
-            "mini",
-            f"-dir={self.data_dir}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            "-webdav=false",
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            f"-master.port={ports['master']}",
-            f"-volume.port={ports['volume']}",
-            f"-filer.port={ports['filer']}",
-            f"-s3.port={ports['s3']}",
-            f"-admin.port={ports['admin']}",
-        ]
-        log = self.log_path.open("wb")
-        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        self.endpoint = f"http://127.0.0.1:{ports['s3']}"
-        client = boto3.client("s3", endpoint_url=self.endpoint, **_boto_credentials())
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"weed mini exited with {self.process.returncode}; see {self.log_path}")
-            try:
-                client.list_buckets()
-                return self
-            except Exception as exc:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        f"weed mini did not serve S3 within {timeout} s; see {self.log_path}"
-                    ) from exc
-                time.sleep(0.3)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._process, endpoint, self._ports = start_weed(
+            self.folder, S3_ENV["AWS_ACCESS_KEY_ID"], S3_ENV["AWS_SECRET_ACCESS_KEY"], timeout
+        )
+        self.endpoint = endpoint.endpoint_url
+        return self
 
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        from analysis_wrapper_tests.s3_servers import stop_weed
+
+        if self._process is not None:
+            stop_weed(self._process, self._ports)
+            self._process = None
 
     def __enter__(self) -> SeaweedServer:
         return self.start()
