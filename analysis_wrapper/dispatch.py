@@ -281,8 +281,10 @@ def build_analysis_job(
             source, f"parameters.{_field_path(first['loc'])}", f"{first['msg']} (got {first.get('input')!r})"
         ) from None
     validated = params.model_dump(mode="json")
-    for line in describe_parameter_changes(merged, validated):
-        (logger or log).info("%s [%s]: %s", analysis.name, source, line)
+    changes = describe_parameter_changes(merged, validated)
+    if changes:
+        # One message, not one per parameter: in a Dagster run every log call is an event written to storage.
+        (logger or log).info("%s [%s]: parameters: %s", analysis.name, source, "; ".join(changes))
     inputs = list(dispatch.file_location or dispatch.s3_location)
     label = dispatch.asset_name[0] if dispatch.asset_name else Path(inputs[0]).name
     try:
