@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import uuid
@@ -26,13 +25,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_examples_module() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "make_examples", REPO_ROOT / "examples" / "make_examples.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The shipped example generator (``examples/make_examples.py``)."""
+    from examples import make_examples
+
+    return make_examples
 
 
 def git_repo(path: Path, dirty: bool) -> Path:

@@ -4,24 +4,19 @@ and cached under ``benchmarks/.cache/nwb/`` (git-ignored)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import CACHE_DIR, REPO_ROOT
+from benchmarks.common import CACHE_DIR
 
 
 def _examples() -> Any:
-    spec = importlib.util.spec_from_file_location(
-        "make_examples", REPO_ROOT / "examples" / "make_examples.py"
-    )
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from examples import make_examples
+
+    return make_examples
 
 
 def nwb_files(count: int, units: int, spikes_per_unit: int, log: Any = print) -> list[Path]:

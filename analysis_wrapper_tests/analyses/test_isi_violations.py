@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import itertools
 import json
 import logging
@@ -18,16 +17,13 @@ from pydantic import ValidationError
 
 from analysis_wrapper.analyses import isi_violations as iv
 
-EXAMPLES_SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "make_examples.py"
 LOGGER = logging.getLogger("test_isi_violations")
 
 
 @pytest.fixture(scope="module")
 def make_examples() -> types.ModuleType:
-    spec = importlib.util.spec_from_file_location("make_examples_under_test", EXAMPLES_SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    from examples import make_examples as module
+
     return module
 
 

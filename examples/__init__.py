@@ -1,0 +1,1 @@
+"""The example generator, importable by tests and benchmarks (`from examples import make_examples`)."""
