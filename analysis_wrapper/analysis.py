@@ -44,7 +44,7 @@ class Analysis(Generic[P, OutT]):
     """Declarative description of one analysis.
 
     ``name`` becomes part of Dagster names (``<name>_result`` asset, ``<name>_job``,
-    ``<name>_partitions``), so it must be a lowercase Python-style identifier.
+    ``<name>_batch_job``, ``<name>_partitions``), so it must be a lowercase Python-style identifier.
     ``version`` is the analysis's declared code version: it enters the fingerprint, so bumping it
     makes every job of this analysis due again, while a new git commit alone does not.
     ``figure`` names a PNG the run function writes into ``results_dir``; the UI shows it.
@@ -74,6 +74,10 @@ class Analysis(Generic[P, OutT]):
     @property
     def job_name(self) -> str:
         return f"{self.name}_job"
+
+    @property
+    def batch_job_name(self) -> str:
+        return f"{self.name}_batch_job"
 
     @property
     def partitions_name(self) -> str:

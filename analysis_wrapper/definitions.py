@@ -79,7 +79,7 @@ def build_definitions(
     built = build_analysis_set(analyses)
     return Definitions(
         assets=[d.asset for d in built.values()],
-        jobs=[d.job for d in built.values()],
+        jobs=[j for d in built.values() for j in (d.job, d.batch_job)],
         sensors=build_sensors(built, settings),
         resources=build_resources(settings),
     )

@@ -7,19 +7,13 @@ Each registered :class:`~analysis_wrapper.analysis.Analysis` gets
 * ``<name>_result``: the result asset; it loads its job from the registry by partition key (so UI
   materializations and backfills need no config), skips fingerprints already recorded, runs the
   analysis into a scratch folder and hands the result to the results IO manager;
-* ``<name>_job``: an asset job over that asset.
+* ``<name>_job``: an asset job over that asset, one partition per run;
+* ``<name>_batch_job``: several partitions per run (see :mod:`analysis_wrapper.batch`).
 """
 
-import base64
-import datetime as dt
 import inspect
-import math
-import shutil
-import tempfile
-import time
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from dagster import (
@@ -29,36 +23,29 @@ from dagster import (
     Config,
     DataVersion,
     DynamicPartitionsDefinition,
-    Failure,
-    MetadataValue,
+    JobDefinition,
     Output,
-    TableColumn,
-    TableRecord,
-    TableSchema,
     asset,
     define_asset_job,
     in_process_executor,
 )
-from pydantic import BaseModel, ValidationError
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.config import build_config_class, overrides_from_config
-from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError, build_analysis_job
-from analysis_wrapper.inputs import InputNotFoundError, resolve_inputs
-from analysis_wrapper.provenance import DirtyTreeError, build_record, check_may_post
+from analysis_wrapper.batch import build_batch_job
+from analysis_wrapper.config import build_config_class
+from analysis_wrapper.partition_run import PartitionContext, compute_partition
 from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, AnalysisResult
 from analysis_wrapper.resources.runtime import AnalysisRuntime
-from analysis_wrapper.resources.s3_storage import S3InputCache
-from analysis_wrapper.resources.store_base import JobState
+from analysis_wrapper.tags import ANALYSIS_TAG, FINGERPRINT_TAG
+
+__all__ = ["ANALYSIS_TAG", "FINGERPRINT_TAG", "AnalysisDefinitions", "build_analysis_definitions"]
 
 # `Output(data_version=...)` is marked beta in Dagster 1.13; we rely on it knowingly (data version =
 # fingerprint), so its warning would only be noise in every run log.
 warnings.filterwarnings("ignore", message=r".*`data_version`.*", category=BetaWarning)
 
 RESULTS_IO_MANAGER_KEY = "results_io_manager"
-ANALYSIS_TAG = "analysis_wrapper/analysis"
-FINGERPRINT_TAG = "analysis_wrapper/fingerprint"
 
 
 @dataclass(frozen=True)
@@ -70,54 +57,7 @@ class AnalysisDefinitions:
     config_class: type[Config]
     asset: AssetsDefinition
     job: Any  # the unresolved asset job from define_asset_job
-
-
-def _outputs_table(outputs: BaseModel) -> MetadataValue:
-    values = outputs.model_dump(mode="json")
-    rows = [TableRecord({"output": name, "value": json_scalar(value)}) for name, value in values.items()]
-    schema = TableSchema(columns=[TableColumn("output", "string"), TableColumn("value", "string")])
-    return MetadataValue.table(rows, schema=schema)
-
-
-def json_scalar(value: Any) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value if isinstance(value, str) else repr(value) if value is None else str(value)
-
-
-def _figure_markdown(path: Path) -> MetadataValue | None:
-    if not path.is_file() or path.stat().st_size > 4_000_000:
-        return None
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return MetadataValue.md(f"![{path.name}](data:image/png;base64,{data})")
-
-
-def load_job(
-    analysis: Analysis[Any, Any], records: RecordStoreResource, key: str, config: Config, log: Any
-) -> tuple[AnalysisJob, str]:
-    """The partition's job from the registry, with run-config overrides applied and validated."""
-    entry = records.get_store().get_job(analysis.name, key)
-    if entry is None:
-        raise Failure(
-            f"Partition {key!r} of {analysis.name} is not in the job registry. Register its job file first "
-            "(`analysis-wrapper submit FILE`, or drop it in the dispatch inbox)."
-        )
-    source = entry.source or "registry"
-    try:
-        dispatch = DispatchJob.model_validate(dict(entry.job))
-        job = build_analysis_job(
-            dispatch, analysis, overrides_from_config(config, analysis), source=source, logger=log
-        )
-    except (JobFileError, ValidationError) as exc:
-        raise Failure(f"Invalid parameters for partition {key}, nothing was run: {exc}") from None
-    if job.partition_key != key:
-        log.info(
-            f"Run-config overrides change this job's parameters: it runs and is recorded under partition "
-            f"{key} with fingerprint {job.fingerprint} (a job file with these parameters would get key "
-            f"{job.partition_key})."
-        )
-        job = job.model_copy(update={"partition_key": key})
-    return job, source
+    batch_job: JobDefinition
 
 
 def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefinitions:
@@ -133,105 +73,14 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         records: RecordStoreResource,
         runtime: AnalysisRuntime,
     ) -> Output[AnalysisResult]:
-        key = context.partition_key
-        store = records.get_store()
-        job, source = load_job(analysis, records, key, config, context.log)
-        dry_run = runtime.dry_run if config.dry_run is None else bool(config.dry_run)
-        context.log.info(
-            f"{analysis.name} {analysis.version} on partition {key}: fingerprint {job.fingerprint}, "
-            f"{len(job.inputs)} input(s), dry run {'on' if dry_run else 'off'}."
+        where = PartitionContext(context.run.run_id, context.asset_key.to_user_string(), context.log)
+        outcome = compute_partition(
+            analysis, context.partition_key, config, records, runtime, where, run_script
         )
-        common_metadata: dict[str, Any] = {
-            "fingerprint": job.fingerprint,
-            "inputs": MetadataValue.json({"locations": job.inputs}),
-            "parameters": MetadataValue.json(job.parameters),
-            "analysis_version": analysis.version,
-            "job_source": source,
-        }
-        if not config.force and store.existing_fingerprints(analysis.name, [job.fingerprint]):
-            context.log.info(
-                f"Skipping {key}: fingerprint {job.fingerprint} is already recorded. "
-                "Set force: true in run config to run it again."
-            )
-            store.update_job(analysis.name, key, state=JobState.DONE, run_id=context.run.run_id)
-            return Output(
-                AnalysisResult(
-                    job=job, outputs=analysis.outputs.model_construct(), dry_run=dry_run, skipped=True
-                ),
-                data_version=DataVersion(job.fingerprint),
-                metadata=common_metadata,
-            )
-        code = runtime.code_state()
-        try:
-            check_may_post(code, dry_run, runtime.allow_dirty)
-        except DirtyTreeError as exc:
-            store.update_job(
-                analysis.name, key, state=JobState.FAILED, run_id=context.run.run_id, error=str(exc)
-            )
-            raise Failure(str(exc)) from None
-        store.update_job(
-            analysis.name, key, state=JobState.RUNNING, run_id=context.run.run_id, count_attempt=True
-        )
-        scratch = Path(
-            tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir())
-        )
-        cache = S3InputCache(runtime.s3_client, scratch.with_name(scratch.name + "-inputs"))
-        started = dt.datetime.now(dt.UTC)
-        clock = time.perf_counter()
-        try:
-            job = job.model_copy(update={"input_paths": resolve_inputs(job.inputs, source, cache)})
-            outputs = analysis.run(job, analysis.params.model_validate(job.parameters), scratch, context.log)
-            outputs = analysis.outputs.model_validate(outputs)
-        except Exception as exc:
-            shutil.rmtree(scratch, ignore_errors=True)
-            cache.cleanup()
-            reason = f"{type(exc).__name__}: {exc}"
-            store.update_job(
-                analysis.name, key, state=JobState.FAILED, run_id=context.run.run_id, error=reason
-            )
-            if isinstance(exc, InputNotFoundError):
-                raise Failure(str(exc)) from None
-            raise
-        cache.cleanup()
-        duration = time.perf_counter() - clock
-        finished = dt.datetime.now(dt.UTC)
-        record = build_record(
-            job=job,
-            outputs=outputs,
-            location="",
-            started=started,
-            finished=finished,
-            code=code,
-            run_id=context.run.run_id,
-            asset_key=context.asset_key.to_user_string(),
-            run_script=run_script,
-            experimenters=runtime.people(),
-            dry_run=dry_run,
-        )
-        metadata: dict[str, Any] = {
-            **common_metadata,
-            "git_commit": code.commit or "unknown",
-            "git_dirty": code.dirty,
-            "duration_s": round(duration, 3),
-            "outputs": _outputs_table(outputs),
-            "dry_run": dry_run,
-        }
-        if analysis.figure:
-            figure = _figure_markdown(scratch / analysis.figure)
-            if figure is not None:
-                metadata["figure"] = figure
-        context.log.info(f"{analysis.name} finished {key} in {duration:.2f} s.")
         return Output(
-            AnalysisResult(
-                job=job,
-                outputs=outputs,
-                dry_run=dry_run,
-                force=bool(config.force),
-                scratch=scratch,
-                record=record,
-            ),
-            data_version=DataVersion(job.fingerprint),
-            metadata=metadata,
+            outcome.result,
+            data_version=DataVersion(outcome.result.job.fingerprint),
+            metadata=outcome.metadata,
         )
 
     # Dagster reads the config class from the annotation of the `config` parameter.
@@ -258,4 +107,5 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         # per run just for it (about 2.5 s of a 3 s daemon run of a small job, measured in benchmarks/).
         executor_def=in_process_executor,
     )
-    return AnalysisDefinitions(analysis, partitions, config_class, result_asset, job)
+    batch_job = build_batch_job(analysis, config_class, result_asset.key, run_script)
+    return AnalysisDefinitions(analysis, partitions, config_class, result_asset, job, batch_job)

@@ -88,28 +88,32 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
 
     # ---- output -----------------------------------------------------------------------------
     def handle_output(self, context: OutputContext, obj: AnalysisResult) -> None:
+        context.add_output_metadata(self.store_result(obj, context.run_id, context.log))
+
+    def store_result(self, obj: AnalysisResult, run_id: str, log: Any) -> dict[str, Any]:
+        """Store ``obj`` (the commit point of its job) and return the materialization metadata.
+
+        The asset's outputs come here through :meth:`handle_output`; batch runs call it directly,
+        one partition after another. A failure marks the job failed and is re-raised.
+        """
         store = self.records.get_store()
         job = obj.job
         try:
             if obj.skipped:
                 existing = store.get_record(job.analysis, job.fingerprint) or {}
-                context.add_output_metadata(
-                    {
-                        LOCATION_METADATA_KEY: existing.get("location", ""),
-                        "status": "skipped: already recorded",
-                    }
-                )
-                return
+                return {
+                    LOCATION_METADATA_KEY: existing.get("location", ""),
+                    "status": "skipped: already recorded",
+                }
             if obj.dry_run:
-                self._write_dry_run(context, obj)
-                return
-            self._commit(context, obj)
+                return self._write_dry_run(obj, run_id, log)
+            return self._commit(obj, run_id, log)
         except Exception as exc:
             store.update_job(
                 job.analysis,
                 job.partition_key,
                 state=JobState.FAILED,
-                run_id=context.run_id,
+                run_id=run_id,
                 error=f"storing results failed: {exc}",
             )
             raise
@@ -117,58 +121,52 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             if obj.scratch is not None:
                 shutil.rmtree(obj.scratch, ignore_errors=True)
 
-    def _write_dry_run(self, context: OutputContext, obj: AnalysisResult) -> None:
+    def _write_dry_run(self, obj: AnalysisResult, run_id: str, log: Any) -> dict[str, Any]:
         storage = self.dry_run_storage()
         record = {**obj.record, "location": storage.uri(obj.job.fingerprint)}
         assert obj.scratch is not None
         storage.put_result(obj.job.fingerprint, obj.scratch, obj.outputs.model_dump(mode="json"), record)
         self.records.get_store().update_job(
-            obj.job.analysis, obj.job.partition_key, state=JobState.DRY_RUN, run_id=context.run_id
+            obj.job.analysis, obj.job.partition_key, state=JobState.DRY_RUN, run_id=run_id
         )
-        context.log.info(
+        log.info(
             f"DRY RUN: results written to {record['location']}; nothing posted to the results root or the "
             "record store. Set DRY_RUN=0 (or dry_run: false in run config) to post."
         )
-        context.add_output_metadata(
-            {LOCATION_METADATA_KEY: record["location"], "status": "dry run: not posted"}
-        )
+        return {LOCATION_METADATA_KEY: record["location"], "status": "dry run: not posted"}
 
-    def _commit(self, context: OutputContext, obj: AnalysisResult) -> None:
+    def _commit(self, obj: AnalysisResult, run_id: str, log: Any) -> dict[str, Any]:
         store = self.records.get_store()
         storage = self.storage()
         job = obj.job
         existing = store.get_record(job.analysis, job.fingerprint)
         if existing is not None and not obj.force:
             # Another run recorded the same fingerprint while this one computed: keep theirs.
-            context.log.warning(
+            log.warning(
                 f"{job.fingerprint} was recorded by run {existing.get('analysis_wrapper', {}).get('run_id')} "
                 "while this run computed; keeping that record, discarding this result."
             )
-            store.update_job(job.analysis, job.partition_key, state=JobState.DONE, run_id=context.run_id)
-            context.add_output_metadata(
-                {LOCATION_METADATA_KEY: existing.get("location", ""), "status": "skipped: recorded meanwhile"}
-            )
-            return
+            store.update_job(job.analysis, job.partition_key, state=JobState.DONE, run_id=run_id)
+            return {
+                LOCATION_METADATA_KEY: existing.get("location", ""),
+                "status": "skipped: recorded meanwhile",
+            }
         record = {**obj.record, "location": storage.uri(job.fingerprint)}
         if existing is not None:
-            self._supersede(context, storage, existing, record)
+            self._supersede(storage, existing, record, log)
         assert obj.scratch is not None
         stored = storage.put_result(job.fingerprint, obj.scratch, obj.outputs.model_dump(mode="json"), record)
         try:
             store.insert_record(job.analysis, record)
         except RecordExistsError:
-            context.log.warning(f"{job.fingerprint} was recorded concurrently; keeping the first record.")
-        store.update_job(job.analysis, job.partition_key, state=JobState.DONE, run_id=context.run_id)
-        context.log.info(
+            log.warning(f"{job.fingerprint} was recorded concurrently; keeping the first record.")
+        store.update_job(job.analysis, job.partition_key, state=JobState.DONE, run_id=run_id)
+        log.info(
             f"Stored {len(stored)} files in {record['location']} and recorded fingerprint {job.fingerprint}."
         )
-        context.add_output_metadata(
-            {LOCATION_METADATA_KEY: record["location"], "status": "recorded", "stored_files": len(stored)}
-        )
+        return {LOCATION_METADATA_KEY: record["location"], "status": "recorded", "stored_files": len(stored)}
 
-    def _supersede(
-        self, context: OutputContext, storage: ResultsStorage, old: dict[str, Any], new: dict[str, Any]
-    ) -> None:
+    def _supersede(self, storage: ResultsStorage, old: dict[str, Any], new: dict[str, Any], log: Any) -> None:
         """Under ``force``: keep the old folder and record, renamed, with a link to the successor."""
         fp = new["_id"]
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S%fZ")
@@ -179,9 +177,7 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         kept["location"] = old_location or old.get("location")
         kept.setdefault("analysis_wrapper", {})["superseded_by"] = fp
         self.records.get_store().supersede_record(new["analysis_wrapper"]["analysis"], fp, kept)
-        context.log.info(
-            f"force: previous record of {fp} kept as {kept['_id']} (location {kept['location']})."
-        )
+        log.info(f"force: previous record of {fp} kept as {kept['_id']} (location {kept['location']}).")
 
     # ---- input ------------------------------------------------------------------------------
     def load_input(self, context: InputContext) -> BaseModel:

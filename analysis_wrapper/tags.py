@@ -1,0 +1,12 @@
+"""Run tags the project sets and reads: how sensors, the CLI and the concurrency limits find runs."""
+
+ANALYSIS_TAG = "analysis_wrapper/analysis"
+"""Every run of an analysis (one-partition and batch runs); ``dagster.yaml`` limits runs per value."""
+FINGERPRINT_TAG = "analysis_wrapper/fingerprint"
+"""The fingerprint a one-partition run computes."""
+ATTEMPT_TAG = "analysis_wrapper/attempt"
+"""Which attempt of its job a one-partition sensor run is."""
+SOURCE_TAG = "analysis_wrapper/source"
+"""Who asked for the run: ``sensor`` or ``cli``."""
+BATCH_SIZE_TAG = "analysis_wrapper/batch_size"
+"""How many partitions a batch run holds (its keys are in its run config)."""
