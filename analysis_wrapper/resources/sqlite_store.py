@@ -7,9 +7,10 @@ rather than deadlock on a lock upgrade. Each thread (and each process) opens its
 lazily, on first use.
 
 Batched lookups pass their keys as ONE JSON array parameter (``IN (SELECT value FROM
-json_each(?))``), so a statement never comes near SQLite's bound-variable limit (999 on old builds)
-and 10,000 keys cost one statement, not one per key. Where SQLite lacks the JSON functions the store
-falls back to plain ``IN (?, ?, ...)`` lists of at most 500 variables per statement.
+json_each(?))``; the skip check joins ``json_each(?)`` to the records instead), so a statement never
+comes near SQLite's bound-variable limit (999 on old builds) and 10,000 keys cost one statement, not
+one per key. Where SQLite lacks the JSON functions the store falls back to plain ``IN (?, ?, ...)``
+lists of at most 500 variables per statement.
 """
 
 from __future__ import annotations
@@ -73,6 +74,12 @@ _SCHEMA = (
     )""",
     "CREATE INDEX IF NOT EXISTS records_analysis ON records (analysis)",
 )
+
+_EXISTING_BY_JSON = (
+    "SELECT records.fingerprint FROM json_each(?) AS wanted CROSS JOIN records "
+    "ON records.fingerprint = wanted.value"
+)
+"""The recorded ones among a JSON array of fingerprints: one index probe per key."""
 
 _JOB_COLUMNS = (
     "analysis, partition_key, fingerprint, state, job_json, source, run_id, attempts, last_error, "
@@ -498,7 +505,18 @@ class SqliteRecordStore(RecordStore):
         if not keys:
             return set()
         conn = self._connection()
+        if len(keys) == 1:  # the per-job check (a run, a run's end): a plain equality is the cheapest
+            row = self._execute(conn, "SELECT 1 FROM records WHERE fingerprint = ?", keys).fetchone()
+            return set(keys) if row is not None else set()
         found: set[str] = set()
+        if self._uses_json_each(conn):
+            # Walk the keys and probe the fingerprint index once per key. ``fingerprint IN (SELECT
+            # value FROM json_each(?))`` first sorts all keys into a temporary b-tree: about 1.6x slower
+            # for 10,000 keys. CROSS JOIN keeps json_each as the outer loop (SQLite never reorders it).
+            for chunk in _chunks(keys, JSON_CHUNK):
+                cursor = self._execute(conn, _EXISTING_BY_JSON, [json.dumps(list(chunk))])
+                found.update(row[0] for row in cursor.fetchall())
+            return found
         for condition, params in self._in_chunks(conn, "fingerprint", keys):
             cursor = self._execute(conn, f"SELECT fingerprint FROM records WHERE {condition}", params)
             found.update(row[0] for row in cursor.fetchall())

@@ -447,6 +447,29 @@ def test_sqlite_batches_stay_under_a_500_variable_limit(tmp_path: Path, json_eac
     store.close()
 
 
+@pytest.mark.parametrize("json_each", [True, False], ids=["json-array", "variable-lists"])
+def test_sqlite_existing_fingerprints_any_key_text(tmp_path: Path, json_each: bool) -> None:
+    # Keys travel as a JSON array (or as bound variables): quotes, backslashes, non-ASCII text and
+    # duplicates must come back exactly; one key takes the single-key statement.
+    store = SqliteRecordStore(tmp_path / "store.sqlite")
+    store._connection()
+    store._json_each = json_each
+    odd = ['q"uote', "back\\slash", "tab\tnew\nline", "caf\u00e9 \u2603", "[1]", "", " "]
+    for key in odd:
+        store.insert_record("demo", {"_id": key})
+    asked = [*odd, *odd, "absent", '"', "\\"]
+    assert store.existing_fingerprints("demo", asked) == set(odd)
+    assert store.existing_fingerprints("demo", iter(asked)) == set(odd)
+    for key in odd:
+        assert store.existing_fingerprints("demo", [key]) == {key}
+        assert store.existing_fingerprints("demo", [key, key]) == {key}
+    assert store.existing_fingerprints("demo", ["absent"]) == set()
+    before = store.query_count
+    store.existing_fingerprints("demo", [f"k{i}" for i in range(1200)] + odd)
+    assert store.query_count - before == (1 if json_each else 3)
+    store.close()
+
+
 def test_sqlite_threads_share_one_store(tmp_path: Path) -> None:
     store = SqliteRecordStore(tmp_path / "store.sqlite")
     errors: list[BaseException] = []
