@@ -85,6 +85,7 @@ def build_batch_job(
         name=batch_op_name(analysis),
         description=f"Run {analysis.name} on several partitions of {analysis.asset_name}, one by one.",
         tags={"analysis": analysis.name},
+        out={},  # it reports materializations, one per partition; it has no output to pass on
     )
     def run_batch(
         context: OpExecutionContext,

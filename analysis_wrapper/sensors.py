@@ -30,6 +30,7 @@ already marks the failures it sees; this catches runs that die before or around 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 import time
@@ -53,11 +54,12 @@ from dagster import (
     sensor,
 )
 from dagster._core.event_api import RunStatusChangeRecordsFilter
-from dagster._core.storage.dagster_run import RunRecord
+from dagster._core.storage.dagster_run import DagsterRun, RunRecord
 from dagster._core.storage.tags import GRPC_INFO_TAG, MAX_RUNTIME_SECONDS_TAG, PARTITION_NAME_TAG
 from dagster_aws.s3 import S3Resource
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.batch import batch_keys, batch_run_config
 from analysis_wrapper.dispatch import (
     AnalysisJob,
     DispatchJob,
@@ -67,17 +69,16 @@ from analysis_wrapper.dispatch import (
     resolve_relative_locations,
     select_analysis,
 )
-from analysis_wrapper.factory import ANALYSIS_TAG, FINGERPRINT_TAG, AnalysisDefinitions
+from analysis_wrapper.factory import AnalysisDefinitions
 from analysis_wrapper.inbox import RESERVED_FOLDERS, Inbox, InboxFile, open_inbox
 from analysis_wrapper.registration import PARTITION_BATCH_SIZE, entry_for
 from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.store_base import JobEntry, JobState, RecordStore, utcnow
 from analysis_wrapper.settings import Settings
+from analysis_wrapper.tags import ANALYSIS_TAG, ATTEMPT_TAG, BATCH_SIZE_TAG, FINGERPRINT_TAG, SOURCE_TAG
 
 log = logging.getLogger(__name__)
 
-ATTEMPT_TAG = "analysis_wrapper/attempt"
-SOURCE_TAG = "analysis_wrapper/source"
 RUN_EVENTS_SENSOR_NAME = "analysis_wrapper_run_events"
 RECONCILE_PAGE = 5000
 """Registry jobs one tick re-fingerprints after a version change (about 0.3 s)."""
@@ -87,6 +88,14 @@ RUN_EVENTS_PER_TICK = 500
 RUN_EVENTS_LOOKBACK_S = 24 * 3600
 """On its first tick the run events sensor reads the last day's events (handling them is idempotent)."""
 IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING)
+UNFINISHED_RUN = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+]
+BATCHES_AUDITED = 1000
+"""Unfinished batch runs one audit reads (their keys are the queued jobs that still have a run)."""
 FINISHED = (JobState.DONE, JobState.SKIPPED, JobState.DRY_RUN)
 
 
@@ -98,6 +107,7 @@ class SensorSettings:
     interval_s: int = 30
     start_stopped: bool = False
     max_runs_per_tick: int = 50
+    batch_size: int = 10
     max_queued_runs: int = 200
     max_files_per_tick: int = 1000
     tick_budget_s: float = 30.0
@@ -116,6 +126,7 @@ class SensorSettings:
             interval_s=settings.SENSOR_INTERVAL_S,
             start_stopped=settings.SENSOR_START_STOPPED,
             max_runs_per_tick=settings.SENSOR_MAX_RUNS_PER_TICK,
+            batch_size=settings.SENSOR_BATCH_SIZE,
             max_queued_runs=settings.SENSOR_MAX_QUEUED_RUNS,
             max_files_per_tick=settings.SENSOR_MAX_FILES_PER_TICK,
             tick_budget_s=settings.SENSOR_TICK_BUDGET_S,
@@ -176,6 +187,13 @@ def run_key(fingerprint: str, attempt: int) -> str:
     return f"{fingerprint}:{attempt}"
 
 
+def batch_run_key(members: Sequence[tuple[str, int]]) -> str:
+    """A batch's run key: its jobs and their attempts (a tick re-requesting the same batch after a
+    crash gets the same key, which Dagster dedupes)."""
+    text = "\n".join(f"{fingerprint}:{attempt}" for fingerprint, attempt in members)
+    return "batch:" + hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
 def add_requests(partitions: DynamicPartitionsDefinition, keys: Iterable[str]) -> list[Any]:
     unique = list(dict.fromkeys(keys))
     return [
@@ -231,6 +249,24 @@ def apply_run_end(
         count_attempt=behind,
     )
     return True
+
+
+def run_partition_keys(run: DagsterRun) -> list[str]:
+    """The partitions a run of an analysis works on: a batch's keys, or the run's partition."""
+    keys = batch_keys(run)
+    if keys is not None:
+        return keys
+    key = run.tags.get(PARTITION_NAME_TAG)
+    return [key] if key else []
+
+
+def apply_run_end_to_jobs(store: RecordStore, analysis: str, run: DagsterRun, error: str) -> int:
+    """:func:`apply_run_end` for every job of the failed or canceled ``run``; how many were marked
+    failed. In a batch only the job the run was working on is news: the others are finished, failed
+    already, or still queued (the audit gives those back to the sensor once no run holds them)."""
+    keys = run_partition_keys(run)
+    entries = store.get_jobs(analysis, keys) if keys else {}
+    return sum(apply_run_end(store, entry, run.run_id, run.tags, error) for entry in entries.values())
 
 
 def run_error(instance: DagsterInstance, run_id: str, fallback: str) -> str:
@@ -517,7 +553,7 @@ class Tick:
         state: a run killed after its record was written still holds a slot of the run queue)."""
         in_progress = self.instance.get_run_records(
             RunsFilter(
-                job_name=self.analysis.job_name,
+                tags={ANALYSIS_TAG: self.name},
                 statuses=[DagsterRunStatus.STARTING, DagsterRunStatus.STARTED],
                 updated_before=self.now - dt.timedelta(seconds=self.config.audit_after_s),
             ),
@@ -538,12 +574,8 @@ class Tick:
                 self.logger.warning(message)
                 self.instance.report_run_failed(run, message)
                 lost.append((run, f"run {run.run_id}: {reason}"))
-        keys = [run.tags[PARTITION_NAME_TAG] for run, _ in lost if run.tags.get(PARTITION_NAME_TAG)]
-        entries = self.store.get_jobs(self.name, keys) if keys else {}
         for run, error in lost:
-            entry = entries.get(run.tags.get(PARTITION_NAME_TAG, ""))
-            if entry is not None and apply_run_end(self.store, entry, run.run_id, run.tags, error):
-                self.counts["recovered"] += 1
+            self.counts["recovered"] += apply_run_end_to_jobs(self.store, self.name, run, error)
         self.counts["lost runs failed"] += len(lost)
 
     def audit_in_flight(self) -> None:
@@ -572,13 +604,25 @@ class Tick:
             if tags.get(PARTITION_NAME_TAG):
                 by_attempt[(tags[PARTITION_NAME_TAG], _attempt_of(tags))] = record
         recorded = self.store.existing_fingerprints(self.name, fingerprints)
+        batched: set[str] | None = None  # keys of unfinished batch runs, read when first needed
         for entry in stale:
             found = (
                 records.get(entry.run_id)
                 if entry.state == JobState.RUNNING and entry.run_id
                 else by_attempt.get((entry.partition_key, entry.attempts + 1))
             )
+            if found is None and entry.state == JobState.QUEUED:
+                if batched is None:
+                    batched = self._keys_in_unfinished_batches()
+                if entry.partition_key in batched:
+                    continue  # its batch run is queued or under way
             self._audit_one(entry, found, entry.fingerprint in recorded)
+
+    def _keys_in_unfinished_batches(self) -> set[str]:
+        runs = self.instance.get_runs(
+            RunsFilter(job_name=self.analysis.batch_job_name, statuses=UNFINISHED_RUN), limit=BATCHES_AUDITED
+        )
+        return {key for run in runs for key in batch_keys(run) or []}
 
     def _audit_one(self, entry: JobEntry, record: RunRecord | None, recorded: bool) -> None:
         if recorded:
@@ -609,7 +653,7 @@ class Tick:
         if self.config.max_queued_runs:
             waiting = self.instance.get_runs_count(
                 RunsFilter(
-                    job_name=self.analysis.job_name,
+                    tags={ANALYSIS_TAG: self.name},
                     statuses=[DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED],
                 )
             )
@@ -618,37 +662,53 @@ class Tick:
                 self.counts["held back (queue full)"] += 1
         if budget <= 0:
             return []
+        size = max(1, self.config.batch_size)
+        wanted = budget * size
         # A little more than the budget: jobs recorded meanwhile (e.g. by a CLI run) drop out.
-        page = self.store.find_jobs(self.name, states=[JobState.PENDING], limit=budget + 20, order="created")
+        page = self.store.find_jobs(self.name, states=[JobState.PENDING], limit=wanted + 20, order="created")
         recorded = self.store.existing_fingerprints(self.name, [e.fingerprint for e in page])
         done = [e.partition_key for e in page if e.fingerprint in recorded]
         if done:
             self.store.set_job_states(self.name, done, JobState.SKIPPED, only_from=[JobState.PENDING])
-        chosen = [e for e in page if e.fingerprint not in recorded][:budget]
-        if len(page) > budget and len(chosen) == budget:
+        chosen = [e for e in page if e.fingerprint not in recorded][:wanted]
+        if len(page) > wanted and len(chosen) == wanted:
             self.counts["backlog"] += 1
-        requests = []
-        for entry in chosen:
-            attempt = entry.attempts + 1
-            tags = {
-                ANALYSIS_TAG: self.name,
-                FINGERPRINT_TAG: entry.fingerprint,
-                ATTEMPT_TAG: str(attempt),
-                SOURCE_TAG: "sensor",
-            }
-            if self.config.run_max_runtime_s:
-                tags[MAX_RUNTIME_SECONDS_TAG] = str(self.config.run_max_runtime_s)
-            requests.append(
-                RunRequest(
-                    run_key=run_key(entry.fingerprint, attempt),
-                    partition_key=entry.partition_key,
-                    tags=tags,
-                )
-            )
+        requests = [
+            self._single_request(group[0]) if len(group) == 1 else self._batch_request(group)
+            for group in (chosen[start : start + size] for start in range(0, len(chosen), size))
+        ]
         self.cursor.requested = [e.partition_key for e in chosen]
         self.add_keys.extend(self.cursor.requested)
-        self.counts["requested"] += len(requests)
+        self.counts["requested"] += len(chosen)
+        if len(requests) < len(chosen):
+            self.counts["runs"] += len(requests)
         return requests
+
+    def _run_tags(self, runtime_jobs: int) -> dict[str, str]:
+        tags = {ANALYSIS_TAG: self.name, SOURCE_TAG: "sensor"}
+        if self.config.run_max_runtime_s:
+            tags[MAX_RUNTIME_SECONDS_TAG] = str(self.config.run_max_runtime_s * runtime_jobs)
+        return tags
+
+    def _single_request(self, entry: JobEntry) -> RunRequest:
+        """One job, one run of the result asset's partition (its own run page, logs and retries)."""
+        attempt = entry.attempts + 1
+        tags = {**self._run_tags(1), FINGERPRINT_TAG: entry.fingerprint, ATTEMPT_TAG: str(attempt)}
+        return RunRequest(
+            run_key=run_key(entry.fingerprint, attempt),
+            job_name=self.analysis.job_name,
+            partition_key=entry.partition_key,
+            tags=tags,
+        )
+
+    def _batch_request(self, entries: Sequence[JobEntry]) -> RunRequest:
+        """Several jobs, one batch run (see :mod:`analysis_wrapper.batch`)."""
+        return RunRequest(
+            run_key=batch_run_key([(e.fingerprint, e.attempts + 1) for e in entries]),
+            job_name=self.analysis.batch_job_name,
+            run_config=batch_run_config(self.analysis, [e.partition_key for e in entries]),
+            tags={**self._run_tags(len(entries)), BATCH_SIZE_TAG: str(len(entries))},
+        )
 
     def summary(self) -> str:
         c = self.counts
@@ -656,6 +716,8 @@ class Tick:
             f"{self.name}: {c['new']} new file(s), {c['rejected']} rejected, "
             f"{c['already done']} already done, {c['registered']} registered, {c['requested']} requested"
         )
+        if c["runs"]:
+            text += f" in {c['runs']} run(s)"
         extras = [
             f"{c[k]} {k}"
             for k in (
@@ -710,13 +772,14 @@ def build_inbox_sensor(
 
     @sensor(
         name=analysis.sensor_name,
-        job=definitions.job,
+        jobs=[definitions.job, definitions.batch_job],
         minimum_interval_seconds=config.interval_s,
         default_status=config.default_status,
         description=(
             f"Registers {analysis.name} job files dropped into the dispatch inbox ({config.inbox}) as "
             f"partitions and requests a run for every job not yet recorded (at most "
-            f"{config.max_runs_per_tick} per tick), retrying failures up to {config.max_attempts} times."
+            f"{config.max_runs_per_tick} per tick, {config.batch_size} job(s) per run), retrying failures "
+            f"up to {config.max_attempts} times."
         ),
     )
     def inbox_sensor(
@@ -782,33 +845,25 @@ def handle_run_events(
         runs = {
             r.dagster_run.run_id: r.dagster_run for r in instance.get_run_records(RunsFilter(run_ids=run_ids))
         }
-        wanted: dict[str, list[tuple[Any, str]]] = {}
         for event in events:
             run = runs.get(event.event_log_entry.run_id)
-            if run is None or run.job_name not in jobs or not run.tags.get(PARTITION_NAME_TAG):
+            if run is None or run.job_name not in jobs:
                 continue
-            wanted.setdefault(jobs[run.job_name], []).append((run, event.event_log_entry.message or ""))
-        for analysis, items in wanted.items():
-            entries = store.get_jobs(analysis, [run.tags[PARTITION_NAME_TAG] for run, _ in items])
-            for run, message in items:
-                entry = entries.get(run.tags[PARTITION_NAME_TAG])
-                if entry is None:
-                    continue
-                if name == "canceled":
-                    error = f"run {run.run_id} was canceled" + (f": {message}" if message else "")
-                else:
-                    error = run_error(instance, run.run_id, message or "the run failed")
-                if apply_run_end(store, entry, run.run_id, run.tags, error):
-                    counts[name] += 1
-                    # Keep the entry current for a second event of the same job in this batch.
-                    entries[entry.partition_key] = store.get_job(analysis, entry.partition_key) or entry
+            message = event.event_log_entry.message or ""
+            if name == "canceled":
+                error = f"run {run.run_id} was canceled" + (f": {message}" if message else "")
+            else:
+                error = run_error(instance, run.run_id, message or "the run failed")
+            counts[name] += apply_run_end_to_jobs(store, jobs[run.job_name], run, error)
     return json.dumps(cursor, sort_keys=True), counts
 
 
 def build_run_events_sensor(
     built: Mapping[str, AnalysisDefinitions], config: SensorSettings
 ) -> SensorDefinition:
-    jobs = {d.analysis.job_name: name for name, d in built.items()}
+    jobs = {
+        job: name for name, d in built.items() for job in (d.analysis.job_name, d.analysis.batch_job_name)
+    }
 
     @sensor(
         name=RUN_EVENTS_SENSOR_NAME,

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
     SENSOR_MAX_RUNS_PER_TICK: int = Field(
         50, ge=1, description="Most runs one inbox sensor requests per tick; the rest wait in the registry"
     )
+    SENSOR_BATCH_SIZE: int = Field(
+        10,
+        ge=1,
+        description="Most jobs one sensor run holds (a batch run); 1: one run per job. A run costs about "
+        "a second of its own, so batches keep small jobs from waiting on Dagster",
+    )
     SENSOR_MAX_QUEUED_RUNS: int = Field(
         200, ge=0, description="Request no more while this many runs of the analysis are queued (0: no limit)"
     )

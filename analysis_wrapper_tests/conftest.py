@@ -14,6 +14,7 @@ import pytest
 from dagster import DagsterInstance, Definitions
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.batch import batch_run_config
 from analysis_wrapper.definitions import build_analysis_set, build_resources
 from analysis_wrapper.registration import find_job_files, prepare_files, register
 from analysis_wrapper.resources.records import close_all_stores
@@ -107,6 +108,15 @@ class Harness:
             jobs.extend(analysis_jobs)
         return jobs
 
+    def run_batch(self, analysis: str, keys: Sequence[str], **config: Any) -> Any:
+        """One batch run of ``keys`` (see analysis_wrapper.batch), in-process."""
+        spec = self.built[analysis].analysis
+        return self.defs.resolve_job_def(spec.batch_job_name).execute_in_process(
+            instance=self.instance,
+            run_config=batch_run_config(spec, list(keys), **config),
+            raise_on_error=False,
+        )
+
     def materialize(self, analysis: str, key: str, raise_on_error: bool = True, **config: Any) -> Any:
         spec = self.built[analysis].analysis
         job_def = self.defs.resolve_job_def(spec.job_name)
@@ -134,7 +144,9 @@ def make_harness(settings: Settings, analyses: Sequence[Analysis[Any, Any]] | No
     built = build_analysis_set(analyses)
     resources = build_resources(settings)
     defs = Definitions(
-        assets=[d.asset for d in built.values()], jobs=[d.job for d in built.values()], resources=resources
+        assets=[d.asset for d in built.values()],
+        jobs=[j for d in built.values() for j in (d.job, d.batch_job)],
+        resources=resources,
     )
     return Harness(settings, defs, built, DagsterInstance.ephemeral(), resources)
 

@@ -28,7 +28,6 @@ from analysis_wrapper import sensors as sensors_module
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.cli import main as cli_main
 from analysis_wrapper.definitions import build_analysis_set, build_resources
-from analysis_wrapper.factory import ANALYSIS_TAG, FINGERPRINT_TAG
 from analysis_wrapper.inbox import REASON_SUFFIX, Inbox
 from analysis_wrapper.resources.records import close_all_stores
 from analysis_wrapper.resources.store_base import JobEntry, JobState, RecordStore
@@ -40,11 +39,13 @@ from analysis_wrapper.sensors import (
     build_inbox_sensor,
     build_run_events_sensor,
 )
+from analysis_wrapper.tags import ANALYSIS_TAG, BATCH_SIZE_TAG, FINGERPRINT_TAG
 from analysis_wrapper_tests.conftest import make_settings, write_job
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 from analysis_wrapper_tests.sample_analyses import echo
 
 DEFAULTS = {
+    "batch_size": 1,  # one run per job unless a test is about batches
     "max_queued_runs": 0,
     "settle_s": 5.0,
     "retry_delay_s": 100.0,
@@ -78,7 +79,7 @@ class Env:
         self.resources = build_resources(self.settings)
         self.defs = Definitions(
             assets=[d.asset for d in self.built.values()],
-            jobs=[d.job for d in self.built.values()],
+            jobs=[j for d in self.built.values() for j in (d.job, d.batch_job)],
             sensors=[*self.sensors.values(), self.run_events_sensor],
             resources=self.resources,
         )
@@ -133,10 +134,11 @@ class Env:
 
     def execute(self, request: Any, analysis: str = "echo") -> Any:
         """Run a requested run in-process, as the daemon would launch it."""
-        job_def = self.defs.resolve_job_def(self.built[analysis].analysis.job_name)
+        job_def = self.defs.resolve_job_def(request.job_name or self.built[analysis].analysis.job_name)
         return job_def.execute_in_process(
             instance=self.instance,
             partition_key=request.partition_key,
+            run_config=request.run_config or None,
             tags=request.tags,
             raise_on_error=False,
         )
@@ -329,7 +331,12 @@ def test_a_full_run_queue_holds_requests_back(env_factory: Any) -> None:
     for i in range(3):
         env.drop(scale=float(i + 1))
     for _ in range(2):
-        create_run_for_test(env.instance, job_name=echo.job_name, status=DagsterRunStatus.NOT_STARTED)
+        create_run_for_test(
+            env.instance,
+            job_name=echo.job_name,
+            status=DagsterRunStatus.NOT_STARTED,
+            tags={ANALYSIS_TAG: "echo"},
+        )
     result = env.tick()
     assert result.run_requests == [] and "runs already queued" in message(result)
     assert set(env.states().values()) == {"pending"}  # registered all the same
@@ -684,9 +691,99 @@ def test_definitions_carry_an_inbox_sensor_per_analysis_running_by_default(
         sensor = defs.resolve_sensor_def(name)
         assert sensor.default_status == DefaultSensorStatus.RUNNING
         assert sensor.minimum_interval_seconds == 7
-    assert defs.resolve_sensor_def("echo_inbox_sensor").job_name == echo.job_name
+    targets = {job.name for job in defs.resolve_sensor_def("echo_inbox_sensor").jobs}
+    assert targets == {echo.job_name, echo.batch_job_name}
     stopped = build_definitions(
         make_settings(tmp_path, clean_repo, SENSOR_START_STOPPED=True), analyses=[echo]
     )
     assert {s.default_status for s in stopped.sensors or []} == {DefaultSensorStatus.STOPPED}
     close_all_stores()
+
+
+# ---- batch runs ---------------------------------------------------------------------------------
+def test_pending_jobs_go_out_in_batches_and_a_lone_job_gets_its_own_run(env_factory: Any) -> None:
+    env = env_factory(batch_size=3)
+    for i in range(7):
+        env.drop(scale=float(i + 1))
+    first_cursor = env.cursors.get(echo.sensor_name)
+    requests = env.tick().run_requests
+    assert [r.job_name for r in requests] == [echo.batch_job_name, echo.batch_job_name, echo.job_name]
+    batches = [r.run_config["ops"]["echo_batch"]["config"]["partition_keys"] for r in requests[:2]]
+    assert [len(b) for b in batches] == [3, 3]
+    assert [r.tags[BATCH_SIZE_TAG] for r in requests[:2]] == ["3", "3"]
+    assert all(r.run_key.startswith("batch:") and r.tags[ANALYSIS_TAG] == "echo" for r in requests[:2])
+    lone = requests[2]
+    assert lone.partition_key not in {k for b in batches for k in b}
+    assert lone.run_key == f"{lone.tags[FINGERPRINT_TAG]}:1"
+    assert "7 requested in 3 run(s)" in env.last_summary
+
+    # A tick that crashed before its cursor was stored is evaluated again: the same runs, same keys.
+    env.cursors[echo.sensor_name] = first_cursor
+    again = env.tick().run_requests
+    assert [r.run_key for r in again] == [r.run_key for r in requests]
+
+    for request in requests:
+        assert env.execute(request).success
+    env.tick()
+    assert set(env.states().values()) == {"done"}
+    assert len(env.store.find_records("echo")) == 7
+    assert env.tick().run_requests == []
+
+
+def test_a_failed_partition_of_a_batch_is_retried_on_its_own(
+    env_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = env_factory(batch_size=5, retry_delay_s=10.0)
+    env.drop(scale=1.0)
+    bad = env.drop(fail=True)
+    env.drop(scale=2.0)
+    (request,) = env.tick().run_requests
+    assert not env.execute(request).success
+    env.run_events()  # the run failure is no news: the batch marked its failed job itself
+    states = env.states()
+    assert sorted(states.values()) == ["done", "done", "failed"]
+    failed_key = next(k for k, v in states.items() if v == "failed")
+    assert env.job(failed_key).attempts == 1 and bad.name in (env.job(failed_key).source or "")
+    start = dt.datetime.now(dt.UTC)
+    monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=11))
+    (retry,) = env.tick().run_requests
+    assert retry.partition_key == failed_key and retry.run_key.endswith(":2")
+
+
+def test_a_batch_run_that_dies_fails_its_running_job_and_frees_the_queued_ones(
+    env_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = env_factory(batch_size=3, audit_after_s=60.0, retry_delay_s=1000.0)
+    for i in range(3):
+        env.drop(scale=float(i + 1))
+    env.run_events()  # first tick: starts from the recent past
+    (request,) = env.tick().run_requests
+    env.tick()  # -> queued
+    done, running, waiting = request.run_config["ops"]["echo_batch"]["config"]["partition_keys"]
+    run = create_run_for_test(
+        env.instance,
+        job_name=echo.batch_job_name,
+        run_config=request.run_config,
+        status=DagsterRunStatus.STARTED,
+        tags=request.tags,
+    )
+    # The batch committed `done`, was working on `running`, had not reached `waiting`.
+    env.store.update_job("echo", done, state=JobState.DONE, run_id=run.run_id, count_attempt=True)
+    env.store.insert_record("echo", {"_id": env.job(done).fingerprint})
+    env.store.update_job("echo", running, state=JobState.RUNNING, run_id=run.run_id, count_attempt=True)
+
+    start = dt.datetime.now(dt.UTC)
+    monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=61))
+    assert env.tick().run_requests == []  # the audit sees `waiting` held by its unfinished batch
+    assert env.job(waiting).state == JobState.QUEUED
+
+    env.instance.report_run_failed(run, "run worker was killed")
+    assert "1 job(s) marked failed" in message(env.run_events())
+    entry = env.job(running)
+    assert (entry.state, entry.attempts) == (JobState.FAILED, 1)
+    assert "run worker was killed" in (entry.last_error or "")
+    assert env.job(done).state == JobState.DONE
+
+    monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=122))
+    (again,) = env.tick().run_requests  # no run holds `waiting` any more: it goes out again
+    assert again.partition_key == waiting and again.run_key.endswith(":1")
