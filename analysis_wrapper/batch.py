@@ -13,6 +13,7 @@ goes on with the next one; the run fails at the end, naming every partition that
 a batch are in its run config (:func:`batch_keys`), where the sensors read them back.
 """
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -97,11 +98,13 @@ def build_batch_job(
         keys = list(dict.fromkeys(config.partition_keys))
         partition_config = config_class(force=config.force, dry_run=config.dry_run)
         where = PartitionContext(context.run_id, asset_key.to_user_string(), context.log)
+        # One run, one code state: git is asked once (three subprocesses), not once per partition.
+        code_state = functools.cache(runtime.code_state)
         failures: list[str] = []
         for number, key in enumerate(keys, start=1):
             try:
                 outcome = compute_partition(
-                    analysis, key, partition_config, records, runtime, where, run_script
+                    analysis, key, partition_config, records, runtime, where, run_script, code_state
                 )
                 stored = results_io_manager.store_result(outcome.result, context.run_id, context.log)
             except Exception as exc:  # this partition failed (and is marked so); the batch goes on

@@ -15,6 +15,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.config import overrides_from_config
 from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError, build_analysis_job
 from analysis_wrapper.inputs import InputNotFoundError, resolve_inputs
-from analysis_wrapper.provenance import DirtyTreeError, build_record, check_may_post
+from analysis_wrapper.provenance import CodeState, DirtyTreeError, build_record, check_may_post
 from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.results_io import AnalysisResult
 from analysis_wrapper.resources.runtime import AnalysisRuntime
@@ -105,12 +106,14 @@ def compute_partition(
     runtime: AnalysisRuntime,
     where: PartitionContext,
     run_script: str,
+    code_state: Callable[[], CodeState] | None = None,
 ) -> PartitionOutcome:
     """Run ``analysis`` on partition ``key`` (or skip it when its fingerprint is recorded).
 
     ``config`` is the analysis's generated ``Config`` (overrides, ``dry_run``, ``force``). Raises
     :class:`~dagster.Failure` for a job that cannot run (not registered, bad overrides, dirty tree)
-    and re-raises the analysis's own exception after marking the job failed.
+    and re-raises the analysis's own exception after marking the job failed. ``code_state`` (default:
+    ``runtime.code_state``) lets a batch read the git state once for all its partitions.
     """
     store = records.get_store()
     log = where.log
@@ -137,7 +140,7 @@ def compute_partition(
             job=job, outputs=analysis.outputs.model_construct(), dry_run=dry_run, skipped=True
         )
         return PartitionOutcome(skipped, common_metadata)
-    code = runtime.code_state()
+    code = (code_state or runtime.code_state)()
     try:
         check_may_post(code, dry_run, runtime.allow_dirty)
     except DirtyTreeError as exc:

@@ -85,7 +85,10 @@ class Settings(BaseSettings):
         True, description="1: a new analysis version makes every registered job of it due again"
     )
     RUN_MAX_RUNTIME_S: int | None = Field(
-        None, ge=1, description="Sensor runs taking longer are failed by Dagster run monitoring (and retried)"
+        None,
+        ge=1,
+        description="Seconds a sensor run may take per job (a batch: times its jobs); longer runs are "
+        "failed by Dagster run monitoring (and retried)",
     )
     SENSOR_AUDIT_AFTER_S: float = Field(
         60.0, ge=0, description="Queued/running jobs unchanged this long are checked against their run"

@@ -138,6 +138,7 @@ class Sizes:
     sensor_new_files: int
     sensor_repeats: int
     daemon_jobs: int
+    daemon_single_jobs: int
 
 
 FULL = Sizes(
@@ -158,7 +159,8 @@ FULL = Sizes(
     sensor_registry=(1_000, 10_000, 100_000),
     sensor_new_files=1_000,
     sensor_repeats=3,
-    daemon_jobs=12,
+    daemon_jobs=500,
+    daemon_single_jobs=40,  # one run (process) per job: about 1.5 s a job with 2 runs at a time
 )
 
 QUICK = Sizes(
@@ -179,7 +181,8 @@ QUICK = Sizes(
     sensor_registry=(100, 1_000),
     sensor_new_files=100,
     sensor_repeats=1,
-    daemon_jobs=2,
+    daemon_jobs=6,
+    daemon_single_jobs=2,
 )
 
 

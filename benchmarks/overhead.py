@@ -1,9 +1,11 @@
 """Item 3a: framework overhead per job of ``analysis-wrapper run`` (in-process) over the floor.
 
 Ours: ``analysis_wrapper.cli.main(["run", "--no-dry-run", JOBS])`` in this process, exactly the
-``analysis-wrapper run`` code path (register the job files, batched skip check, one in-process Dagster run
-per job, results folder + ``outputs.json`` + ``metadata.nd.json``, record in the embedded SQLite store),
-with ``DRY_RUN=0``, local results and a clean git work tree as ``CODE_REPOSITORY``.
+``analysis-wrapper run`` code path (register the job files, batched skip check, in-process Dagster runs
+of ``--batch-size`` jobs each, results folder + ``outputs.json`` + ``metadata.nd.json``, record in the
+embedded SQLite store), with ``DRY_RUN=0``, local results and a clean git work tree as
+``CODE_REPOSITORY``. Measured twice: as shipped (batch runs, the default ``--batch-size``) and with
+``--batch-size 1`` (one Dagster run per job, as the UI and a backfill do).
 
 The floor: the same analysis functions called in a plain Python loop with the same writes (read the job
 file, validate the parameters, result folder, the analysis's files, ``outputs.json`` and
@@ -71,6 +73,7 @@ def cli_run(
     expect_done: int,
     instance_yaml: str | None = None,
     profile_label: str | None = None,
+    batch_size: int | None = None,
 ) -> float:
     """Seconds of one ``analysis-wrapper run --no-dry-run JOBS`` in this process; checks the summary."""
     from analysis_wrapper.cli import main
@@ -98,7 +101,8 @@ def cli_run(
     with working_directory(workdir), environment(**env), trivial.served([trivial.analysis]):
         try:
             with contextlib.redirect_stdout(out), profiling, stopwatch() as t:
-                code = main(["run", "--no-dry-run", str(jobs_dir)])
+                batching = [] if batch_size is None else ["--batch-size", str(batch_size)]
+                code = main(["run", "--no-dry-run", *batching, str(jobs_dir)])
         finally:
             close_all_stores()
     lines = out.getvalue().strip().splitlines()
@@ -185,11 +189,11 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def _overhead_entries(label: str, n: int, cli_s: float, floor_s: float) -> list[Entry]:
+def _overhead_entries(label: str, n: int, cli_s: float, floor_s: float, mode: str) -> list[Entry]:
     overhead = (cli_s - floor_s) / n
     return [
         compared(
-            f"{label}: analysis-wrapper run (in-process)",
+            f"{label}: analysis-wrapper run (in-process), {mode}",
             n / cli_s,
             "jobs/s",
             "floor: plain Python loop",
@@ -197,13 +201,29 @@ def _overhead_entries(label: str, n: int, cli_s: float, floor_s: float) -> list[
             "value ratio",
         ),
         entry(
-            f"{label}: overhead per job over the floor",
+            f"{label}: overhead per job over the floor, {mode}",
             overhead,
             "s/job",
             target=f"< {TARGET_S} s/job",
             met=overhead < TARGET_S,
             note=f"run {cli_s:.1f} s vs floor {floor_s:.2f} s for {n} jobs",
         ),
+    ]
+
+
+def _both_modes(
+    options: RunOptions, root: Path, jobs: Path, repo: Path, n: int, label: str, floor_s: float, what: str
+) -> list[Entry]:
+    """``analysis-wrapper run`` as shipped (batch runs) and with one Dagster run per job."""
+    from analysis_wrapper.cli import DEFAULT_BATCH_SIZE
+
+    options.log(f"  analysis-wrapper run: {n} {what} jobs, batches of {DEFAULT_BATCH_SIZE}")
+    batched_s = cli_run(options, root / "cli", jobs, repo, n, profile_label=f"overhead_{what}_cli")
+    options.log(f"  analysis-wrapper run --batch-size 1: {n} {what} jobs, one run each")
+    single_s = cli_run(options, root / "cli_single", jobs, repo, n, batch_size=1)
+    return [
+        *_overhead_entries(label, n, batched_s, floor_s, f"batches of {DEFAULT_BATCH_SIZE} (default)"),
+        *_overhead_entries(label, n, single_s, floor_s, "one run per job (--batch-size 1)"),
     ]
 
 
@@ -218,10 +238,8 @@ def run_trivial(options: RunOptions) -> list[Entry]:
 
     options.log(f"  floor: {n} trivial jobs in a plain loop")
     floor_s = floor_run(jobs, _fresh(root / "floor_results"), _analyses())
-    options.log(f"  analysis-wrapper run: {n} trivial jobs")
-    cli_s = cli_run(options, root / "cli", jobs, repo, n, profile_label="overhead_trivial_cli")
     label = f"{n} trivial jobs"
-    entries = _overhead_entries(label, n, cli_s, floor_s)
+    entries = _both_modes(options, root, jobs, repo, n, label, floor_s, "trivial")
 
     options.log("  analysis-wrapper run again: every job already done")
     with stopwatch() as again:
@@ -234,12 +252,14 @@ def run_trivial(options: RunOptions) -> list[Entry]:
     few.mkdir(exist_ok=True)
     for path in sorted(jobs.glob("*.json"))[:m]:
         shutil.copy(path, few)
-    default_s = cli_run(options, root / "cli_default_few", few, repo, m)
-    candidate_s = cli_run(options, root / "cli_candidate", few, repo, m, CANDIDATE_INSTANCE_YAML)
+    default_s = cli_run(options, root / "cli_default_few", few, repo, m, batch_size=1)
+    candidate_s = cli_run(
+        options, root / "cli_candidate", few, repo, m, CANDIDATE_INSTANCE_YAML, batch_size=1
+    )
     floor_per_job = floor_s / n
     entries.append(
         compared(
-            f"{m} trivial jobs: overhead per job, candidate instance config",
+            f"{m} trivial jobs, one run per job: overhead per job, candidate instance config",
             candidate_s / m - floor_per_job,
             "s/job",
             "default instance (as the CLI writes it)",
@@ -263,12 +283,10 @@ def run_isi(options: RunOptions) -> list[Entry]:
 
     options.log(f"  floor: {n} isi_violations jobs in a plain loop")
     floor_s = floor_run(jobs, _fresh(root / "floor_results"), _analyses())
-    options.log(f"  analysis-wrapper run: {n} isi_violations jobs")
-    cli_s = cli_run(options, root / "cli", jobs, repo, n, profile_label="overhead_isi_cli")
     per_job = mb / n / 1e6
     label = (
         f"{n} isi_violations jobs ({per_job:.0f} MB NWB each)"
         if per_job >= 10
         else (f"{n} isi_violations jobs ({per_job:.1f} MB NWB each)")
     )
-    return _overhead_entries(label, n, cli_s, floor_s)
+    return _both_modes(options, root, jobs, repo, n, label, floor_s, "isi_violations")
