@@ -1,19 +1,32 @@
 """Result folders in S3 (or any S3-compatible server), and the per-run cache for S3 inputs.
 
 ``ANALYSIS_BUCKET`` is ``bucket[/prefix]`` as in the capsule; a result folder is
-``s3://bucket/prefix/<fingerprint>/``. Files go up with boto3's managed transfer (multipart for large
-files, several files at once), in the wrapper's fixed order: result files, then ``outputs.json``, then
-``metadata.nd.json``. Every object is verified against what S3 reports back (size and ETag, which we
-compute locally for single-part and multipart uploads alike) before the IO manager writes the record.
+``s3://bucket/prefix/<fingerprint>/``. The result files go up in the wrapper's fixed order: result files,
+then ``outputs.json``, then ``metadata.nd.json``. The result files share one thread pool as big as the
+client's connection pool: small files are single PUTs, large ones multipart uploads whose parts run
+alongside the small files (awscli's split: 8 MiB threshold and parts, 10 requests at a time).
+
+Every object is verified as it goes up, reading each file once (no second read, no HEAD per object):
+each request carries the CRC32 of the bytes it sends (S3's flexible checksums, as boto3 and awscli send
+by default), which S3 checks on receipt and reports back; the reported CRC32 must be ours (for a
+multipart upload: each part's, then the CRC32 of the part CRC32s with ``-<parts>``). From a server
+without flexible checksums, which reports none, the ETag must be the MD5 of what we sent (for a
+multipart upload: each part's, then the MD5 of the part MD5s with ``-<parts>``). A file whose size or
+modification time changes while it is read fails too. Any mismatch raises :class:`ResultsStorageError`
+before ``outputs.json`` and ``metadata.nd.json`` are written, so the IO manager writes no record.
 """
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import hashlib
 import shutil
 import threading
+import zlib
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +46,16 @@ from analysis_wrapper.resources.results_storage import (
 )
 
 MB = 1024 * 1024
-# "classic": boto3's own transfer manager, whose part sizes ``expected_etag`` mirrors. With awscrt installed,
-# boto3's default ("auto") switches to the CRT manager on some instance types, which ignores these settings,
-# so every large upload would fail verification there.
+# Uploads split files like awscli (8 MiB threshold and parts, 10 requests at a time); each request's bytes
+# are held in memory, so an upload holds at most max_concurrency x max(threshold, part size). Downloads
+# and copies use boto3's transfer manager with the same settings. "classic": boto3's own manager (with
+# awscrt installed, boto3's default may pick the CRT one, which ignores these settings).
 DEFAULT_TRANSFER = TransferConfig(
-    multipart_threshold=16 * MB,
-    multipart_chunksize=16 * MB,
-    max_concurrency=8,
+    multipart_threshold=8 * MB,
+    multipart_chunksize=8 * MB,
+    max_concurrency=10,
     preferred_transfer_client="classic",
 )
-UPLOAD_WORKERS = 8
 
 
 _clients: dict[str, Any] = {}
@@ -80,22 +93,51 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def expected_etag(path: Path, config: TransferConfig) -> str:
-    """The ETag S3 gives an object uploaded from ``path`` with ``config`` (MD5, or MD5 of part MD5s)."""
-    size = path.stat().st_size
-    if size < config.multipart_threshold:
-        digest = hashlib.md5(usedforsecurity=False)
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(MB), b""):
-                digest.update(block)
-        return digest.hexdigest()
-    # s3transfer raises a part size below S3's 5 MiB minimum and doubles it past 10,000 parts; so do we.
-    part_size = ChunksizeAdjuster().adjust_chunksize(config.multipart_chunksize, size)
-    parts = []
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(part_size), b""):
-            parts.append(hashlib.md5(block, usedforsecurity=False).digest())
-    return f"{hashlib.md5(b''.join(parts), usedforsecurity=False).hexdigest()}-{len(parts)}"
+def part_size(size: int, config: TransferConfig) -> int | None:
+    """The part size a file of ``size`` bytes goes up in; None: one PUT (below the threshold).
+
+    Like boto3: a part size below S3's 5 MiB minimum is raised, one giving over 10,000 parts doubled.
+    """
+    if size < config.multipart_threshold or size == 0:
+        return None
+    return int(ChunksizeAdjuster().adjust_chunksize(config.multipart_chunksize, size))
+
+
+def crc32(data: bytes) -> str:
+    """S3's form of a CRC32: base64 of the 4 big-endian bytes."""
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode("ascii")
+
+
+def composite_crc32(part_crcs: list[str]) -> str:
+    """The CRC32 S3 reports for a multipart object: the CRC32 of the parts' CRC32s, ``-<parts>``."""
+    return f"{crc32(b''.join(base64.b64decode(c) for c in part_crcs))}-{len(part_crcs)}"
+
+
+def multipart_etag(part_digests: list[bytes]) -> str:
+    """The ETag S3 gives a multipart object: the MD5 of the parts' MD5 digests, ``-<parts>``."""
+    digest = hashlib.md5(b"".join(part_digests), usedforsecurity=False).hexdigest()
+    return f"{digest}-{len(part_digests)}"
+
+
+def _etag(response: Mapping[str, Any]) -> str:
+    return str(response.get("ETag", "")).strip('"')
+
+
+@dataclass
+class _FileUpload:
+    """One result file on its way up; a multipart upload collects its parts (number, ETag, CRC32) and,
+    from a server without flexible checksums, their MD5s."""
+
+    path: Path
+    key: str
+    name: str
+    size: int
+    mtime_ns: int
+    part_size: int | None
+    upload_id: str = ""
+    parts: list[dict[str, Any]] = field(default_factory=list)
+    md5s: list[bytes | None] = field(default_factory=list)
+    parts_left: int = 0
 
 
 class S3ResultsStorage(ResultsStorage):
@@ -108,6 +150,7 @@ class S3ResultsStorage(ResultsStorage):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.transfer = transfer
+        self._lock = threading.Lock()
 
     @classmethod
     def from_bucket_setting(cls, setting: str, client: Any | None = None) -> S3ResultsStorage:
@@ -142,26 +185,6 @@ class S3ResultsStorage(ResultsStorage):
                     f"cannot delete s3://{self.bucket}/{first['Key']}: {first['Message']}"
                 )
 
-    def _upload(self, path: Path, key: str) -> StoredFile:
-        self.client.upload_file(str(path), self.bucket, key, Config=self.transfer)
-        return self._verify(key, path.stat().st_size, expected_etag(path, self.transfer))
-
-    def _put_bytes(self, key: str, data: bytes) -> StoredFile:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
-        return self._verify(key, len(data), hashlib.md5(data, usedforsecurity=False).hexdigest())
-
-    def _verify(self, key: str, size: int, etag: str) -> StoredFile:
-        head = self.client.head_object(Bucket=self.bucket, Key=key)
-        got_size = int(head["ContentLength"])
-        got_etag = str(head.get("ETag", "")).strip('"')
-        if got_size != size:
-            raise ResultsStorageError(f"s3://{self.bucket}/{key}: stored {got_size} bytes, expected {size}")
-        if got_etag and got_etag != etag:
-            raise ResultsStorageError(
-                f"s3://{self.bucket}/{key}: S3 reports checksum {got_etag}, expected {etag}"
-            )
-        return StoredFile(key, size)
-
     def put_result(
         self, fingerprint: str, source: Path, outputs: Mapping[str, Any], record: Mapping[str, Any]
     ) -> list[StoredFile]:
@@ -172,19 +195,190 @@ class S3ResultsStorage(ResultsStorage):
         leftovers = [o["Key"] for o in self._objects(folder)]
         if leftovers:
             self._delete(leftovers)
-        stored: list[StoredFile] = []
-        with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
-            futures = [
-                pool.submit(self._upload, path, folder + path.relative_to(source).as_posix())
-                for path in files
-            ]
-            for path, future in zip(files, futures, strict=True):
-                future.result()
-                stored.append(StoredFile(path.relative_to(source).as_posix(), path.stat().st_size))
+        stored = self._upload_files(source, files, folder)
         for name, data in ((OUTPUTS_FILE, json_bytes(outputs)), (RECORD_FILE, json_bytes(record))):
-            self._put_bytes(folder + name, data)
+            self._put_object(folder + name, data)
             stored.append(StoredFile(name, len(data)))
         return stored
+
+    def max_concurrency(self) -> int:
+        """Requests in flight: the transfer config's, but never more than the client's connection pool
+        (more threads than pooled connections would open and drop a connection per request)."""
+        pool = getattr(getattr(self.client, "meta", None), "config", None)
+        connections = getattr(pool, "max_pool_connections", None) or self.transfer.max_concurrency
+        return max(1, min(self.transfer.max_concurrency, int(connections)))
+
+    def _upload_files(self, source: Path, files: list[Path], folder: str) -> list[StoredFile]:
+        """Upload ``files`` (small ones and the parts of large ones in one pool); verified, or raise.
+
+        On the first failure nothing new starts, requests in flight finish, unfinished multipart
+        uploads are aborted and the error is raised.
+        """
+        uploads = []
+        for path in files:
+            stat = path.stat()
+            name = path.relative_to(source).as_posix()
+            uploads.append(
+                _FileUpload(
+                    path,
+                    folder + name,
+                    name,
+                    stat.st_size,
+                    stat.st_mtime_ns,
+                    part_size(stat.st_size, self.transfer),
+                )
+            )
+        multipart = [u for u in uploads if u.part_size is not None]
+        futures: list[Future[None]] = []
+        with ThreadPoolExecutor(self.max_concurrency(), thread_name_prefix="s3-upload") as pool:
+            try:
+                # Parts of large files first (the longest tasks), then the small files.
+                for upload in multipart:
+                    upload.upload_id = self.client.create_multipart_upload(
+                        Bucket=self.bucket, Key=upload.key, ChecksumAlgorithm="CRC32"
+                    )["UploadId"]
+                    assert upload.part_size is not None
+                    upload.parts_left = -(-upload.size // upload.part_size)
+                    upload.parts = [{} for _ in range(upload.parts_left)]
+                    upload.md5s = [None] * upload.parts_left
+                    futures.extend(
+                        pool.submit(self._upload_part, upload, number)
+                        for number in range(1, upload.parts_left + 1)
+                    )
+                futures.extend(pool.submit(self._upload_whole, u) for u in uploads if u.part_size is None)
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    future.result()  # raises the first error
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                pool.shutdown(wait=True)
+                for upload in multipart:
+                    if upload.upload_id and upload.parts_left >= 0:
+                        self._abort(upload)
+                raise
+        return [StoredFile(u.name, u.size) for u in uploads]
+
+    def _read(self, upload: _FileUpload, offset: int, length: int) -> bytes:
+        """``length`` bytes at ``offset``; the last chunk also checks that the file ends there."""
+        last = offset + length >= upload.size
+        with upload.path.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read(length + 1 if last else length)
+        if len(data) != length:
+            found = "more bytes" if len(data) > length else f"{offset + len(data)} bytes"
+            raise ResultsStorageError(
+                f"{upload.path}: found {found} where its size says {upload.size} "
+                f"(it changed while being uploaded, or is not a regular file)"
+            )
+        return data
+
+    def _check_unchanged(self, upload: _FileUpload) -> None:
+        stat = upload.path.stat()
+        if (stat.st_size, stat.st_mtime_ns) != (upload.size, upload.mtime_ns):
+            raise ResultsStorageError(f"{upload.path} changed while being uploaded")
+
+    def _upload_whole(self, upload: _FileUpload) -> None:
+        self._put_object(upload.key, self._read(upload, 0, upload.size))
+        self._check_unchanged(upload)
+
+    def _upload_part(self, upload: _FileUpload, number: int) -> None:
+        """Upload part ``number`` (from 1); the part finishing last completes the upload."""
+        assert upload.part_size is not None
+        offset = (number - 1) * upload.part_size
+        data = self._read(upload, offset, min(upload.part_size, upload.size - offset))
+        response, checksum, md5 = self._send(
+            f"{upload.key} (part {number})",
+            self.client.upload_part,
+            data,
+            Key=upload.key,
+            UploadId=upload.upload_id,
+            PartNumber=number,
+        )
+        if md5 is not None and _etag(response) != md5.hex():
+            raise self._mismatch(f"{upload.key} (part {number})", _etag(response) or "no ETag", md5.hex())
+        with self._lock:
+            upload.parts[number - 1] = {
+                "PartNumber": number,
+                "ETag": response["ETag"],
+                "ChecksumCRC32": checksum,
+            }
+            upload.md5s[number - 1] = md5
+            upload.parts_left -= 1
+            last = upload.parts_left == 0
+        if last:
+            self._complete(upload)
+
+    def _complete(self, upload: _FileUpload) -> None:
+        response = self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=upload.key,
+            UploadId=upload.upload_id,
+            MultipartUpload={"Parts": upload.parts},
+        )
+        upload.parts_left = -1  # completed: nothing left to abort
+        # Each part was verified as it went up; the object must be made of exactly those parts.
+        reported = response.get("ChecksumCRC32")
+        expected = composite_crc32([part["ChecksumCRC32"] for part in upload.parts])
+        md5s = [m for m in upload.md5s if m is not None]
+        if reported and reported.endswith(f"-{len(upload.parts)}"):
+            if reported != expected:
+                raise self._mismatch(upload.key, f"CRC32 {reported}", expected)
+        elif reported is None and len(md5s) == len(upload.parts):
+            self._verify_etag(upload.key, response, upload.size, multipart_etag(md5s))
+        else:  # a full-object CRC32, or a server reporting CRC32s for some requests only
+            self._verify_size(upload.key, upload.size)
+        self._check_unchanged(upload)
+
+    def _abort(self, upload: _FileUpload) -> None:
+        # Best effort: the error being raised matters more (and S3 lifecycle rules expire uploads too).
+        with contextlib.suppress(Exception):
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id)
+
+    def _put_object(self, key: str, data: bytes) -> None:
+        response, _, md5 = self._send(key, self.client.put_object, data, Key=key)
+        if md5 is not None:
+            self._verify_etag(key, response, len(data), md5.hex())
+
+    def _send(
+        self, what: str, call: Callable[..., dict[str, Any]], data: bytes, **params: Any
+    ) -> tuple[dict[str, Any], str, bytes | None]:
+        """``call`` (PutObject or UploadPart) with ``data`` and its CRC32, checked against what S3 reports.
+
+        S3 checks a request's CRC32 against the bytes it received (refusing them if they differ) and
+        reports the CRC32 it stored. A server without flexible checksums reports none; then the caller
+        checks its ETag (the MD5 of what it stored). Returns the response, the CRC32 sent and, for such
+        a server, the MD5 of ``data``.
+        """
+        checksum = crc32(data)
+        response = call(Bucket=self.bucket, Body=data, ChecksumCRC32=checksum, **params)
+        reported = response.get("ChecksumCRC32")
+        if reported is not None:
+            if reported != checksum:
+                raise self._mismatch(what, f"CRC32 {reported}", checksum)
+            return response, checksum, None
+        return response, checksum, hashlib.md5(data, usedforsecurity=False).digest()
+
+    def _verify_etag(self, key: str, response: Mapping[str, Any], size: int, etag: str) -> None:
+        """The stored object's ETag must be ``etag``; a server answering without one is asked for the
+        object's size and ETag instead (the ETag only checked if it gives one)."""
+        got = _etag(response) or self._verify_size(key, size)
+        if got and got != etag:
+            raise self._mismatch(key, got, etag)
+
+    def _verify_size(self, key: str, size: int) -> str:
+        """The stored object must have ``size`` bytes; returns its ETag."""
+        head = self.client.head_object(Bucket=self.bucket, Key=key)
+        if int(head["ContentLength"]) != size:
+            raise ResultsStorageError(
+                f"s3://{self.bucket}/{key}: stored {head['ContentLength']} bytes, expected {size}"
+            )
+        return _etag(head)
+
+    def _mismatch(self, what: str, got: str, expected: str) -> ResultsStorageError:
+        return ResultsStorageError(
+            f"s3://{self.bucket}/{what}: S3 reports checksum {got}, expected {expected}"
+        )
 
     # ---- reading -----------------------------------------------------------------------------
     def read_bytes(self, fingerprint: str, name: str) -> bytes:

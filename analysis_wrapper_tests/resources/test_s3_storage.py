@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 import shutil
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from analysis_wrapper.resources.results_storage import (
     OUTPUTS_FILE,
     RECORD_FILE,
     ResultsStorageError,
+    json_bytes,
     storage_for_location,
 )
 from analysis_wrapper.resources.s3_storage import (
@@ -29,7 +31,6 @@ from analysis_wrapper.resources.s3_storage import (
     MB,
     S3InputCache,
     S3ResultsStorage,
-    expected_etag,
     split_bucket,
 )
 from analysis_wrapper_tests.s3_servers import S3Endpoint
@@ -56,6 +57,16 @@ def folder_keys(s3: S3Endpoint, bucket: str, fingerprint: str = FP, prefix: str 
     return {key[len(folder) :] for key in s3.objects(bucket, folder)}
 
 
+def expected_etag(path: Path, part_size: int | None = None) -> str:
+    """What S3 reports for ``path`` uploaded whole (the MD5) or in ``part_size`` parts (MD5 of part MD5s)."""
+    data = path.read_bytes()
+    if part_size is None:
+        return hashlib.md5(data, usedforsecurity=False).hexdigest()
+    parts = [data[i : i + part_size] for i in range(0, len(data), part_size)]
+    digests = b"".join(hashlib.md5(p, usedforsecurity=False).digest() for p in parts)
+    return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(parts)}"
+
+
 def etag_of(s3: S3Endpoint, bucket: str, key: str) -> str:
     return str(s3.client().head_object(Bucket=bucket, Key=key)["ETag"]).strip('"')
 
@@ -69,6 +80,13 @@ def big_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for _ in range(40):
             handle.write(rng.randbytes(MB))
     return path
+
+
+def scratch_with_big_file(tmp_path: Path, big_file: Path) -> Path:
+    """``FILES`` and ``big.bin``: five 8 MiB parts."""
+    src = scratch(tmp_path)
+    shutil.copyfile(big_file, src / "big.bin")
+    return src
 
 
 # ---- S3ResultsStorage ------------------------------------------------------------------------------
@@ -114,16 +132,43 @@ def test_large_files_go_up_multipart_and_verify(
 
     assert {s.name: s.size for s in stored}["big.bin"] == 40 * MB
     big_etag = etag_of(s3_server, bucket, f"{PREFIX}/{FP}/big.bin")
-    assert big_etag.endswith("-3")  # 16 + 16 + 8 MB
-    assert big_etag == expected_etag(src / "big.bin", DEFAULT_TRANSFER)
+    assert big_etag.endswith("-5")  # five 8 MiB parts, as awscli splits it
+    assert big_etag == expected_etag(src / "big.bin", 8 * MB)
+    assert storage.read_bytes(FP, "big.bin") == big_file.read_bytes()
     small_etag = etag_of(s3_server, bucket, f"{PREFIX}/{FP}/small.txt")
     assert small_etag == hashlib.md5(b"small", usedforsecurity=False).hexdigest()
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+def test_sizes_at_the_edges_of_the_part_size(s3_server: S3Endpoint, tmp_path: Path) -> None:
+    """An empty file, one of exactly 8 MiB (multipart, one part) and one a byte longer (two parts)."""
+    bucket = s3_server.new_bucket()
+    rng = random.Random(2)
+    files = {
+        "empty.txt": b"",
+        "eight.bin": rng.randbytes(8 * MB),
+        "eight_and_one.bin": rng.randbytes(8 * MB + 1),
+    }
+    src = scratch(tmp_path, files)
+    storage = S3ResultsStorage(s3_server.client(), bucket, PREFIX)
+    stored = storage.put_result(FP, src, {}, record_for(storage))
+
+    assert {s.name: s.size for s in stored} == {
+        **{name: len(data) for name, data in files.items()},
+        OUTPUTS_FILE: len(json_bytes({})),
+        RECORD_FILE: len(json_bytes(record_for(storage))),
+    }
+    for name, data in files.items():
+        assert storage.read_bytes(FP, name) == data
+    assert etag_of(s3_server, bucket, f"{PREFIX}/{FP}/empty.txt") == expected_etag(src / "empty.txt")
+    assert etag_of(s3_server, bucket, f"{PREFIX}/{FP}/eight.bin") == expected_etag(src / "eight.bin", 8 * MB)
+    assert etag_of(s3_server, bucket, f"{PREFIX}/{FP}/eight_and_one.bin").endswith("-2")
 
 
 def test_part_size_below_the_s3_minimum_is_raised_like_boto3_does(
     s3_server: S3Endpoint, tmp_path: Path
 ) -> None:
-    """boto3 raises a 1 MiB part size to S3's 5 MiB minimum; the verifier must expect those parts."""
+    """boto3 raises a 1 MiB part size to S3's 5 MiB minimum; so do we, and verify those parts."""
     bucket = s3_server.new_bucket()
     src = scratch(tmp_path, {"twelve.bin": random.Random(1).randbytes(12 * MB)})
     transfer = TransferConfig(
@@ -134,30 +179,200 @@ def test_part_size_below_the_s3_minimum_is_raised_like_boto3_does(
 
     etag = etag_of(s3_server, bucket, f"{PREFIX}/{FP}/twelve.bin")
     assert etag.endswith("-3")  # 5 + 5 + 2 MiB, not twelve 1 MiB parts
-    assert etag == expected_etag(src / "twelve.bin", transfer)
+    assert etag == expected_etag(src / "twelve.bin", 5 * MB)
 
 
-def test_default_transfer_is_the_one_the_verifier_mirrors() -> None:
-    # With awscrt installed, boto3's "auto" may pick the CRT manager, which ignores part sizes.
+def test_default_transfer_is_boto3s_own_manager() -> None:
+    # Downloads and copies go through boto3's transfer manager; with awscrt installed, boto3's "auto"
+    # may pick the CRT manager, which ignores these part sizes and this concurrency.
     assert DEFAULT_TRANSFER.preferred_transfer_client == "classic"
 
 
-def test_a_stored_object_that_differs_from_the_file_fails_verification_and_writes_no_record(
-    s3_server: S3Endpoint, tmp_path: Path
+def test_concurrency_never_exceeds_the_clients_connection_pool(
+    seaweed_s3: S3Endpoint, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A file whose reported size lies (like /proc files: size 0, content not empty) goes up empty;
-    the checksum comparison catches it and neither outputs.json nor metadata.nd.json is written."""
+    """More threads than pooled connections would open (and drop) a connection per request; urllib3
+    warns when that happens. 40 files through a client with 3 connections: 3 at a time, no warning."""
+    bucket = seaweed_s3.new_bucket()
+    assert S3ResultsStorage(seaweed_s3.client(), bucket).max_concurrency() == 10
+    storage = S3ResultsStorage(seaweed_s3.client(max_pool_connections=3), bucket, PREFIX)
+    assert storage.max_concurrency() == 3
+    files = {f"f{i:02d}.bin": random.Random(i).randbytes(1000) for i in range(40)}
+    with caplog.at_level(logging.WARNING, logger="urllib3"):
+        stored = storage.put_result(FP, scratch(tmp_path, files), {}, record_for(storage))
+    assert len(stored) == 42
+    assert not [r for r in caplog.records if "pool is full" in r.getMessage()]
+
+
+def test_a_file_whose_size_lies_fails_and_writes_no_record(s3_server: S3Endpoint, tmp_path: Path) -> None:
+    """A file whose reported size lies (like /proc files: size 0, content not empty) cannot be stored
+    as it is: the upload fails and neither outputs.json nor metadata.nd.json is written."""
     bucket = s3_server.new_bucket()
     src = scratch(tmp_path)
     (src / "status.txt").symlink_to("/proc/self/status")
     assert (src / "status.txt").stat().st_size == 0 and (src / "status.txt").read_bytes()
     storage = S3ResultsStorage(s3_server.client(), bucket, PREFIX)
 
-    with pytest.raises(ResultsStorageError, match=r"status\.txt: S3 reports checksum .* expected"):
+    with pytest.raises(ResultsStorageError, match=r"status\.txt: found more bytes where its size says 0"):
+        storage.put_result(FP, src, {"n": 1}, record_for(storage))
+    # The first failure stops the upload: some of the other files may have gone up, never the JSON files.
+    assert folder_keys(s3_server, bucket) <= set(FILES)
+
+
+class MeddlingClient:
+    """A real client, except that ``meddle(operation, params, response)`` sees each upload call first
+    (to change the file being uploaded, or raise) and may rewrite its response (a server that stored
+    something else). Everything else goes straight to the real client."""
+
+    def __init__(self, client: Any, meddle: Callable[[str, dict[str, Any], dict[str, Any] | None], Any]):
+        self._client = client
+        self._meddle = meddle
+        self.meta = client.meta
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._client, name)
+        if name not in {"put_object", "upload_part", "complete_multipart_upload"}:
+            return real
+
+        def call(**params: Any) -> Any:
+            self._meddle(name, params, None)
+            response = real(**params)
+            return self._meddle(name, params, response) or response
+
+        return call
+
+
+WRONG_CRC32 = "AAAAAA=="
+WRONG_ETAG = '"0123456789abcdef0123456789abcdef"'
+
+
+def lie_about(
+    operation: str, key_part: str, part: int | None = None, flexible_checksums: bool = True
+) -> Callable[..., Any]:
+    """A server that reports a wrong checksum for one request: a wrong CRC32, or, posing as a server
+    without flexible checksums (reporting no CRC32 at all), a wrong ETag."""
+
+    def meddle(name: str, params: dict[str, Any], response: dict[str, Any] | None) -> Any:
+        if response is None:
+            return None
+        if not flexible_checksums:
+            response = {k: v for k, v in response.items() if k != "ChecksumCRC32"}
+        if name == operation and key_part in params["Key"] and part in (None, params.get("PartNumber")):
+            parts = params.get("MultipartUpload", {}).get("Parts")
+            crc = f"{WRONG_CRC32}-{len(parts)}" if parts else WRONG_CRC32  # a multipart object's has -<parts>
+            lie = {"ChecksumCRC32": crc} if flexible_checksums else {"ETag": WRONG_ETAG}
+            response = {**response, **lie}
+        return response
+
+    return meddle
+
+
+CRC = r"CRC32 AAAAAA==, expected [\w+/]{6}=="
+ETAG = r"0123456789abcdef0123456789abcdef, expected"
+
+
+@pytest.mark.parametrize(
+    ("flexible_checksums", "operation", "name", "part", "message"),
+    [
+        (True, "put_object", "a.csv", None, rf"a\.csv: S3 reports checksum {CRC}$"),
+        (True, "put_object", "metadata.nd.json", None, rf"metadata\.nd\.json: S3 reports checksum {CRC}$"),
+        (True, "upload_part", "big.bin", 2, rf"big\.bin \(part 2\): S3 reports checksum {CRC}$"),
+        (
+            True,
+            "complete_multipart_upload",
+            "big.bin",
+            None,
+            r"big\.bin: S3 reports checksum CRC32 AAAAAA==-5, expected [\w+/]{6}==-5$",
+        ),
+        (False, "put_object", "a.csv", None, rf"a\.csv: S3 reports checksum {ETAG} \w{{32}}$"),
+        (False, "upload_part", "big.bin", 2, rf"big\.bin \(part 2\): S3 reports checksum {ETAG} \w{{32}}$"),
+        (
+            False,
+            "complete_multipart_upload",
+            "big.bin",
+            None,
+            rf"big\.bin: S3 reports checksum {ETAG} \w{{32}}-5$",
+        ),
+    ],
+)
+def test_an_object_s3_reports_differently_fails_verification_and_writes_no_record(
+    seaweed_s3: S3Endpoint,
+    tmp_path: Path,
+    big_file: Path,
+    flexible_checksums: bool,
+    operation: str,
+    name: str,
+    part: int | None,
+    message: str,
+) -> None:
+    """What S3 reports for each upload is checked against the bytes we sent: the CRC32 of a whole
+    object, of each part and of the multipart object, or, from a server without flexible checksums,
+    their ETags (MD5s). A mismatch stops the folder before the record (outputs.json and
+    metadata.nd.json are written last) and leaves no multipart upload behind."""
+    bucket = seaweed_s3.new_bucket()
+    src = scratch_with_big_file(tmp_path, big_file)
+    client = MeddlingClient(seaweed_s3.client(), lie_about(operation, name, part, flexible_checksums))
+    storage = S3ResultsStorage(client, bucket, PREFIX)
+
+    with pytest.raises(ResultsStorageError, match=message):
+        storage.put_result(FP, src, {"n": 1}, record_for(storage))
+    keys = folder_keys(seaweed_s3, bucket)
+    if name != RECORD_FILE:
+        assert OUTPUTS_FILE not in keys and RECORD_FILE not in keys
+    assert seaweed_s3.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    if operation == "upload_part":
+        assert "big.bin" not in keys
+
+
+@pytest.mark.parametrize("flexible_checksums", [True, False])
+def test_uploads_verify_with_and_without_flexible_checksums(
+    seaweed_s3: S3Endpoint, tmp_path: Path, big_file: Path, flexible_checksums: bool
+) -> None:
+    """SeaweedFS reports CRC32s; posing as a server that reports none, the ETags are checked instead."""
+    bucket = seaweed_s3.new_bucket()
+    src = scratch_with_big_file(tmp_path, big_file)
+    client = MeddlingClient(seaweed_s3.client(), lie_about("none", "", None, flexible_checksums))
+    storage = S3ResultsStorage(client, bucket, PREFIX)
+    storage.put_result(FP, src, {"n": 1}, record_for(storage))
+    assert folder_keys(seaweed_s3, bucket) == {*FILES, "big.bin", OUTPUTS_FILE, RECORD_FILE}
+    assert etag_of(seaweed_s3, bucket, f"{PREFIX}/{FP}/big.bin") == expected_etag(src / "big.bin", 8 * MB)
+
+
+def test_a_file_that_changes_while_it_goes_up_fails(
+    seaweed_s3: S3Endpoint, tmp_path: Path, big_file: Path
+) -> None:
+    bucket = seaweed_s3.new_bucket()
+    src = scratch_with_big_file(tmp_path, big_file)
+
+    def append_once(name: str, params: dict[str, Any], response: dict[str, Any] | None) -> None:
+        if name == "upload_part" and response is None and params["PartNumber"] == 1:
+            with (src / "big.bin").open("ab") as handle:
+                handle.write(b"written after the upload started")
+
+    storage = S3ResultsStorage(MeddlingClient(seaweed_s3.client(), append_once), bucket, PREFIX)
+    with pytest.raises(
+        ResultsStorageError, match=r"big\.bin.*(changed while being uploaded|found more bytes)"
+    ):
+        storage.put_result(FP, src, {"n": 1}, record_for(storage))
+    assert RECORD_FILE not in folder_keys(seaweed_s3, bucket)
+
+
+def test_a_failed_part_aborts_its_multipart_upload(
+    s3_server: S3Endpoint, tmp_path: Path, big_file: Path
+) -> None:
+    bucket = s3_server.new_bucket()
+    src = scratch_with_big_file(tmp_path, big_file)
+
+    def fail_part_3(name: str, params: dict[str, Any], response: dict[str, Any] | None) -> None:
+        if name == "upload_part" and params["PartNumber"] == 3:
+            raise OSError("connection reset while sending part 3")
+
+    storage = S3ResultsStorage(MeddlingClient(s3_server.client(), fail_part_3), bucket, PREFIX)
+    with pytest.raises(OSError, match="part 3"):
         storage.put_result(FP, src, {"n": 1}, record_for(storage))
     keys = folder_keys(s3_server, bucket)
-    assert OUTPUTS_FILE not in keys and RECORD_FILE not in keys
-    assert set(FILES) <= keys  # the other files went up: a partial folder, without a record
+    assert "big.bin" not in keys and RECORD_FILE not in keys
+    assert s3_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
 
 
 def deny_writes(s3: S3Endpoint, bucket: str, pattern: str) -> None:
@@ -176,8 +391,8 @@ def deny_writes(s3: S3Endpoint, bucket: str, pattern: str) -> None:
 
 
 def test_record_is_written_only_after_every_result_file(moto_s3: S3Endpoint, tmp_path: Path) -> None:
-    """moto enforces a bucket policy that denies writes under nested/: that file fails (403), the
-    others are stored, and outputs.json and metadata.nd.json never appear; once allowed, all go up."""
+    """moto enforces a bucket policy that denies writes under nested/: that file fails (403), and
+    outputs.json and metadata.nd.json never appear; once allowed, all go up."""
     bucket = moto_s3.new_bucket()
     deny_writes(moto_s3, bucket, f"{PREFIX}/*/nested/*")
     storage = S3ResultsStorage(moto_s3.client(), bucket, PREFIX)
@@ -185,7 +400,8 @@ def test_record_is_written_only_after_every_result_file(moto_s3: S3Endpoint, tmp
 
     with pytest.raises(Exception, match=r"403|Forbidden|AccessDenied"):
         storage.put_result(FP, src, {"n": 1}, record_for(storage))
-    assert folder_keys(moto_s3, bucket) == {"a.csv", "z_top.txt"}
+    # The first failure stops the upload: files already on their way finish, nothing new starts.
+    assert folder_keys(moto_s3, bucket) <= {"a.csv", "z_top.txt"}
 
     moto_s3.client().delete_bucket_policy(Bucket=bucket)
     storage.put_result(FP, src, {"n": 1}, record_for(storage))
