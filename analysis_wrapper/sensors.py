@@ -107,7 +107,7 @@ class SensorSettings:
     interval_s: int = 30
     start_stopped: bool = False
     max_runs_per_tick: int = 50
-    batch_size: int = 10
+    batch_size: int = 25
     max_queued_runs: int = 200
     max_files_per_tick: int = 1000
     tick_budget_s: float = 30.0

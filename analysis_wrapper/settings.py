@@ -60,7 +60,7 @@ class Settings(BaseSettings):
         50, ge=1, description="Most runs one inbox sensor requests per tick; the rest wait in the registry"
     )
     SENSOR_BATCH_SIZE: int = Field(
-        10,
+        25,
         ge=1,
         description="Most jobs one sensor run holds (a batch run); 1: one run per job. A run costs about "
         "a second of its own, so batches keep small jobs from waiting on Dagster",
