@@ -38,6 +38,7 @@ from analysis_wrapper.partition_run import PartitionContext, compute_partition
 from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
+from analysis_wrapper.resources.store_base import JobState
 from analysis_wrapper.tags import ANALYSIS_TAG
 
 MAX_ERRORS_SHOWN = 10
@@ -49,6 +50,30 @@ class BatchConfig(Config):
     partition_keys: list[str] = Field(description="Partitions of the result asset to run, in order")
     force: bool = Field(False, description="Run even partitions whose fingerprint is recorded")
     dry_run: bool | None = Field(None, description="Post nothing; unset: the DRY_RUN setting")
+
+
+def failure_text(exc: Exception) -> str:
+    return str(exc.description) if isinstance(exc, Failure) else f"{type(exc).__name__}: {exc}"
+
+
+def mark_failed(records: RecordStoreResource, analysis: str, key: str, run_id: str, exc: Exception) -> None:
+    """Make sure a partition that failed in this batch is ``failed`` with an attempt counted.
+
+    A one-partition run leaves that to the run-events sensor (its run carries its attempt); a batch
+    cannot, so a job the batch failed before marking it ``running`` (bad parameters, no git state)
+    gets its failure and attempt here; one the batch started and marked is only set ``failed``.
+    """
+    store = records.get_store()
+    entry = store.get_job(analysis, key)
+    if entry is None:
+        return
+    if entry.run_id == run_id:
+        if entry.state == JobState.RUNNING:  # started here: its attempt is counted
+            store.update_job(analysis, key, state=JobState.FAILED, run_id=run_id, error=failure_text(exc))
+        return
+    store.update_job(
+        analysis, key, state=JobState.FAILED, run_id=run_id, error=failure_text(exc), count_attempt=True
+    )
 
 
 def batch_op_name(analysis: Analysis[Any, Any]) -> str:
@@ -108,7 +133,8 @@ def build_batch_job(
                 )
                 stored = results_io_manager.store_result(outcome.result, context.run_id, context.log)
             except Exception as exc:  # this partition failed (and is marked so); the batch goes on
-                message = str(exc.description) if isinstance(exc, Failure) else f"{type(exc).__name__}: {exc}"
+                mark_failed(records, analysis.name, key, context.run_id, exc)
+                message = failure_text(exc)
                 context.log.error(f"{analysis.name} partition {key} ({number}/{len(keys)}) failed: {message}")
                 failures.append(f"{key}: {message.splitlines()[0] if message else type(exc).__name__}")
                 continue

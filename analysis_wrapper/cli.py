@@ -250,7 +250,8 @@ def _materialize(
             record = ctx.store.get_record(analysis, job.fingerprint)
             outcomes[job.partition_key] = ("done", record["location"] if record else "")
         else:
-            error = entry.last_error if entry and entry.last_error else _first_failure(result)
+            ours = entry is not None and entry.run_id == result.run_id and entry.last_error
+            error = entry.last_error if ours and entry else _first_failure(result)
             outcomes[job.partition_key] = ("failed", f"run {result.run_id[:8]}: {error}")
     return outcomes
 

@@ -144,54 +144,59 @@ def compute_partition(
     try:
         check_may_post(code, dry_run, runtime.allow_dirty)
     except DirtyTreeError as exc:
-        store.update_job(analysis.name, key, state=JobState.FAILED, run_id=where.run_id, error=str(exc))
+        # Refused before it started, yet an attempt: a dirty tree must not be retried forever.
+        store.update_job(
+            analysis.name, key, state=JobState.FAILED, run_id=where.run_id, error=str(exc), count_attempt=True
+        )
         raise Failure(str(exc)) from None
     store.update_job(analysis.name, key, state=JobState.RUNNING, run_id=where.run_id, count_attempt=True)
     scratch = Path(
         tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir())
     )
-    cache = S3InputCache(runtime.s3_client, scratch.with_name(scratch.name + "-inputs"))
-    started = dt.datetime.now(dt.UTC)
-    clock = time.perf_counter()
+    cache: S3InputCache | None = None
     try:
+        cache = S3InputCache(runtime.s3_client, scratch.with_name(scratch.name + "-inputs"))
+        started = dt.datetime.now(dt.UTC)
+        clock = time.perf_counter()
         job = job.model_copy(update={"input_paths": resolve_inputs(job.inputs, source, cache)})
         outputs = analysis.run(job, analysis.params.model_validate(job.parameters), scratch, log)
         outputs = analysis.outputs.model_validate(outputs)
-    except Exception as exc:
-        shutil.rmtree(scratch, ignore_errors=True)
         cache.cleanup()
+        duration = time.perf_counter() - clock
+        record = build_record(
+            job=job,
+            outputs=outputs,
+            location="",
+            started=started,
+            finished=dt.datetime.now(dt.UTC),
+            code=code,
+            run_id=where.run_id,
+            asset_key=where.asset_key,
+            run_script=run_script,
+            experimenters=runtime.people(),
+            dry_run=dry_run,
+        )
+        metadata: dict[str, Any] = {
+            **common_metadata,
+            "git_commit": code.commit or "unknown",
+            "git_dirty": code.dirty,
+            "duration_s": round(duration, 3),
+            "outputs": _outputs_table(outputs),
+            "dry_run": dry_run,
+        }
+        if analysis.figure:
+            figure = _figure_markdown(scratch / analysis.figure)
+            if figure is not None:
+                metadata["figure"] = figure
+    except Exception as exc:  # nothing half-done is kept: the scratch folder goes, the job is failed
+        shutil.rmtree(scratch, ignore_errors=True)
+        if cache is not None:
+            cache.cleanup()
         reason = f"{type(exc).__name__}: {exc}"
         store.update_job(analysis.name, key, state=JobState.FAILED, run_id=where.run_id, error=reason)
         if isinstance(exc, InputNotFoundError):
             raise Failure(str(exc)) from None
         raise
-    cache.cleanup()
-    duration = time.perf_counter() - clock
-    record = build_record(
-        job=job,
-        outputs=outputs,
-        location="",
-        started=started,
-        finished=dt.datetime.now(dt.UTC),
-        code=code,
-        run_id=where.run_id,
-        asset_key=where.asset_key,
-        run_script=run_script,
-        experimenters=runtime.people(),
-        dry_run=dry_run,
-    )
-    metadata: dict[str, Any] = {
-        **common_metadata,
-        "git_commit": code.commit or "unknown",
-        "git_dirty": code.dirty,
-        "duration_s": round(duration, 3),
-        "outputs": _outputs_table(outputs),
-        "dry_run": dry_run,
-    }
-    if analysis.figure:
-        figure = _figure_markdown(scratch / analysis.figure)
-        if figure is not None:
-            metadata["figure"] = figure
     log.info(f"{analysis.name} finished {key} in {duration:.2f} s.")
     result = AnalysisResult(
         job=job, outputs=outputs, dry_run=dry_run, force=bool(config.force), scratch=scratch, record=record

@@ -93,6 +93,7 @@ UNFINISHED_RUN = [
     DagsterRunStatus.NOT_STARTED,
     DagsterRunStatus.STARTING,
     DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
 ]
 BATCHES_AUDITED = 1000
 """Unfinished batch runs one audit reads (their keys are the queued jobs that still have a run)."""
@@ -187,10 +188,12 @@ def run_key(fingerprint: str, attempt: int) -> str:
     return f"{fingerprint}:{attempt}"
 
 
-def batch_run_key(members: Sequence[tuple[str, int]]) -> str:
-    """A batch's run key: its jobs and their attempts (a tick re-requesting the same batch after a
-    crash gets the same key, which Dagster dedupes)."""
-    text = "\n".join(f"{fingerprint}:{attempt}" for fingerprint, attempt in members)
+def batch_run_key(entries: Sequence[JobEntry]) -> str:
+    """A batch's run key: its jobs, their attempts and when each last changed state. A tick evaluated
+    again after a crash sees the same jobs unchanged and gets the same key (Dagster dedupes it); jobs
+    sent back to ``pending`` by the audit or a retry changed, so their next batch gets a new key
+    (Dagster never runs a sensor's run key twice)."""
+    text = "\n".join(f"{e.fingerprint}:{e.attempts + 1}:{e.updated_at.isoformat()}" for e in entries)
     return "batch:" + hashlib.sha256(text.encode()).hexdigest()[:40]
 
 
@@ -632,7 +635,9 @@ class Tick:
         if record is None:
             if entry.state == JobState.QUEUED:
                 # Its run never came to be (or was deleted): request it again.
-                self.store.set_job_states(self.name, [entry.partition_key], JobState.PENDING)
+                self.store.set_job_states(
+                    self.name, [entry.partition_key], JobState.PENDING, only_from=[JobState.QUEUED]
+                )
                 self.counts["recovered"] += 1
             return
         run = record.dagster_run
@@ -704,7 +709,7 @@ class Tick:
     def _batch_request(self, entries: Sequence[JobEntry]) -> RunRequest:
         """Several jobs, one batch run (see :mod:`analysis_wrapper.batch`)."""
         return RunRequest(
-            run_key=batch_run_key([(e.fingerprint, e.attempts + 1) for e in entries]),
+            run_key=batch_run_key(entries),
             job_name=self.analysis.batch_job_name,
             run_config=batch_run_config(self.analysis, [e.partition_key for e in entries]),
             tags={**self._run_tags(len(entries)), BATCH_SIZE_TAG: str(len(entries))},

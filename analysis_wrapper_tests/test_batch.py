@@ -99,3 +99,50 @@ def test_a_key_not_in_the_registry_fails_alone(harness_factory: Any, tmp_path: P
     assert (
         "nope: Partition 'nope' of echo is not in the job registry" in failure.step_failure_data.error.message
     )
+
+
+def test_partitions_failed_before_they_start_use_up_an_attempt(
+    harness_factory: Any, dirty_repo: Path, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """A batch has no attempt tag for the run-events sensor to count from: it counts them itself."""
+    dirty = harness_factory([echo], code_repository=dirty_repo)
+    first, second = _jobs(dirty, tmp_path, {"scale": 1.0}, {"scale": 2.0})
+    assert not dirty.run_batch("echo", [first.partition_key, second.partition_key]).success
+    for job in (first, second):
+        entry = dirty.store.get_job("echo", job.partition_key)
+        assert (entry.state, entry.attempts) == (JobState.FAILED, 1)
+        assert "dirty" in (entry.last_error or "")
+
+    from analysis_wrapper.resources.runtime import AnalysisRuntime
+
+    def no_git(self: Any) -> Any:
+        raise OSError("git is gone")
+
+    monkeypatch.setattr(AnalysisRuntime, "code_state", no_git)
+    assert not dirty.run_batch("echo", [first.partition_key]).success
+    entry = dirty.store.get_job("echo", first.partition_key)
+    assert (entry.state, entry.attempts) == (JobState.FAILED, 2)
+    assert entry.last_error == "OSError: git is gone"
+
+
+def test_a_failure_after_the_analysis_ran_leaves_no_scratch_folder(
+    harness_factory: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    h = harness_factory([echo])
+    (job,) = _jobs(h, tmp_path, {"scale": 1.0})
+    scratch_root = tmp_path / "scratch"
+    scratch_root.mkdir()
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_root))
+    from analysis_wrapper import partition_run
+
+    def broken_record(**_: Any) -> Any:
+        raise ValueError("cannot build the record")
+
+    monkeypatch.setattr(partition_run, "build_record", broken_record)
+    assert not h.run_batch("echo", [job.partition_key]).success
+    entry = h.store.get_job("echo", job.partition_key)
+    assert (entry.state, entry.attempts) == (JobState.FAILED, 1)
+    assert entry.last_error == "ValueError: cannot build the record"
+    assert list(scratch_root.iterdir()) == []

@@ -787,3 +787,32 @@ def test_a_batch_run_that_dies_fails_its_running_job_and_frees_the_queued_ones(
     monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=122))
     (again,) = env.tick().run_requests  # no run holds `waiting` any more: it goes out again
     assert again.partition_key == waiting and again.run_key.endswith(":1")
+
+
+def test_a_batch_canceled_in_the_queue_goes_out_again_under_a_new_run_key(
+    env_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster never runs a sensor's run key twice: the same jobs sent back must get a new key."""
+    env = env_factory(batch_size=3, audit_after_s=60.0)
+    for i in range(3):
+        env.drop(scale=float(i + 1))
+    env.run_events()
+    (request,) = env.tick().run_requests
+    env.tick()  # -> queued
+    run = create_run_for_test(
+        env.instance,
+        job_name=echo.batch_job_name,
+        run_config=request.run_config,
+        status=DagsterRunStatus.NOT_STARTED,
+        tags=request.tags,
+    )
+    env.instance.report_run_canceled(run, "canceled from the UI")
+    assert "0 job(s) marked failed, 0 canceled" in message(env.run_events())  # none had started
+    start = dt.datetime.now(dt.UTC)
+    monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=61))
+    (again,) = env.tick().run_requests
+    keys = request.run_config["ops"]["echo_batch"]["config"]["partition_keys"]
+    assert again.run_config["ops"]["echo_batch"]["config"]["partition_keys"] == keys
+    assert again.run_key != request.run_key
+    assert env.execute(again).success
+    assert set(env.states().values()) == {"done"}
