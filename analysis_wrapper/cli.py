@@ -239,16 +239,15 @@ def _materialize(
             tags={SOURCE_TAG: "cli", BATCH_SIZE_TAG: str(len(jobs))},
         )
     entries = ctx.store.get_jobs(analysis, [j.partition_key for j in jobs])
-    recorded = ctx.store.existing_fingerprints(analysis, [j.fingerprint for j in jobs])
     outcomes: dict[str, tuple[str, str]] = {}
     for job in jobs:
         entry = entries.get(job.partition_key)
         state = entry.state if entry is not None else None
+        record = ctx.store.get_record(analysis, job.fingerprint) if state == JobState.DONE else None
         if state == JobState.DRY_RUN:
             outcomes[job.partition_key] = ("dry run", "(nothing posted; DRY_RUN=0 to post)")
-        elif state == JobState.DONE and job.fingerprint in recorded:
-            record = ctx.store.get_record(analysis, job.fingerprint)
-            outcomes[job.partition_key] = ("done", record["location"] if record else "")
+        elif record is not None:
+            outcomes[job.partition_key] = ("done", record["location"])
         else:
             ours = entry is not None and entry.run_id == result.run_id and entry.last_error
             error = entry.last_error if ours and entry else _first_failure(result)

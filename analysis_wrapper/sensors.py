@@ -232,12 +232,9 @@ def apply_run_end(
     if entry.state == JobState.RUNNING:
         if entry.run_id != run_id:
             return False
-    elif entry.state == JobState.FAILED:
-        if entry.run_id == run_id and behind:
-            # The asset refused to start (e.g. dirty tree) without counting the attempt.
-            store.update_job(entry.analysis, entry.partition_key, state=JobState.FAILED, count_attempt=True)
-        return False
-    elif not behind:  # pending / queued: only the failure of the attempt they wait for is news
+    elif entry.state == JobState.FAILED or not behind:
+        # Failed: the run marked it itself, attempt counted. Pending / queued: only the failure of the
+        # attempt they wait for is news.
         return False
     if store.existing_fingerprints(entry.analysis, [entry.fingerprint]):
         # Killed after it committed its record: done, nothing to retry.

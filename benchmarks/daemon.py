@@ -72,19 +72,15 @@ def _stop_group(process: subprocess.Popen[bytes]) -> None:
 
 def _wait_for_runs_to_end(home: Path, timeout_s: float = 30.0) -> None:
     """Let the last run report its end (after the clock stopped) before the daemon is stopped."""
-    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+    from dagster import DagsterInstance, RunsFilter
     from dagster._core.instance.ref import InstanceRef
 
-    unfinished = [
-        DagsterRunStatus.QUEUED,
-        DagsterRunStatus.NOT_STARTED,
-        DagsterRunStatus.STARTING,
-        DagsterRunStatus.STARTED,
-    ]
+    from analysis_wrapper.sensors import UNFINISHED_RUN
+
     instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
     try:
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and instance.get_runs_count(RunsFilter(statuses=unfinished)):
+        while time.monotonic() < deadline and instance.get_runs_count(RunsFilter(statuses=UNFINISHED_RUN)):
             time.sleep(0.25)
     finally:
         instance.dispose()
