@@ -9,7 +9,8 @@ the run reports one ``AssetMaterialization`` per partition of ``<analysis>_resul
 partitions, their metadata and their data versions look the same in the UI either way.
 
 A partition that fails is marked failed in the registry (to be retried like any other) and the run
-goes on with the next one; the run fails at the end, naming every partition that failed. The keys of
+goes on with the next one (a partition whose fingerprint another run is computing is skipped); the
+run fails at the end, naming every partition that failed. The keys of
 a batch are in its run config (:func:`batch_keys`), where the sensors read them back.
 """
 
@@ -21,6 +22,7 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     Config,
+    DagsterRun,
     Failure,
     JobDefinition,
     OpExecutionContext,
@@ -29,17 +31,15 @@ from dagster import (
     job,
     op,
 )
-from dagster._core.definitions.data_version import CODE_VERSION_TAG, DATA_VERSION_TAG
-from dagster._core.storage.dagster_run import DagsterRun
 from pydantic import Field
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.ownership import end_heartbeat, heartbeat
 from analysis_wrapper.partition_run import PartitionContext, compute_partition
-from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
-from analysis_wrapper.resources.store_base import JobState
-from analysis_wrapper.tags import ANALYSIS_TAG
+from analysis_wrapper.resources.store import StoreResource
+from analysis_wrapper.tags import ANALYSIS_TAG, CODE_VERSION_TAG, DATA_VERSION_TAG
 
 MAX_ERRORS_SHOWN = 10
 
@@ -56,24 +56,17 @@ def failure_text(exc: Exception) -> str:
     return str(exc.description) if isinstance(exc, Failure) else f"{type(exc).__name__}: {exc}"
 
 
-def mark_failed(records: RecordStoreResource, analysis: str, key: str, run_id: str, exc: Exception) -> None:
+def mark_failed(store: StoreResource, analysis: str, key: str, run_id: str, exc: Exception) -> None:
     """Make sure a partition that failed in this batch is ``failed`` with an attempt counted.
 
-    A one-partition run leaves that to the run-events sensor (its run carries its attempt); a batch
-    cannot, so a job the batch failed before marking it ``running`` (bad parameters, no git state)
-    gets its failure and attempt here; one the batch started and marked is only set ``failed``.
+    A job this run started was failed where it failed (the analysis, the commit); one refused before
+    it started (bad parameters, no git state) is refused here, as one attempt. A one-partition run
+    leaves that to the run-events sensor (its run carries its attempt); a batch cannot.
     """
-    store = records.get_store()
-    entry = store.get_job(analysis, key)
-    if entry is None:
-        return
-    if entry.run_id == run_id:
-        if entry.state == JobState.RUNNING:  # started here: its attempt is counted
-            store.update_job(analysis, key, state=JobState.FAILED, run_id=run_id, error=failure_text(exc))
-        return
-    store.update_job(
-        analysis, key, state=JobState.FAILED, run_id=run_id, error=failure_text(exc), count_attempt=True
-    )
+    entry = store.get_store().get_job(analysis, key)
+    if entry is None or entry.run_id == run_id:
+        return  # gone, or marked by this run already
+    store.lifecycle().refused(entry, run_id, failure_text(exc))
 
 
 def batch_op_name(analysis: Analysis[Any, Any]) -> str:
@@ -116,9 +109,22 @@ def build_batch_job(
     def run_batch(
         context: OpExecutionContext,
         config: BatchConfig,
-        records: RecordStoreResource,
+        store: StoreResource,
         runtime: AnalysisRuntime,
         results_io_manager: ResourceParam[ResultsIOManager],
+    ) -> Iterator[AssetMaterialization]:
+        heartbeat(store.get_store(), context.run_id, store.lease_ttl_s)
+        try:
+            yield from _run_partitions(context, config, store, runtime, results_io_manager)
+        finally:
+            end_heartbeat(context.run_id)
+
+    def _run_partitions(
+        context: OpExecutionContext,
+        config: BatchConfig,
+        store: StoreResource,
+        runtime: AnalysisRuntime,
+        results_io_manager: ResultsIOManager,
     ) -> Iterator[AssetMaterialization]:
         keys = list(dict.fromkeys(config.partition_keys))
         partition_config = config_class(force=config.force, dry_run=config.dry_run)
@@ -129,11 +135,11 @@ def build_batch_job(
         for number, key in enumerate(keys, start=1):
             try:
                 outcome = compute_partition(
-                    analysis, key, partition_config, records, runtime, where, run_script, code_state
+                    analysis, key, partition_config, store, runtime, where, run_script, code_state
                 )
                 stored = results_io_manager.store_result(outcome.result, context.run_id, context.log)
             except Exception as exc:  # this partition failed (and is marked so); the batch goes on
-                mark_failed(records, analysis.name, key, context.run_id, exc)
+                mark_failed(store, analysis.name, key, context.run_id, exc)
                 message = failure_text(exc)
                 context.log.error(f"{analysis.name} partition {key} ({number}/{len(keys)}) failed: {message}")
                 failures.append(f"{key}: {message.splitlines()[0] if message else type(exc).__name__}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from analysis_wrapper.settings import Settings
-from analysis_wrapper.tags import BATCH_SIZE_TAG, SOURCE_TAG
+from analysis_wrapper.tags import BATCH_SIZE_TAG, HOST_TAG, PID_TAG, SOURCE_TAG
 
 log = logging.getLogger("analysis_wrapper.cli")
 
@@ -44,36 +44,51 @@ def _open(args: argparse.Namespace) -> Context:
     # The CLI keeps its Dagster instance in ./.dagster_home unless DAGSTER_HOME says otherwise.
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").absolute()
     home.mkdir(parents=True, exist_ok=True)
-    instance_yaml = home / "dagster.yaml"
-    if not instance_yaml.exists():
-        # The shipped local instance config (queued runs, concurrency limits, telemetry off), so that
-        # `dagster dev` on the same DAGSTER_HOME behaves as the README says.
-        shipped = Path(__file__).resolve().parent.parent / "dagster_home" / "dagster.yaml"
-        instance_yaml.write_text(
-            shipped.read_text() if shipped.is_file() else "telemetry:\n  enabled: false\n"
-        )
     os.environ["DAGSTER_HOME"] = str(home)
 
-    from dagster import DagsterInstance, Definitions
-
-    from analysis_wrapper.definitions import build_analysis_set, build_resources
+    from analysis_wrapper.definitions import build_analysis_set, build_definitions
 
     settings = Settings()
     built = build_analysis_set()
-    resources = build_resources(settings)
-    defs = Definitions(
-        assets=[d.asset for d in built.values()],
-        jobs=[j for d in built.values() for j in (d.job, d.batch_job)],
-        resources=resources,
-    )
+    defs = build_definitions(settings, built=built)
+    assert defs.resources is not None
     return Context(
         settings=settings,
         analyses={name: d.analysis for name, d in built.items()},
         built=built,
         defs=defs,
-        store=resources["records"].get_store(),
-        instance=DagsterInstance.get(),
+        store=defs.resources["store"].get_store(),
+        instance=_instance(home),
     )
+
+
+def _instance(home: Path) -> Any:
+    """The Dagster instance in ``home``, created once even when several commands start at once.
+
+    A first start writes the shipped instance config (queued runs, concurrency limits, telemetry off,
+    so that `dagster dev` on the same DAGSTER_HOME behaves as the README says) and creates Dagster's
+    SQLite schemas; two processes doing that together break the folder for good (two alembic heads),
+    so the first start holds a lock file and the others wait for it.
+    """
+    import fcntl
+
+    from dagster import DagsterInstance, RunsFilter
+
+    with open(home / ".analysis_wrapper.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            instance_yaml = home / "dagster.yaml"
+            if not instance_yaml.exists():
+                shipped = Path(__file__).resolve().parent.parent / "dagster_home" / "dagster.yaml"
+                text = shipped.read_text() if shipped.is_file() else "telemetry:\n  enabled: false\n"
+                partial = instance_yaml.with_name(f".dagster.yaml.{os.getpid()}")
+                partial.write_text(text)
+                partial.replace(instance_yaml)
+            instance = DagsterInstance.get()
+            instance.get_runs_count(RunsFilter(run_ids=["-"]))  # creates the storage schemas, under the lock
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return instance
 
 
 def _register_paths(
@@ -93,7 +108,7 @@ def _register_paths(
         print(f"REJECTED {item.message}", file=out)
     jobs = []
     for name, analysis_jobs in prepared.jobs.items():
-        outcome = register(analysis_jobs, ctx.analyses[name], ctx.store, ctx.instance)
+        outcome = register(analysis_jobs, ctx.analyses[name], ctx.store, ctx.instance).outcome
         for job in analysis_jobs:
             verb = (
                 "registered"
@@ -107,7 +122,8 @@ def _register_paths(
 
 def _pending_registered(ctx: Context, analysis: str | None) -> list[Any]:
     """Every registered job, rebuilt with the current analysis version (its fingerprint may change)."""
-    from analysis_wrapper.dispatch import DispatchJob, JobFileError, build_analysis_job
+    from analysis_wrapper.dispatch import JobFileError
+    from analysis_wrapper.partition_run import job_of_entry
 
     jobs = []
     for entry in ctx.store.list_jobs(analysis):
@@ -115,8 +131,7 @@ def _pending_registered(ctx: Context, analysis: str | None) -> list[Any]:
         if spec is None:
             continue
         try:
-            dispatch = DispatchJob.model_validate(dict(entry.job))
-            jobs.append(build_analysis_job(dispatch, spec, source=entry.source or "registry"))
+            jobs.append(job_of_entry(entry, spec))
         except (JobFileError, ValueError) as exc:
             print(f"SKIPPED registered job {entry.partition_key}: {exc}", file=sys.stderr)
     return jobs
@@ -185,7 +200,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         recorded |= ctx.store.existing_fingerprints(
             name, [j.fingerprint for j in unique if j.analysis == name]
         )
-    counts = {"done": 0, "already done": 0, "dry run": 0, "failed": 0}
+    counts = {"done": 0, "already done": 0, "elsewhere": 0, "dry run": 0, "failed": 0}
     progress = Progress(len(unique), sys.stdout)
     due: dict[str, list[Any]] = {}
     for job in unique:
@@ -203,7 +218,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                 outcome, detail = outcomes[job.partition_key]
                 counts[outcome] += 1
                 progress.step(f"{outcome:<13} {job.analysis} {job.partition_key} {detail}")
-    summary = ", ".join(f"{n} {label}" for label, n in counts.items())
+    # "elsewhere": another run held the job's fingerprint and ended without a record (shown when it happened).
+    summary = ", ".join(f"{n} {label}" for label, n in counts.items() if n or label != "elsewhere")
     print(f"{len(unique)} job(s): {summary}; {rejected} file(s) rejected")
     if not unique and not rejected:
         print("nothing to run: no job files given and no registered job is pending")
@@ -214,45 +230,102 @@ def _materialize(
     ctx: Context, analysis: str, jobs: Sequence[Any], args: argparse.Namespace
 ) -> dict[str, tuple[str, str]]:
     """Run ``jobs`` of ``analysis`` in one in-process Dagster run (one job: a run of the result
-    asset's partition; several: a batch run); each job's outcome and detail, read from the registry."""
+    asset's partition; several: a batch run); each job's outcome and detail, read from the run's
+    materializations (what this run did), waiting for jobs another run was computing."""
+    import uuid
+
     from analysis_wrapper.batch import batch_run_config
-    from analysis_wrapper.resources.store_base import JobState
+    from analysis_wrapper.ownership import end_heartbeat, heartbeat, this_host
 
     spec = ctx.built[analysis].analysis
     loggers = {"console": {"config": {"log_level": "INFO" if args.verbose else "ERROR"}}}
-    if len(jobs) == 1:
-        result = ctx.defs.resolve_job_def(spec.job_name).execute_in_process(
-            instance=ctx.instance,
-            partition_key=jobs[0].partition_key,
-            run_config={**_run_config(ctx, analysis, args), "loggers": loggers},
-            raise_on_error=False,
-            tags={SOURCE_TAG: "cli"},
-        )
-    else:
-        result = ctx.defs.resolve_job_def(spec.batch_job_name).execute_in_process(
-            instance=ctx.instance,
-            run_config={
-                **batch_run_config(spec, [j.partition_key for j in jobs], bool(args.force), args.dry_run),
-                "loggers": loggers,
-            },
-            raise_on_error=False,
-            tags={SOURCE_TAG: "cli", BATCH_SIZE_TAG: str(len(jobs))},
-        )
-    entries = ctx.store.get_jobs(analysis, [j.partition_key for j in jobs])
+    run_id = str(uuid.uuid4())
+    # Host and pid say where this in-process run lives; its heartbeat lease says it is alive. Killed,
+    # it is failed by the lost-run check of any daemon, and its slot in the run queue is freed.
+    tags = {SOURCE_TAG: "cli", HOST_TAG: this_host(), PID_TAG: str(os.getpid())}
+    store = ctx.defs.resources["store"]
+    heartbeat(ctx.store, run_id, store.lease_ttl_s)
+    try:
+        if len(jobs) == 1:
+            result = ctx.defs.resolve_job_def(spec.job_name).execute_in_process(
+                instance=ctx.instance,
+                partition_key=jobs[0].partition_key,
+                run_config={**_run_config(ctx, analysis, args), "loggers": loggers},
+                raise_on_error=False,
+                run_id=run_id,
+                tags=tags,
+            )
+        else:
+            result = ctx.defs.resolve_job_def(spec.batch_job_name).execute_in_process(
+                instance=ctx.instance,
+                run_config={
+                    **batch_run_config(spec, [j.partition_key for j in jobs], bool(args.force), args.dry_run),
+                    "loggers": loggers,
+                },
+                raise_on_error=False,
+                run_id=run_id,
+                tags={**tags, BATCH_SIZE_TAG: str(len(jobs))},
+            )
+    finally:
+        end_heartbeat(run_id)
+    statuses = _statuses(result)
     outcomes: dict[str, tuple[str, str]] = {}
     for job in jobs:
-        entry = entries.get(job.partition_key)
-        state = entry.state if entry is not None else None
-        record = ctx.store.get_record(analysis, job.fingerprint) if state == JobState.DONE else None
-        if state == JobState.DRY_RUN:
+        status, location = statuses.get(job.partition_key, ("", ""))
+        if status == "recorded":
+            outcomes[job.partition_key] = ("done", location)
+        elif status.startswith("dry run"):
             outcomes[job.partition_key] = ("dry run", "(nothing posted; DRY_RUN=0 to post)")
-        elif record is not None:
-            outcomes[job.partition_key] = ("done", record["location"])
+        elif status.startswith("skipped"):
+            outcomes[job.partition_key] = _wait_for_other_run(ctx, job, status)
         else:
+            entry = ctx.store.get_job(analysis, job.partition_key)
             ours = entry is not None and entry.run_id == result.run_id and entry.last_error
             error = entry.last_error if ours and entry else _first_failure(result)
             outcomes[job.partition_key] = ("failed", f"run {result.run_id[:8]}: {error}")
     return outcomes
+
+
+def _statuses(result: Any) -> dict[str, tuple[str, str]]:
+    """Per partition, the ``status`` and results location of its materialization in ``result``."""
+    from analysis_wrapper.resources.results_io import LOCATION_METADATA_KEY
+
+    found: dict[str, tuple[str, str]] = {}
+    for event in result.all_events:
+        if not event.is_step_materialization:
+            continue
+        materialization = event.step_materialization_data.materialization
+        metadata = materialization.metadata
+        status = metadata.get("status")
+        location = metadata.get(LOCATION_METADATA_KEY)
+        found[str(materialization.partition)] = (
+            str(getattr(status, "value", status) or ""),
+            str(getattr(location, "value", location) or ""),
+        )
+    return found
+
+
+def _wait_for_other_run(ctx: Context, job: Any, status: str) -> tuple[str, str]:
+    """A job skipped because another run holds its fingerprint: wait while that run's claim lives,
+    then say whether it was recorded (by whom) or not."""
+    import time
+
+    from analysis_wrapper.ownership import fingerprint_key, lease_dead
+
+    if "being computed" in status:
+        key = fingerprint_key(job.fingerprint)
+        while True:
+            if ctx.store.existing_fingerprints(job.analysis, [job.fingerprint]):
+                break
+            lease = ctx.store.get_leases([key]).get(key)
+            if lease is None or lease_dead(lease):
+                return ("elsewhere", f"{status}; that run ended without a record (it is retried there)")
+            time.sleep(0.2)
+    record = ctx.store.get_record(job.analysis, job.fingerprint)
+    if record is None:
+        return ("elsewhere", status)
+    by = record.get("analysis_wrapper", {}).get("run_id", "?")
+    return ("already done", f"{record.get('location')} (recorded by run {str(by)[:8]})")
 
 
 def _first_failure(result: Any) -> str:
@@ -372,7 +445,8 @@ def cmd_results(args: argparse.Namespace) -> int:
 
 def cmd_retry(args: argparse.Namespace) -> int:
     """Re-queue failed jobs: back to pending, so the inbox sensor requests them on its next tick."""
-    from analysis_wrapper.resources.store_base import JobState
+    from analysis_wrapper.lifecycle import JobLifecycle
+    from analysis_wrapper.store.base import JobState
 
     ctx = _open(args)
     # Named jobs may also be stuck queued/running (their run died with the machine); unnamed: every
@@ -397,7 +471,9 @@ def cmd_retry(args: argparse.Namespace) -> int:
             advice = " (`analysis-wrapper run --force` runs it again)" if done else ""
             print(f"left as is: {entry.analysis} {key} is {entry.state.value}{advice}")
             continue
-        ctx.store.set_job_states(entry.analysis, [key], JobState.PENDING, only_from=[entry.state])
+        if not JobLifecycle(ctx.store).retry_asked(entry):
+            print(f"left as is: {entry.analysis} {key} changed meanwhile (see `analysis-wrapper status`)")
+            continue
         requeued += 1
         error = f"; last error: {entry.last_error[:80]}" if entry.last_error else ""
         print(f"re-queued {entry.analysis} {key} (attempt {entry.attempts + 1} next{error})")
@@ -476,7 +552,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     from analysis_wrapper.provenance import DirtyTreeError
-    from analysis_wrapper.resources.store_base import StoreError
+    from analysis_wrapper.store.base import StoreError
 
     try:
         return int(args.func(args))

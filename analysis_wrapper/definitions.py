@@ -16,20 +16,23 @@ from dagster_aws.s3 import S3Resource
 from analysis_wrapper.analyses import discover_analyses
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.factory import RESULTS_IO_MANAGER_KEY, AnalysisDefinitions, build_analysis_definitions
-from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
+from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.sensors import build_sensors
 from analysis_wrapper.settings import Settings
 
 
-def record_store_resource(settings: Settings) -> RecordStoreResource:
+def store_resource(settings: Settings) -> StoreResource:
     if settings.DOCDB_URI is None:
-        return RecordStoreResource(backend="sqlite", sqlite_path=str(settings.sqlite_path))
+        return StoreResource(
+            backend="sqlite", sqlite_path=str(settings.sqlite_path), lease_ttl_s=settings.LEASE_TTL_S
+        )
     # Pass the URI as an EnvVar so the Dagster UI shows the variable name, not the password.
     os.environ.setdefault("DOCDB_URI", settings.DOCDB_URI.get_secret_value())
-    return RecordStoreResource(
+    return StoreResource(
         backend="mongodb",
+        lease_ttl_s=settings.LEASE_TTL_S,
         uri=EnvVar("DOCDB_URI"),
         database=settings.DOCDB_DATABASE,
         collection=settings.DOCDB_COLLECTION,
@@ -40,13 +43,13 @@ def record_store_resource(settings: Settings) -> RecordStoreResource:
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:
-    records = record_store_resource(settings)
+    store = store_resource(settings)
     # Credentials come from boto3's usual chain (environment, profile, instance role), never from config,
     # so the UI shows none; AWS_ENDPOINT_URL points boto3 at S3-compatible servers.
     s3 = S3Resource(endpoint_url=settings.AWS_ENDPOINT_URL)
     return {
         "s3": s3,
-        "records": records,
+        "store": store,
         "runtime": AnalysisRuntime(
             dry_run=settings.DRY_RUN,
             allow_dirty=settings.ALLOW_DIRTY,
@@ -55,7 +58,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             s3=s3,
         ),
         RESULTS_IO_MANAGER_KEY: ResultsIOManager(
-            records=records,
+            store=store,
             s3=s3,
             results_bucket=settings.ANALYSIS_BUCKET,
             results_root=str(settings.RESULTS_ROOT.absolute()),
@@ -72,11 +75,14 @@ def build_analysis_set(
 
 
 def build_definitions(
-    settings: Settings | None = None, analyses: Iterable[Analysis[Any, Any]] | None = None
+    settings: Settings | None = None,
+    analyses: Iterable[Analysis[Any, Any]] | None = None,
+    built: dict[str, AnalysisDefinitions] | None = None,
 ) -> Definitions:
-    """Definitions for ``analyses`` (default: every module in ``analysis_wrapper.analyses``)."""
+    """Definitions for ``analyses`` (default: every module in ``analysis_wrapper.analyses``), or for
+    the analyses already ``built``. The code location, the CLI and the tests all come through here."""
     settings = settings or Settings()
-    built = build_analysis_set(analyses)
+    built = built if built is not None else build_analysis_set(analyses)
     return Definitions(
         assets=[d.asset for d in built.values()],
         jobs=[j for d in built.values() for j in (d.job, d.batch_job)],

@@ -33,10 +33,11 @@ from dagster import (
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.batch import build_batch_job
 from analysis_wrapper.config import build_config_class
+from analysis_wrapper.ownership import end_heartbeat, heartbeat
 from analysis_wrapper.partition_run import PartitionContext, compute_partition
-from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, AnalysisResult
 from analysis_wrapper.resources.runtime import AnalysisRuntime
+from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.tags import ANALYSIS_TAG, FINGERPRINT_TAG
 
 __all__ = ["ANALYSIS_TAG", "FINGERPRINT_TAG", "AnalysisDefinitions", "build_analysis_definitions"]
@@ -70,13 +71,20 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
     def compute(
         context: AssetExecutionContext,
         config: Any,
-        records: RecordStoreResource,
+        store: StoreResource,
         runtime: AnalysisRuntime,
     ) -> Output[AnalysisResult]:
-        where = PartitionContext(context.run.run_id, context.asset_key.to_user_string(), context.log)
-        outcome = compute_partition(
-            analysis, context.partition_key, config, records, runtime, where, run_script
-        )
+        run_id = context.run.run_id
+        where = PartitionContext(run_id, context.asset_key.to_user_string(), context.log)
+        # The run's heartbeat, until the IO manager has stored the result (or the step failed).
+        heartbeat(store.get_store(), run_id, store.lease_ttl_s)
+        try:
+            outcome = compute_partition(
+                analysis, context.partition_key, config, store, runtime, where, run_script
+            )
+        except BaseException:
+            end_heartbeat(run_id)
+            raise
         return Output(
             outcome.result,
             data_version=DataVersion(outcome.result.job.fingerprint),

@@ -3,8 +3,13 @@
 :func:`compute_partition` loads the partition's job from the registry (with run-config overrides),
 skips a fingerprint already recorded, runs the analysis into a scratch folder and builds the
 provenance record; it returns the :class:`AnalysisResult` for the results IO manager and the
-materialization metadata. It keeps the job registry current (running, failed) as it goes; the IO
-manager marks the job done once its record is committed.
+materialization metadata.
+
+Before it computes, the run claims the fingerprint (:mod:`analysis_wrapper.ownership`): a second run
+of the same fingerprint sees the claim and ends this partition skipped, never failed, and the record
+is checked again under the claim (the first run may have committed meanwhile). State changes go
+through :class:`~analysis_wrapper.lifecycle.JobLifecycle` (started, refused, failed); the IO manager
+records the job once its record is committed, and releases the claim.
 """
 
 from __future__ import annotations
@@ -27,12 +32,14 @@ from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.config import overrides_from_config
 from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError, build_analysis_job
 from analysis_wrapper.inputs import InputNotFoundError, resolve_inputs
+from analysis_wrapper.lifecycle import JobLifecycle
+from analysis_wrapper.ownership import Claim, Held, claim, fingerprint_key, release
 from analysis_wrapper.provenance import CodeState, DirtyTreeError, build_record, check_may_post
-from analysis_wrapper.resources.records import RecordStoreResource
 from analysis_wrapper.resources.results_io import AnalysisResult
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.s3_storage import S3InputCache
-from analysis_wrapper.resources.store_base import JobState
+from analysis_wrapper.resources.store import StoreResource
+from analysis_wrapper.store.base import JobEntry, StoreError
 
 
 @dataclass(frozen=True)
@@ -70,22 +77,27 @@ def _figure_markdown(path: Path) -> MetadataValue | None:
     return MetadataValue.md(f"![{path.name}](data:image/png;base64,{data})")
 
 
+def job_of_entry(
+    entry: JobEntry, analysis: Analysis[Any, Any], overrides: dict[str, Any] | None = None, log: Any = None
+) -> AnalysisJob:
+    """The :class:`AnalysisJob` of a registry entry, built with the analysis as it is now (its
+    fingerprint may differ from the entry's after a new version). The one way back from the registry."""
+    dispatch = DispatchJob.model_validate(dict(entry.job))
+    return build_analysis_job(dispatch, analysis, overrides, source=entry.source or "registry", logger=log)
+
+
 def load_job(
-    analysis: Analysis[Any, Any], records: RecordStoreResource, key: str, config: Config, log: Any
-) -> tuple[AnalysisJob, str]:
-    """The partition's job from the registry, with run-config overrides applied and validated."""
-    entry = records.get_store().get_job(analysis.name, key)
+    analysis: Analysis[Any, Any], store: StoreResource, key: str, config: Config, log: Any
+) -> tuple[JobEntry, AnalysisJob]:
+    """The partition's registry entry and its job, with run-config overrides applied and validated."""
+    entry = store.get_store().get_job(analysis.name, key)
     if entry is None:
         raise Failure(
             f"Partition {key!r} of {analysis.name} is not in the job registry. Register its job file first "
             "(`analysis-wrapper submit FILE`, or drop it in the dispatch inbox)."
         )
-    source = entry.source or "registry"
     try:
-        dispatch = DispatchJob.model_validate(dict(entry.job))
-        job = build_analysis_job(
-            dispatch, analysis, overrides_from_config(config, analysis), source=source, logger=log
-        )
+        job = job_of_entry(entry, analysis, overrides_from_config(config, analysis), log)
     except (JobFileError, ValidationError) as exc:
         raise Failure(f"Invalid parameters for partition {key}, nothing was run: {exc}") from None
     if job.partition_key != key:
@@ -95,29 +107,45 @@ def load_job(
             f"{job.partition_key})."
         )
         job = job.model_copy(update={"partition_key": key})
-    return job, source
+    return entry, job
+
+
+def _start(lifecycle: JobLifecycle, store: StoreResource, entry: JobEntry, run_id: str) -> bool:
+    """STARTED, re-reading the job when another writer changed it between our read and our update
+    (e.g. the inbox sensor marking it queued); False when the job is gone."""
+    for _ in range(5):
+        if lifecycle.started(entry, run_id):
+            return True
+        fresh = store.get_store().get_job(entry.analysis, entry.partition_key)
+        if fresh is None:
+            return False
+        entry = fresh
+    return False
 
 
 def compute_partition(
     analysis: Analysis[Any, Any],
     key: str,
     config: Any,
-    records: RecordStoreResource,
+    store: StoreResource,
     runtime: AnalysisRuntime,
     where: PartitionContext,
     run_script: str,
     code_state: Callable[[], CodeState] | None = None,
 ) -> PartitionOutcome:
-    """Run ``analysis`` on partition ``key`` (or skip it when its fingerprint is recorded).
+    """Run ``analysis`` on partition ``key`` (or skip it when its fingerprint is recorded or is
+    being computed by another run).
 
     ``config`` is the analysis's generated ``Config`` (overrides, ``dry_run``, ``force``). Raises
     :class:`~dagster.Failure` for a job that cannot run (not registered, bad overrides, dirty tree)
     and re-raises the analysis's own exception after marking the job failed. ``code_state`` (default:
     ``runtime.code_state``) lets a batch read the git state once for all its partitions.
     """
-    store = records.get_store()
+    records = store.get_store()
+    lifecycle = store.lifecycle()
     log = where.log
-    job, source = load_job(analysis, records, key, config, log)
+    entry, job = load_job(analysis, store, key, config, log)
+    source = entry.source or "registry"
     dry_run = runtime.dry_run if config.dry_run is None else bool(config.dry_run)
     log.info(
         f"{analysis.name} {analysis.version} on partition {key}: fingerprint {job.fingerprint}, "
@@ -130,26 +158,70 @@ def compute_partition(
         "analysis_version": analysis.version,
         "job_source": source,
     }
-    if not config.force and store.existing_fingerprints(analysis.name, [job.fingerprint]):
+
+    def skip(reason: str) -> PartitionOutcome:
+        skipped = AnalysisResult(
+            job=job, outputs=analysis.outputs.model_construct(), dry_run=dry_run, skipped=reason
+        )
+        return PartitionOutcome(skipped, common_metadata)
+
+    def recorded_already() -> bool:
+        if config.force or not records.existing_fingerprints(analysis.name, [job.fingerprint]):
+            return False
         log.info(
             f"Skipping {key}: fingerprint {job.fingerprint} is already recorded. "
             "Set force: true in run config to run it again."
         )
-        store.update_job(analysis.name, key, state=JobState.DONE, run_id=where.run_id)
-        skipped = AnalysisResult(
-            job=job, outputs=analysis.outputs.model_construct(), dry_run=dry_run, skipped=True
-        )
-        return PartitionOutcome(skipped, common_metadata)
+        lifecycle.found_recorded(analysis.name, key, job.fingerprint, where.run_id)
+        return True
+
+    if recorded_already():
+        return skip("already recorded")
     code = (code_state or runtime.code_state)()
     try:
         check_may_post(code, dry_run, runtime.allow_dirty)
     except DirtyTreeError as exc:
-        # Refused before it started, yet an attempt: a dirty tree must not be retried forever.
-        store.update_job(
-            analysis.name, key, state=JobState.FAILED, run_id=where.run_id, error=str(exc), count_attempt=True
-        )
+        lifecycle.refused(entry, where.run_id, str(exc))
         raise Failure(str(exc)) from None
-    store.update_job(analysis.name, key, state=JobState.RUNNING, run_id=where.run_id, count_attempt=True)
+    made = claim(records, fingerprint_key(job.fingerprint), where.run_id, store.lease_ttl_s)
+    if isinstance(made, Held):
+        log.info(
+            f"Skipping {key}: fingerprint {job.fingerprint} is being computed by {made.lease.describe()}; "
+            "that run records it."
+        )
+        return skip(f"being computed by run {made.lease.run_id}")
+    try:
+        if recorded_already():  # committed by another run between our first look and our claim
+            release(made)
+            return skip("already recorded")
+        if not _start(lifecycle, store, entry, where.run_id):
+            release(made)
+            raise Failure(f"Partition {key} of {analysis.name} left the job registry while starting.")
+    except BaseException:
+        release(made)
+        raise
+    return _run_claimed(
+        analysis, job, config, runtime, where, run_script, code, dry_run, made, common_metadata, store
+    )
+
+
+def _run_claimed(
+    analysis: Analysis[Any, Any],
+    job: AnalysisJob,
+    config: Any,
+    runtime: AnalysisRuntime,
+    where: PartitionContext,
+    run_script: str,
+    code: CodeState,
+    dry_run: bool,
+    made: Claim,
+    common_metadata: dict[str, Any],
+    store: StoreResource,
+) -> PartitionOutcome:
+    """The analysis itself, under the fingerprint's claim (handed on to the IO manager)."""
+    log = where.log
+    key = job.partition_key
+    source = job.source
     scratch = Path(
         tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir())
     )
@@ -193,12 +265,26 @@ def compute_partition(
         if cache is not None:
             cache.cleanup()
         reason = f"{type(exc).__name__}: {exc}"
-        store.update_job(analysis.name, key, state=JobState.FAILED, run_id=where.run_id, error=reason)
+        try:
+            store.lifecycle().failed(analysis.name, key, where.run_id, reason)
+        except StoreError:
+            log.warning(f"cannot mark {key} failed in the job registry (the store is unreachable)")
+        release(made)
         if isinstance(exc, InputNotFoundError):
             raise Failure(str(exc)) from None
         raise
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        release(made)
+        raise
     log.info(f"{analysis.name} finished {key} in {duration:.2f} s.")
     result = AnalysisResult(
-        job=job, outputs=outputs, dry_run=dry_run, force=bool(config.force), scratch=scratch, record=record
+        job=job,
+        outputs=outputs,
+        dry_run=dry_run,
+        force=bool(config.force),
+        scratch=scratch,
+        record=record,
+        claim=made,
     )
     return PartitionOutcome(result, metadata)

@@ -1,7 +1,9 @@
-"""Turn job files into registered jobs and dynamic partitions (shared by the CLI and the sensor).
+"""How a job file becomes a partition: the one path, shared by the CLI and the inbox sensor.
 
-inbox file -> DispatchJob -> AnalysisJob (fingerprint, partition key) -> job registry entry +
-dynamic partition. Bad files never stop the others: each is reported with its reason.
+job file -> DispatchJob -> AnalysisJob (fingerprint, partition key) -> job registry entry
+(:meth:`~analysis_wrapper.lifecycle.JobLifecycle.register`; those already recorded are marked
+skipped) -> dynamic partition (added by the CLI here, by the sensor through its ``SensorResult``).
+Bad files never stop the others: each is reported with its reason.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from analysis_wrapper.dispatch import (
     load_job_file,
     select_analysis,
 )
-from analysis_wrapper.resources.store_base import JobEntry, RecordStore, RegisterOutcome
+from analysis_wrapper.lifecycle import JobLifecycle, RegisterOutcome
+from analysis_wrapper.store.base import JobEntry, Store
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +101,35 @@ def entry_for(job: AnalysisJob) -> JobEntry:
     )
 
 
+@dataclass(frozen=True)
+class Registration:
+    """What registering some jobs did: the registry's outcome, and the keys whose fingerprint is
+    recorded already (marked skipped: nothing to run)."""
+
+    outcome: RegisterOutcome
+    recorded: set[str]
+    keys: list[str]
+
+
+def register_jobs(jobs: Sequence[AnalysisJob], store: Store) -> Registration:
+    """Register ``jobs`` (of any analyses) in the job registry: one batched registration and one
+    batched skip check per analysis. Duplicates (same analysis and partition key) collapse to the first."""
+    unique: dict[tuple[str, str], AnalysisJob] = {}
+    for job in jobs:
+        unique.setdefault((job.analysis, job.partition_key), job)
+    lifecycle = JobLifecycle(store)
+    outcome = lifecycle.register([entry_for(job) for job in unique.values()])
+    recorded: set[str] = set()
+    for name in {a for a, _k in unique}:
+        of_analysis = [job for (a, _k), job in unique.items() if a == name]
+        found = store.existing_fingerprints(name, [job.fingerprint for job in of_analysis])
+        done = [job.partition_key for job in of_analysis if job.fingerprint in found]
+        if done:
+            lifecycle.already_recorded(name, done)
+        recorded.update(done)
+    return Registration(outcome, recorded, [key for _a, key in unique])
+
+
 def add_partitions(instance: DagsterInstance, partitions_name: str, keys: Sequence[str]) -> None:
     """Add dynamic partition keys in batches small enough for SQLite run storage."""
     for start in range(0, len(keys), PARTITION_BATCH_SIZE):
@@ -107,17 +139,11 @@ def add_partitions(instance: DagsterInstance, partitions_name: str, keys: Sequen
 def register(
     jobs: Sequence[AnalysisJob],
     analysis: Analysis[Any, Any],
-    store: RecordStore,
+    store: Store,
     instance: DagsterInstance,
-) -> RegisterOutcome:
-    """Register ``jobs`` of one analysis in the job registry and as dynamic partitions.
-
-    Duplicates within ``jobs`` (same partition key) collapse to the first. Every key is (re-)added as
-    a partition, so a registry that outlived its Dagster instance heals itself.
-    """
-    unique: dict[str, AnalysisJob] = {}
-    for job in jobs:
-        unique.setdefault(job.partition_key, job)
-    outcome = store.register_jobs([entry_for(job) for job in unique.values()])
-    add_partitions(instance, analysis.partitions_name, list(unique))
-    return outcome
+) -> Registration:
+    """Register ``jobs`` of one analysis (:func:`register_jobs`) and add their dynamic partitions.
+    Every key is (re-)added, so a registry that outlived its Dagster instance heals itself."""
+    registration = register_jobs(jobs, store)
+    add_partitions(instance, analysis.partitions_name, registration.keys)
+    return registration

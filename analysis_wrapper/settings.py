@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     SENSOR_AUDIT_AFTER_S: float = Field(
         60.0, ge=0, description="Queued/running jobs unchanged this long are checked against their run"
     )
+    LEASE_TTL_S: float = Field(
+        60.0,
+        gt=0,
+        description="A run's leases (the fingerprint it computes, its heartbeat) are renewed every third of "
+        "this; one not renewed for this long marks its run dead",
+    )
 
     @field_validator(
         "DRY_RUN",

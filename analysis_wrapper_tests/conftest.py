@@ -17,10 +17,10 @@ from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.batch import batch_run_config
 from analysis_wrapper.definitions import build_analysis_set, build_resources
 from analysis_wrapper.registration import find_job_files, prepare_files, register
-from analysis_wrapper.resources.records import close_all_stores
+from analysis_wrapper.resources.store import close_all_stores
 from analysis_wrapper.settings import Settings
 
-pytest_plugins = ["analysis_wrapper_tests.s3_servers"]
+pytest_plugins = ["analysis_wrapper_tests.s3_servers", "analysis_wrapper_tests.mongo_server"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ class Harness:
 
     @property
     def store(self) -> Any:
-        return self.resources["records"].get_store()
+        return self.resources["store"].get_store()
 
     def submit(self, paths: Sequence[Path]) -> list[Any]:
         files, missing = find_job_files(paths)

@@ -8,7 +8,7 @@ from typing import Any
 from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterRunStatus
 
 from analysis_wrapper.batch import batch_keys
-from analysis_wrapper.resources.store_base import JobState
+from analysis_wrapper.store.base import JobState
 from analysis_wrapper_tests.conftest import write_job
 from analysis_wrapper_tests.sample_analyses import echo
 

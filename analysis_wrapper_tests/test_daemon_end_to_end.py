@@ -22,9 +22,9 @@ import pytest
 
 from analysis_wrapper.analyses.isi_violations import analysis as isi
 from analysis_wrapper.registration import prepare_files
-from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
-from analysis_wrapper.resources.store_base import JobState
 from analysis_wrapper.sensors import run_partition_keys
+from analysis_wrapper.store.base import JobState
+from analysis_wrapper.store.sqlite import SqliteStore
 from analysis_wrapper_tests.conftest import load_examples_module
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +145,7 @@ def test_daemon_runs_dropped_jobs_and_survives_kill_9(
     expected = {job.partition_key: job.fingerprint for job in prepared.all_jobs()}
     assert len(set(expected.values())) == 7
     first, second = files[:4], files[4:]
-    store = SqliteRecordStore(home / "analysis_records.sqlite")
+    store = SqliteStore(home / "analysis_records.sqlite")
 
     def recorded(keys: list[str]) -> bool:
         return len(store.existing_fingerprints(isi.name, [expected[k] for k in keys])) == len(keys)

@@ -14,8 +14,8 @@ from analysis_wrapper.settings import Settings
 def test_embedded_defaults(tmp_path: Path) -> None:
     settings = Settings(_env_file=None, DAGSTER_HOME=tmp_path / "home")  # type: ignore[call-arg]
     resources = build_resources(settings)
-    assert resources["records"].backend == "sqlite"
-    assert resources["records"].sqlite_path == str(tmp_path / "home" / "analysis_records.sqlite")
+    assert resources["store"].backend == "sqlite"
+    assert resources["store"].sqlite_path == str(tmp_path / "home" / "analysis_records.sqlite")
     assert resources["runtime"].dry_run is True  # DRY_RUN=1 by default, as in the capsule
     assert resources["results_io_manager"].results_bucket is None
 
@@ -33,7 +33,7 @@ def test_cloud_settings_pick_pymongo_and_s3_without_exposing_the_password(
         AWS_ENDPOINT_URL="http://127.0.0.1:9",
     )
     resources = build_resources(settings)
-    records = resources["records"]
+    records = resources["store"]
     assert records.backend == "mongodb" and records.tls is True
     assert isinstance(records.uri, EnvVar) and records.uri == "DOCDB_URI"
     assert "t0ps3cret" not in repr(records) and "t0ps3cret" not in repr(resources["results_io_manager"])

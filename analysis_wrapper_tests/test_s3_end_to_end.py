@@ -19,9 +19,9 @@ from pydantic import BaseModel
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.cli import main
-from analysis_wrapper.resources.records import close_all_stores
 from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, RECORD_FILE
-from analysis_wrapper.resources.store_base import JobState
+from analysis_wrapper.resources.store import close_all_stores
+from analysis_wrapper.store.base import JobState
 from analysis_wrapper_tests.conftest import write_job
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 from analysis_wrapper_tests.sample_analyses import EchoOutputs, echo

@@ -24,23 +24,23 @@ from dagster import DagsterInstance, DagsterRunStatus, Definitions, SensorResult
 from dagster._core.storage.tags import GRPC_INFO_TAG, PARTITION_NAME_TAG
 from dagster._core.test_utils import create_run_for_test
 
-from analysis_wrapper import sensors as sensors_module
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.cli import main as cli_main
 from analysis_wrapper.definitions import build_analysis_set, build_resources
 from analysis_wrapper.inbox import REASON_SUFFIX, Inbox
-from analysis_wrapper.resources.records import close_all_stores
-from analysis_wrapper.resources.store_base import JobEntry, JobState, RecordStore
+from analysis_wrapper.resources.store import close_all_stores
 from analysis_wrapper.sensors import (
-    ATTEMPT_TAG,
     RUN_EVENTS_SENSOR_NAME,
     InboxCursor,
     SensorSettings,
     build_inbox_sensor,
     build_run_events_sensor,
 )
-from analysis_wrapper.tags import ANALYSIS_TAG, BATCH_SIZE_TAG, FINGERPRINT_TAG
+from analysis_wrapper.sensors import inbox_sensor as sensors_module
+from analysis_wrapper.store.base import JobEntry, JobState, Store
+from analysis_wrapper.tags import ANALYSIS_TAG, ATTEMPT_TAG, BATCH_SIZE_TAG, FINGERPRINT_TAG
 from analysis_wrapper_tests.conftest import make_settings, write_job
+from analysis_wrapper_tests.job_states import register_entries, set_state
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 from analysis_wrapper_tests.sample_analyses import echo
 
@@ -88,8 +88,8 @@ class Env:
         self.last_summary = ""
 
     @property
-    def store(self) -> RecordStore:
-        return self.resources["records"].get_store()
+    def store(self) -> Store:
+        return self.resources["store"].get_store()
 
     @property
     def root(self) -> Path:
@@ -405,18 +405,23 @@ def test_run_that_dies_without_the_asset_marking_it_fails_the_job(env_factory: A
         )
     killed, canceled, finished, committed = (r.partition_key for r in requests)
     # The asset started in `killed` (and counted the attempt); its worker then died.
-    env.store.update_job(
-        "echo", killed, state=JobState.RUNNING, run_id=runs[killed].run_id, count_attempt=True
+    set_state(
+        env.store, "echo", killed, state=JobState.RUNNING, run_id=runs[killed].run_id, count_attempt=True
     )
     env.instance.report_run_failed(runs[killed], "run worker was killed")
     # `canceled` never started: canceled while queued.
     env.instance.report_run_canceled(runs[canceled], "canceled from the UI")
     # `finished` is done; a late failure event of its run must not undo that.
-    env.store.update_job("echo", finished, state=JobState.DONE, run_id="other")
+    set_state(env.store, "echo", finished, state=JobState.DONE, run_id="other")
     env.instance.report_run_failed(runs[finished], "stale")
     # `committed` was killed after its record was written, before the registry heard of it.
-    env.store.update_job(
-        "echo", committed, state=JobState.RUNNING, run_id=runs[committed].run_id, count_attempt=True
+    set_state(
+        env.store,
+        "echo",
+        committed,
+        state=JobState.RUNNING,
+        run_id=runs[committed].run_id,
+        count_attempt=True,
     )
     env.store.insert_record("echo", {"_id": env.job(committed).fingerprint})
     env.instance.report_run_failed(runs[committed], "killed after commit")
@@ -453,8 +458,13 @@ def test_lost_run_of_a_dead_code_server_is_failed_and_retried(
     run = create_run_for_test(
         env.instance, job_name=echo.job_name, status=DagsterRunStatus.STARTED, tags=tags
     )
-    env.store.update_job(
-        "echo", request.partition_key, state=JobState.RUNNING, run_id=run.run_id, count_attempt=True
+    set_state(
+        env.store,
+        "echo",
+        request.partition_key,
+        state=JobState.RUNNING,
+        run_id=run.run_id,
+        count_attempt=True,
     )
     # A run of another launcher (no code server recorded) is left to Dagster's run monitoring.
     elsewhere = create_run_for_test(env.instance, job_name=echo.job_name, status=DagsterRunStatus.STARTED)
@@ -588,7 +598,7 @@ def _fill_registry(env: Env, count: int) -> None:
             )
             for i in range(start, min(start + batch, count))
         ]
-        store.register_jobs(entries)
+        register_entries(store, entries)
     raw = sqlite3.connect(env.settings.sqlite_path)
     try:
         raw.execute("UPDATE jobs SET state = 'done', attempts = 1")
@@ -768,9 +778,9 @@ def test_a_batch_run_that_dies_fails_its_running_job_and_frees_the_queued_ones(
         tags=request.tags,
     )
     # The batch committed `done`, was working on `running`, had not reached `waiting`.
-    env.store.update_job("echo", done, state=JobState.DONE, run_id=run.run_id, count_attempt=True)
+    set_state(env.store, "echo", done, state=JobState.DONE, run_id=run.run_id, count_attempt=True)
     env.store.insert_record("echo", {"_id": env.job(done).fingerprint})
-    env.store.update_job("echo", running, state=JobState.RUNNING, run_id=run.run_id, count_attempt=True)
+    set_state(env.store, "echo", running, state=JobState.RUNNING, run_id=run.run_id, count_attempt=True)
 
     start = dt.datetime.now(dt.UTC)
     monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=61))

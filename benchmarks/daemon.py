@@ -124,7 +124,7 @@ def _daemon_rate(
 
     Returns (steady jobs/s, start-to-last jobs/s, seconds first to last record, run phases, floor s).
     """
-    from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+    from analysis_wrapper.store.sqlite import SqliteStore
 
     root.mkdir(parents=True, exist_ok=True)
     repo = clean_git_repo(root / "code_repo")
@@ -167,7 +167,7 @@ def _daemon_rate(
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
         }
     )
-    store = SqliteRecordStore(home / "analysis_records.sqlite")
+    store = SqliteStore(home / "analysis_records.sqlite")
     log_path = root / "daemon.log"
     timeout = 120 + 15 * n / batch_size
     first: float | None = None

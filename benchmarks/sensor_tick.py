@@ -78,15 +78,16 @@ class Setup:
         from dagster import DagsterInstance
         from dagster._core.instance.ref import InstanceRef
 
+        from analysis_wrapper.lifecycle import JobLifecycle
         from analysis_wrapper.registration import add_partitions
-        from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
-        from analysis_wrapper.resources.store_base import JobEntry, JobState
+        from analysis_wrapper.store.base import JobEntry, JobState
+        from analysis_wrapper.store.sqlite import SqliteStore
 
         if size <= self.size:
             return 0.0
         start = time.perf_counter()
         log(f"    registry: {self.size:,} -> {size:,} jobs")
-        store = SqliteRecordStore(self.store_path)
+        store = SqliteStore(self.store_path)
         instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
         try:
             for lo in range(self.size, size, REGISTRY_BATCH):
@@ -105,7 +106,7 @@ class Setup:
                             state=JobState.DONE,
                         )
                     )
-                store.register_jobs(entries)
+                JobLifecycle(store).register(entries)
                 for e in entries:
                     store.insert_record(trivial.NAME, _small_record(e.fingerprint, e.partition_key))
                 add_partitions(instance, trivial.analysis.partitions_name, [e.partition_key for e in entries])
@@ -124,13 +125,15 @@ class Setup:
 
     def settle(self) -> None:
         """After a tick: its registered jobs count as done (so every tick starts alike)."""
-        from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
-        from analysis_wrapper.resources.store_base import JobState
+        from analysis_wrapper.store.base import JobChange, JobMatch, JobState
+        from analysis_wrapper.store.sqlite import SqliteStore
 
-        store = SqliteRecordStore(self.store_path)
+        store = SqliteStore(self.store_path)
         try:
             pending = store.find_jobs(trivial.NAME, states=[JobState.PENDING], limit=1_000_000)
-            store.set_job_states(trivial.NAME, [e.partition_key for e in pending], JobState.DONE)
+            store.update_jobs(
+                trivial.NAME, [e.partition_key for e in pending], JobMatch(), JobChange(state=JobState.DONE)
+            )
             self.size += len(pending)
         finally:
             store.close()
@@ -171,7 +174,7 @@ def tick_main(root: Path, store_path: Path, inbox: Path) -> dict[str, Any]:
     from dagster_aws.s3 import S3Resource
 
     from analysis_wrapper.definitions import build_analysis_set
-    from analysis_wrapper.resources.records import RecordStoreResource
+    from analysis_wrapper.resources.store import StoreResource
     from analysis_wrapper.sensors import InboxCursor, SensorSettings, build_inbox_sensor
 
     instance = DagsterInstance.get()
@@ -179,7 +182,7 @@ def tick_main(root: Path, store_path: Path, inbox: Path) -> dict[str, Any]:
     sensor_def = build_inbox_sensor(
         built[trivial.NAME], {trivial.NAME: trivial.analysis}, SensorSettings(inbox=str(inbox))
     )
-    records = RecordStoreResource(backend="sqlite", sqlite_path=str(store_path))
+    records = StoreResource(backend="sqlite", sqlite_path=str(store_path))
     resources = {"records": records, "s3": S3Resource()}
     # The cursor of a sensor that has run before: the registry is reconciled with this version.
     cursor = InboxCursor(version=trivial.analysis.version).dump()

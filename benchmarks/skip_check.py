@@ -5,7 +5,7 @@ same process and must find the same recorded jobs.
 
 **Ours**: one batched ``store.existing_fingerprints(analysis, fingerprints)`` call on a store whose
 connection is open already: the product keeps one store per process
-(``analysis_wrapper/resources/records.py``, ``RecordStoreResource.get_store``), so a sensor tick or a
+(``analysis_wrapper/resources/records.py``, ``StoreResource.get_store``), so a sensor tick or a
 CLI run does not connect for its check.
 
 **The capsule's way** (the headline comparison, target ≥ 50x on SQLite), as analysis-pipeline-utils
@@ -29,7 +29,7 @@ CLI run does not connect for its check.
   its ``retrieve_docdb_records`` asks ``find`` for pages until one comes back empty: one request when
   nothing matches, two when a record does.
 
-Here each job does the same against our stores: open a new client (SQLite: ``SqliteRecordStore(path)``,
+Here each job does the same against our stores: open a new client (SQLite: ``SqliteStore(path)``,
 which is a new sqlite3 connection with the store's setup statements; mongomock: a new
 ``MongoClient`` on the same in-memory server), fetch the full matching records (SQLite:
 ``get_record``, by the key, which is the name; mongomock: ``find({"name": fp})`` read to the end, as the
@@ -198,9 +198,9 @@ def _client_per_job(
 
 
 def _sqlite_capsule_ways(path: Path) -> dict[str, Way]:
-    from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+    from analysis_wrapper.store.sqlite import SqliteStore
 
-    def full_records(store: SqliteRecordStore, fp: str) -> list[dict[str, Any]]:
+    def full_records(store: SqliteStore, fp: str) -> list[dict[str, Any]]:
         found = store.get_record(ANALYSIS, fp)  # the name is the key: one record at most
         return [] if found is None else [found]
 
@@ -210,7 +210,7 @@ def _sqlite_capsule_ways(path: Path) -> dict[str, Way]:
 
     return {
         # query_count: the lookup and the new connection's setup statements
-        CAPSULE: _client_per_job(lambda: SqliteRecordStore(path), full_records, lambda c: c.query_count),
+        CAPSULE: _client_per_job(lambda: SqliteStore(path), full_records, lambda c: c.query_count),
         BARE_SQLITE: _client_per_job(lambda: sqlite3.connect(str(path)), bare_records),
     }
 
@@ -218,13 +218,13 @@ def _sqlite_capsule_ways(path: Path) -> dict[str, Way]:
 def _mongomock_capsule_way(server: Any, store: Any) -> dict[str, Way]:
     import mongomock
 
-    collection = store.collection or ANALYSIS  # where MongoRecordStore keeps this analysis's records
+    collection = store.collection or ANALYSIS  # where MongoStore keeps this analysis's records
 
     def full_records(client: Any, fp: str) -> list[dict[str, Any]]:
         return list(client[DATABASE][collection].find({"name": fp}))
 
     # A new client per job on the same in-memory server (mongomock's ``_store``). Not a new
-    # MongoRecordStore: that would also create its indexes, which the capsule never does.
+    # MongoStore: that would also create its indexes, which the capsule never does.
     return {CAPSULE: _client_per_job(lambda: mongomock.MongoClient(_store=server._store), full_records)}
 
 
@@ -303,7 +303,7 @@ def _entries(backend: str, n: int, results: dict[str, Measured], note: str | Non
 
 
 def run(options: RunOptions) -> list[Entry]:
-    from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+    from analysis_wrapper.store.sqlite import SqliteStore
 
     n = options.sizes.fingerprints
     repeats = options.sizes.skip_repeats
@@ -312,7 +312,7 @@ def run(options: RunOptions) -> list[Entry]:
 
     options.log(f"  SQLite: filling a store with {n:,} records")
     path = Path(options.workdir) / "skip_check.sqlite"
-    sqlite = SqliteRecordStore(path)
+    sqlite = SqliteStore(path)
     try:
         _fill(sqlite, n)
         options.log(
@@ -338,11 +338,11 @@ def run(options: RunOptions) -> list[Entry]:
             )
         )
         return entries
-    from analysis_wrapper.resources.mongo_store import MongoRecordStore
+    from analysis_wrapper.store.mongo import MongoStore
 
     options.log(f"  mongomock: filling a store with {n:,} records")
     server: Any = mongomock.MongoClient()
-    mongo = MongoRecordStore(client=server, database=DATABASE)
+    mongo = MongoStore(client=server, database=DATABASE)
     _fill(mongo, n)
     sample = MONGOMOCK_SAMPLE if n > MONGOMOCK_SAMPLE else None
     note = (

@@ -3,8 +3,12 @@
 One IO manager whatever the storage (local folder here; S3 is a second :class:`ResultsStorage`
 behind the same IO manager). ``handle_output`` is the commit point of a job:
 
-1. result files, ``outputs.json`` and ``metadata.nd.json`` go to ``<root>/<fingerprint>/``;
-2. only then the record goes to the record store: a record exists only for a complete folder.
+1. the run must still hold the fingerprint's claim (:mod:`analysis_wrapper.ownership`): only the
+   claimant writes the fingerprint's folder;
+2. result files, ``outputs.json`` and ``metadata.nd.json`` go to ``<root>/<fingerprint>/``;
+3. the claim is checked once more, then the record goes to the record store: a record exists only
+   for a complete folder, and holds the run id that the folder's ``metadata.nd.json`` holds;
+4. the job is ``recorded`` (:mod:`analysis_wrapper.lifecycle`) and the claim released.
 
 A dry run writes the folder under the dry-run area and posts nothing. ``load_input`` returns the
 analysis's ``Outputs`` read back from the stored ``outputs.json``.
@@ -28,7 +32,7 @@ from dagster_aws.s3 import S3Resource
 from pydantic import BaseModel, Field, PrivateAttr
 
 from analysis_wrapper.dispatch import AnalysisJob
-from analysis_wrapper.resources.records import RecordStoreResource
+from analysis_wrapper.ownership import Claim, end_heartbeat, release
 from analysis_wrapper.resources.results_storage import (
     OUTPUTS_FILE,
     LocalResultsStorage,
@@ -36,33 +40,39 @@ from analysis_wrapper.resources.results_storage import (
     storage_for_location,
 )
 from analysis_wrapper.resources.s3_storage import S3ResultsStorage, cached_client, split_bucket
-from analysis_wrapper.resources.store_base import JobState, RecordExistsError
+from analysis_wrapper.resources.store import StoreResource
+from analysis_wrapper.store.base import RecordExistsError, StoreError
 
 LOCATION_METADATA_KEY = "results_location"
-FINGERPRINT_METADATA_KEY = "fingerprint"
+
+
+class ClaimLostError(RuntimeError):
+    """This run's claim on the fingerprint expired and another run took it over: it must not write."""
 
 
 @dataclass
 class AnalysisResult:
     """What the result asset hands to the IO manager for one partition.
 
-    ``skipped`` means the fingerprint was already recorded and nothing ran; ``scratch`` is the
-    folder the analysis wrote into (removed once stored); ``record`` lacks ``location`` until stored.
+    ``skipped`` says why nothing ran (already recorded, being computed by another run); ``scratch``
+    is the folder the analysis wrote into (removed once stored); ``record`` lacks ``location`` until
+    stored; ``claim`` is the run's claim on the fingerprint, released once stored.
     """
 
     job: AnalysisJob
     outputs: BaseModel
     dry_run: bool
     force: bool = False
-    skipped: bool = False
+    skipped: str | None = None
     scratch: Path | None = None
     record: dict[str, Any] = field(default_factory=dict)
+    claim: Claim | None = None
 
 
 class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
     """Writes result folders (local ``results_root``) and commits records to ``records``."""
 
-    records: RecordStoreResource
+    store: StoreResource
     s3: S3Resource
     results_bucket: str | None = Field(
         default=None, description="bucket[/prefix] for results (ANALYSIS_BUCKET); unset: results_root"
@@ -88,7 +98,10 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
 
     # ---- output -----------------------------------------------------------------------------
     def handle_output(self, context: OutputContext, obj: AnalysisResult) -> None:
-        context.add_output_metadata(self.store_result(obj, context.run_id, context.log))
+        try:
+            context.add_output_metadata(self.store_result(obj, context.run_id, context.log))
+        finally:
+            end_heartbeat(context.run_id)  # a one-partition run's work ends here
 
     def store_result(self, obj: AnalysisResult, run_id: str, log: Any) -> dict[str, Any]:
         """Store ``obj`` (the commit point of its job) and return the materialization metadata.
@@ -96,39 +109,49 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         The asset's outputs come here through :meth:`handle_output`; batch runs call it directly,
         one partition after another. A failure marks the job failed and is re-raised.
         """
-        store = self.records.get_store()
         job = obj.job
         try:
             if obj.skipped:
-                existing = store.get_record(job.analysis, job.fingerprint) or {}
+                existing = self.store.get_store().get_record(job.analysis, job.fingerprint) or {}
                 return {
                     LOCATION_METADATA_KEY: existing.get("location", ""),
-                    "status": "skipped: already recorded",
+                    "status": f"skipped: {obj.skipped}",
                 }
             if obj.dry_run:
                 return self._write_dry_run(obj, run_id, log)
             return self._commit(obj, run_id, log)
+        except ClaimLostError as exc:
+            log.warning(str(exc))
+            return {LOCATION_METADATA_KEY: "", "status": "skipped: claim lost to another run"}
         except Exception as exc:
-            store.update_job(
-                job.analysis,
-                job.partition_key,
-                state=JobState.FAILED,
-                run_id=run_id,
-                error=f"storing results failed: {exc}",
-            )
+            try:
+                self.store.lifecycle().failed(
+                    job.analysis, job.partition_key, run_id, f"storing results failed: {exc}"
+                )
+            except StoreError:
+                log.warning(f"cannot mark {job.partition_key} failed in the job registry (store unreachable)")
             raise
         finally:
+            if obj.claim is not None:
+                release(obj.claim)
             if obj.scratch is not None:
                 shutil.rmtree(obj.scratch, ignore_errors=True)
+
+    @staticmethod
+    def _check_claim(obj: AnalysisResult) -> None:
+        """Renew the run's claim now; refuse to write when another run took it over."""
+        if obj.claim is not None and not obj.claim.renew():
+            raise ClaimLostError(
+                f"{obj.job.fingerprint}: this run's claim expired and another run took it over; this "
+                "run's result is discarded (that run records it). Raise LEASE_TTL_S if runs stall this long."
+            )
 
     def _write_dry_run(self, obj: AnalysisResult, run_id: str, log: Any) -> dict[str, Any]:
         storage = self.dry_run_storage()
         record = {**obj.record, "location": storage.uri(obj.job.fingerprint)}
         assert obj.scratch is not None
         storage.put_result(obj.job.fingerprint, obj.scratch, obj.outputs.model_dump(mode="json"), record)
-        self.records.get_store().update_job(
-            obj.job.analysis, obj.job.partition_key, state=JobState.DRY_RUN, run_id=run_id
-        )
+        self.store.lifecycle().dry_ran(obj.job.analysis, obj.job.partition_key, run_id)
         log.info(
             f"DRY RUN: results written to {record['location']}; nothing posted to the results root or the "
             "record store. Set DRY_RUN=0 (or dry_run: false in run config) to post."
@@ -136,17 +159,19 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         return {LOCATION_METADATA_KEY: record["location"], "status": "dry run: not posted"}
 
     def _commit(self, obj: AnalysisResult, run_id: str, log: Any) -> dict[str, Any]:
-        store = self.records.get_store()
+        store = self.store.get_store()
+        lifecycle = self.store.lifecycle()
         storage = self.storage()
         job = obj.job
+        self._check_claim(obj)
         existing = store.get_record(job.analysis, job.fingerprint)
         if existing is not None and not obj.force:
-            # Another run recorded the same fingerprint while this one computed: keep theirs.
+            # Recorded by a run that held the claim before this one (its commit ended before ours began).
             log.warning(
                 f"{job.fingerprint} was recorded by run {existing.get('analysis_wrapper', {}).get('run_id')} "
                 "while this run computed; keeping that record, discarding this result."
             )
-            store.update_job(job.analysis, job.partition_key, state=JobState.DONE, run_id=run_id)
+            lifecycle.found_recorded(job.analysis, job.partition_key, job.fingerprint, run_id)
             return {
                 LOCATION_METADATA_KEY: existing.get("location", ""),
                 "status": "skipped: recorded meanwhile",
@@ -156,11 +181,15 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             self._supersede(storage, existing, record, log)
         assert obj.scratch is not None
         stored = storage.put_result(job.fingerprint, obj.scratch, obj.outputs.model_dump(mode="json"), record)
+        self._check_claim(obj)
         try:
             store.insert_record(job.analysis, record)
         except RecordExistsError:
+            # Only the claimant writes this fingerprint, so this is a record we did not expect: keep it.
             log.warning(f"{job.fingerprint} was recorded concurrently; keeping the first record.")
-        store.update_job(job.analysis, job.partition_key, state=JobState.DONE, run_id=run_id)
+            lifecycle.found_recorded(job.analysis, job.partition_key, job.fingerprint, run_id)
+            return {LOCATION_METADATA_KEY: record["location"], "status": "skipped: recorded concurrently"}
+        lifecycle.recorded(job.analysis, job.partition_key, run_id)
         log.info(
             f"Stored {len(stored)} files in {record['location']} and recorded fingerprint {job.fingerprint}."
         )
@@ -176,7 +205,7 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         kept["_id"] = f"{fp}{suffix}"
         kept["location"] = old_location or old.get("location")
         kept.setdefault("analysis_wrapper", {})["superseded_by"] = fp
-        self.records.get_store().supersede_record(new["analysis_wrapper"]["analysis"], fp, kept)
+        self.store.get_store().supersede_record(new["analysis_wrapper"]["analysis"], fp, kept)
         log.info(f"force: previous record of {fp} kept as {kept['_id']} (location {kept['location']}).")
 
     # ---- input ------------------------------------------------------------------------------

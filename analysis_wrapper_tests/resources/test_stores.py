@@ -1,12 +1,12 @@
-"""One suite for every record store backend: SQLite, mongomock, and a real MongoDB when
-``TEST_MONGODB_URI`` is set; then the tests that only make sense for one backend (SQLite's WAL mode
-and multi-process safety, Mongo's credential-free connection errors)."""
+"""One suite for every store backend: SQLite, and a real MongoDB wire-protocol server (SecantusDB,
+started by ``analysis_wrapper_tests.mongo_server``; ``TEST_MONGODB_URI`` points it at any other server);
+then the tests that only make sense for one backend (SQLite's WAL mode and multi-process safety, Mongo's
+credential-free connection errors)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import multiprocessing
-import os
 import sqlite3
 import threading
 import uuid
@@ -14,25 +14,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mongomock
 import pymongo
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pymongo.errors import OperationFailure
 
-from analysis_wrapper.resources.mongo_store import MongoRecordStore, uri_hosts
-from analysis_wrapper.resources.sqlite_store import SCHEMA_VERSION, SqliteRecordStore
-from analysis_wrapper.resources.store_base import (
+from analysis_wrapper.store.base import (
+    JobChange,
     JobEntry,
+    JobMatch,
     JobState,
     RecordExistsError,
-    RecordStore,
+    Store,
     StoreError,
 )
+from analysis_wrapper.store.mongo import MongoStore, uri_hosts
+from analysis_wrapper.store.sqlite import SCHEMA_VERSION, SqliteStore
+from analysis_wrapper_tests.job_states import register_entries, set_state, set_states
+from analysis_wrapper_tests.mongo_server import MongoServer, fresh_database_name
 
-MONGO_URI = os.environ.get("TEST_MONGODB_URI")
-NO_MONGO = "TEST_MONGODB_URI not set: no MongoDB server on this machine"
 T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
 
 
@@ -63,30 +64,22 @@ def fresh_analysis() -> str:
 
 
 # ---- the backends -------------------------------------------------------------------------------
-@pytest.fixture(
-    params=[
-        "sqlite",
-        "mongomock",
-        pytest.param("mongodb", marks=pytest.mark.skipif(not MONGO_URI, reason=NO_MONGO)),
-    ]
-)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStore]:
+@pytest.fixture(params=["sqlite", "mongodb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     backend = request.param
-    made: RecordStore
+    made: Store
     database = f"aw_test_{uuid.uuid4().hex[:12]}"
     if backend == "sqlite":
-        made = SqliteRecordStore(tmp_path / "nested" / "folders" / "records.sqlite")
-    elif backend == "mongomock":
-        made = MongoRecordStore(database=database, client=mongomock.MongoClient())
+        made = SqliteStore(tmp_path / "nested" / "folders" / "records.sqlite")
     else:
-        assert MONGO_URI
-        made = MongoRecordStore(MONGO_URI, database=database, server_selection_timeout_ms=5000)
+        server: MongoServer = request.getfixturevalue("mongo_server")
+        made = MongoStore(server.uri, database=database, server_selection_timeout_ms=5000)
     try:
         yield made
     finally:
         made.close()
         if backend == "mongodb":
-            client: Any = pymongo.MongoClient(MONGO_URI, serverSelectionTimeoutMS=5000)
+            client: Any = pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=5000)
             try:
                 client.drop_database(database)
             finally:
@@ -94,8 +87,8 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStor
 
 
 # ---- job registry -------------------------------------------------------------------------------
-def test_register_new_changed_unchanged(store: RecordStore) -> None:
-    first = store.register_jobs([entry("k1", "fp1"), entry("k2", "fp2")])
+def test_register_new_changed_unchanged(store: Store) -> None:
+    first = register_entries(store, [entry("k1", "fp1"), entry("k2", "fp2")])
     assert (first.added, first.changed, first.unchanged) == (["k1", "k2"], [], [])
     stored = store.get_job("demo", "k1")
     assert stored is not None
@@ -106,11 +99,11 @@ def test_register_new_changed_unchanged(store: RecordStore) -> None:
 
     # k1 ran and failed twice; then a new analysis version changes its fingerprint.
     for _ in range(2):
-        store.update_job("demo", "k1", state=JobState.RUNNING, run_id="r1", count_attempt=True)
-    store.update_job("demo", "k1", state=JobState.FAILED, run_id="r1", error="boom")
+        set_state(store, "demo", "k1", state=JobState.RUNNING, run_id="r1", count_attempt=True)
+    set_state(store, "demo", "k1", state=JobState.FAILED, run_id="r1", error="boom")
     changed_job = entry("k1", "fp1-v2", source="inbox/new.json")
     same_fp_other_job = JobEntry("demo", "k2", "fp2", job={"something": "else"}, source="elsewhere")
-    second = store.register_jobs([changed_job, same_fp_other_job, entry("k3", "fp3")])
+    second = register_entries(store, [changed_job, same_fp_other_job, entry("k3", "fp3")])
     assert (second.added, second.changed, second.unchanged) == (["k3"], ["k1"], ["k2"])
 
     k1 = store.get_job("demo", "k1")
@@ -127,14 +120,15 @@ def test_register_new_changed_unchanged(store: RecordStore) -> None:
         "inbox/k2.json",
     )
 
-    third = store.register_jobs([entry("k1", "fp1-v2"), entry("k2", "fp2"), entry("k3", "fp3")])
+    third = register_entries(store, [entry("k1", "fp1-v2"), entry("k2", "fp2"), entry("k3", "fp3")])
     assert (third.added, third.changed, sorted(third.unchanged)) == ([], [], ["k1", "k2", "k3"])
-    assert store.register_jobs([]).added == []
+    assert register_entries(store, []).added == []
 
 
-def test_register_mixed_analyses_and_repeated_keys(store: RecordStore) -> None:
-    outcome = store.register_jobs(
-        [entry("k", "fpA", analysis="a"), entry("k", "fpB", analysis="b"), entry("k", "fpA2", analysis="a")]
+def test_register_mixed_analyses_and_repeated_keys(store: Store) -> None:
+    outcome = register_entries(
+        store,
+        [entry("k", "fpA", analysis="a"), entry("k", "fpB", analysis="b"), entry("k", "fpA2", analysis="a")],
     )
     assert sorted(outcome.added) == ["k", "k"]  # one key per analysis; the last entry for a key wins
     a, b = store.get_job("a", "k"), store.get_job("b", "k")
@@ -142,9 +136,9 @@ def test_register_mixed_analyses_and_repeated_keys(store: RecordStore) -> None:
     assert (a.fingerprint, b.fingerprint) == ("fpA2", "fpB")
 
 
-def test_get_jobs_batch(store: RecordStore) -> None:
-    store.register_jobs([entry(f"k{i:03d}", f"fp{i}") for i in range(50)])
-    store.register_jobs([entry("k000", "other-analysis", analysis="other")])
+def test_get_jobs_batch(store: Store) -> None:
+    register_entries(store, [entry(f"k{i:03d}", f"fp{i}") for i in range(50)])
+    register_entries(store, [entry("k000", "other-analysis", analysis="other")])
     wanted = [f"k{i:03d}" for i in range(0, 60, 2)] + ["missing", "k000"]
     got = store.get_jobs("demo", wanted)
     assert sorted(got) == [f"k{i:03d}" for i in range(0, 50, 2)]
@@ -155,17 +149,18 @@ def test_get_jobs_batch(store: RecordStore) -> None:
     assert store.get_job("other", "k000") is not None
 
 
-def test_list_jobs_by_analysis_and_state_oldest_first(store: RecordStore) -> None:
+def test_list_jobs_by_analysis_and_state_oldest_first(store: Store) -> None:
     minutes = [5, 1, 4, 2, 3]  # registered out of time order
-    store.register_jobs(
+    register_entries(
+        store,
         [entry(f"k{m}", f"fp{m}", created_at=T0 + dt.timedelta(minutes=m)) for m in minutes]
-        + [entry("x", "fpx", analysis="other", created_at=T0)]
+        + [entry("x", "fpx", analysis="other", created_at=T0)],
     )
     assert [job.partition_key for job in store.list_jobs("demo")] == ["k1", "k2", "k3", "k4", "k5"]
     assert [job.partition_key for job in store.list_jobs()] == ["x", "k1", "k2", "k3", "k4", "k5"]
-    store.update_job("demo", "k4", state=JobState.FAILED, error="e")
-    store.update_job("demo", "k2", state=JobState.DONE)
-    store.update_job("demo", "k5", state=JobState.QUEUED)
+    set_state(store, "demo", "k4", state=JobState.FAILED, error="e")
+    set_state(store, "demo", "k2", state=JobState.DONE)
+    set_state(store, "demo", "k5", state=JobState.QUEUED)
     assert [job.partition_key for job in store.list_jobs("demo", [JobState.PENDING])] == ["k1", "k3"]
     assert [j.partition_key for j in store.list_jobs("demo", [JobState.FAILED, JobState.QUEUED])] == [
         "k4",
@@ -176,40 +171,81 @@ def test_list_jobs_by_analysis_and_state_oldest_first(store: RecordStore) -> Non
     assert store.list_jobs("nobody") == []
 
 
-def test_update_job_transitions_attempts_and_errors(store: RecordStore) -> None:
-    store.register_jobs([entry("k", "fp")])
+def test_update_jobs_is_a_compare_and_set(store: Store) -> None:
+    register_entries(store, [entry("k", "fp"), entry("j", "fpj")])
 
-    def get() -> JobEntry:
-        job = store.get_job("demo", "k")
+    def get(key: str = "k") -> JobEntry:
+        job = store.get_job("demo", key)
         assert job is not None
         return job
 
     before = get().updated_at
-    store.update_job("demo", "k", state=JobState.QUEUED)
-    assert (get().state, get().attempts, get().run_id) == (JobState.QUEUED, 0, None)
-    assert get().updated_at >= before
-    store.update_job("demo", "k", state=JobState.RUNNING, run_id="run-1", count_attempt=True)
+    running = JobChange(state=JobState.RUNNING, run_id="run-1", attempts="increment")
+    # Only a job that matches changes: state, run id (None = no run), attempts, fingerprint, age.
+    assert store.update_jobs("demo", ["k"], JobMatch(states=frozenset({JobState.QUEUED})), running) == 0
+    assert store.update_jobs("demo", ["k"], JobMatch(run_id="other"), running) == 0
+    assert store.update_jobs("demo", ["k"], JobMatch(attempts=1), running) == 0
+    assert store.update_jobs("demo", ["k"], JobMatch(fingerprint="fp-other"), running) == 0
+    assert store.update_jobs("demo", ["k"], JobMatch(updated_before=before), running) == 0
+    assert get().state == JobState.PENDING
+    match = JobMatch(states=frozenset({JobState.PENDING}), run_id=None, attempts=0, fingerprint="fp")
+    assert store.update_jobs("demo", ["k", "j", "unknown"], match, running) == 1  # j has fingerprint fpj
     assert (get().state, get().attempts, get().run_id) == (JobState.RUNNING, 1, "run-1")
-    store.update_job("demo", "k", state=JobState.FAILED, error="division by zero")
-    assert (get().state, get().run_id, get().last_error) == (JobState.FAILED, "run-1", "division by zero")
-    # A retry: the error of the last failure stays visible until the job is done.
-    store.update_job("demo", "k", state=JobState.RUNNING, run_id="run-2", count_attempt=True)
-    assert (get().attempts, get().run_id, get().last_error) == (2, "run-2", "division by zero")
-    store.update_job("demo", "k", state=JobState.DONE, fingerprint="fp-new")
-    job = get()
-    assert (job.state, job.last_error, job.fingerprint, job.attempts) == (JobState.DONE, None, "fp-new", 2)
-    store.update_job("demo", "k", state=JobState.SKIPPED, error="already recorded")
-    assert (get().state, get().last_error) == (JobState.SKIPPED, "already recorded")
-    store.update_job("demo", "k", state=JobState.DRY_RUN)
-    assert (get().state, get().last_error) == (JobState.DRY_RUN, "already recorded")
-    # An unknown job is not an error (nothing to update), and does not create one.
-    store.update_job("demo", "nope", state=JobState.DONE)
-    assert store.get_job("demo", "nope") is None
+    assert get().updated_at >= before
+    assert get("j").state == JobState.PENDING
+    # The same update again is refused: the job is no longer pending.
+    assert store.update_jobs("demo", ["k"], match, running) == 0
+    failed = JobChange(state=JobState.FAILED, error="division by zero")
+    assert store.update_jobs("demo", ["k"], JobMatch(run_id="run-1"), failed) == 1
+    assert (get().state, get().run_id, get().last_error, get().attempts) == (
+        JobState.FAILED,
+        "run-1",
+        "division by zero",
+        1,
+    )
+    # KEEP leaves a field as it is; None clears it; a re-registration swaps fingerprint, job and source.
+    again = JobChange(
+        state=JobState.PENDING,
+        run_id=None,
+        error=None,
+        attempts="reset",
+        fingerprint="fp2",
+        job={"inputs": ["x"]},
+        source="new.json",
+    )
+    assert store.update_jobs("demo", ["k"], JobMatch(fingerprint="fp"), again) == 1
+    entry_now = get()
+    assert (entry_now.fingerprint, entry_now.job, entry_now.source) == ("fp2", {"inputs": ["x"]}, "new.json")
+    assert (entry_now.state, entry_now.run_id, entry_now.last_error, entry_now.attempts) == (
+        JobState.PENDING,
+        None,
+        None,
+        0,
+    )
+    assert store.update_jobs("demo", [], JobMatch(), failed) == 0
 
 
-def test_find_jobs_bounded_filtered_and_ordered(store: RecordStore) -> None:
+def test_update_each_applies_its_own_match_per_job(store: Store) -> None:
+    register_entries(store, [entry(f"k{i}", f"fp{i}") for i in range(4)])
+    queued = JobChange(state=JobState.QUEUED)
+    changed = store.update_each(
+        "demo",
+        [
+            ("k0", JobMatch(fingerprint="fp0"), queued),
+            ("k1", JobMatch(fingerprint="nope"), queued),
+            ("k2", JobMatch(attempts=0), JobChange(state=JobState.FAILED, error="e")),
+            ("missing", JobMatch(), queued),
+        ],
+    )
+    assert changed == 2
+    states = {k: e.state for k, e in store.get_jobs("demo", [f"k{i}" for i in range(4)]).items()}
+    assert states == {"k0": "queued", "k1": "pending", "k2": "failed", "k3": "pending"}
+
+
+def test_find_jobs_bounded_filtered_and_ordered(store: Store) -> None:
     minutes = [5, 1, 4, 2, 3, 6]
-    store.register_jobs(
+    register_entries(
+        store,
         [
             entry(
                 f"k{m}",
@@ -219,7 +255,7 @@ def test_find_jobs_bounded_filtered_and_ordered(store: RecordStore) -> None:
             )
             for m in minutes
         ]
-        + [entry("k0", "fpx", analysis="other", created_at=T0)]
+        + [entry("k0", "fpx", analysis="other", created_at=T0)],
     )
     pending = [JobState.PENDING]
     assert [j.partition_key for j in store.find_jobs("demo", states=pending, limit=3)] == ["k1", "k2", "k3"]
@@ -230,9 +266,9 @@ def test_find_jobs_bounded_filtered_and_ordered(store: RecordStore) -> None:
     early = store.find_jobs("demo", limit=10, updated_before=T0 + dt.timedelta(minutes=6), order="updated")
     assert [j.partition_key for j in early] == ["k6", "k5"]
     assert store.find_jobs("demo", limit=0) == [] and store.find_jobs("demo", states=[], limit=5) == []
-    store.update_job("demo", "k4", state=JobState.FAILED, count_attempt=True)
-    store.update_job("demo", "k2", state=JobState.FAILED, count_attempt=True)
-    store.update_job("demo", "k2", state=JobState.FAILED, count_attempt=True)
+    set_state(store, "demo", "k4", state=JobState.FAILED, count_attempt=True)
+    set_state(store, "demo", "k2", state=JobState.FAILED, count_attempt=True)
+    set_state(store, "demo", "k2", state=JobState.FAILED, count_attempt=True)
     failed_once = store.find_jobs("demo", states=[JobState.FAILED], attempts=1, limit=10)
     assert [j.partition_key for j in failed_once] == ["k4"]
     assert [j.partition_key for j in store.find_jobs("demo", states=[JobState.FAILED], limit=10)] == [
@@ -242,28 +278,28 @@ def test_find_jobs_bounded_filtered_and_ordered(store: RecordStore) -> None:
     assert [j.partition_key for j in store.find_jobs("other", limit=10)] == ["k0"]
 
 
-def test_set_job_states_in_batches_and_only_from(store: RecordStore) -> None:
-    store.register_jobs([entry(f"k{i:04d}", f"fp{i}") for i in range(1200)])
-    store.register_jobs([entry("k0000", "fpo", analysis="other")])
-    store.update_job("demo", "k0001", state=JobState.RUNNING, run_id="r1", count_attempt=True)
+def test_set_job_states_in_batches_and_only_from(store: Store) -> None:
+    register_entries(store, [entry(f"k{i:04d}", f"fp{i}") for i in range(1200)])
+    register_entries(store, [entry("k0000", "fpo", analysis="other")])
+    set_state(store, "demo", "k0001", state=JobState.RUNNING, run_id="r1", count_attempt=True)
     keys = [f"k{i:04d}" for i in range(1200)] + ["missing"]
     before = store.query_count
-    changed = store.set_job_states("demo", keys, JobState.QUEUED, only_from=[JobState.PENDING])
+    changed = set_states(store, "demo", keys, JobState.QUEUED, only_from=[JobState.PENDING])
     assert store.query_count - before <= 5
     assert changed == 1199
     jobs = store.get_jobs("demo", keys)
     assert jobs["k0001"].state == JobState.RUNNING and jobs["k0001"].run_id == "r1"
     assert {j.state for k, j in jobs.items() if k != "k0001"} == {JobState.QUEUED}
     assert store.get_job("other", "k0000").state == JobState.PENDING  # type: ignore[union-attr]
-    assert store.set_job_states("demo", ["k0001"], JobState.FAILED) == 1
+    assert set_states(store, "demo", ["k0001"], JobState.FAILED) == 1
     job = store.get_job("demo", "k0001")
     assert job is not None and (job.state, job.attempts, job.run_id) == (JobState.FAILED, 1, "r1")
-    assert store.set_job_states("demo", ["k0001"], JobState.PENDING, only_from=[]) == 0
-    assert store.set_job_states("demo", [], JobState.PENDING) == 0
+    assert set_states(store, "demo", ["k0001"], JobState.PENDING, only_from=[]) == 0
+    assert set_states(store, "demo", [], JobState.PENDING) == 0
 
 
 # ---- record store -------------------------------------------------------------------------------
-def test_existing_fingerprints_mixed_batch(store: RecordStore) -> None:
+def test_existing_fingerprints_mixed_batch(store: Store) -> None:
     for i in range(0, 20, 3):
         store.insert_record("demo", record(f"fp{i:02d}", minute=i))
     asked = [f"fp{i:02d}" for i in range(20)] + ["absent", "fp00"]
@@ -272,7 +308,7 @@ def test_existing_fingerprints_mixed_batch(store: RecordStore) -> None:
     assert store.existing_fingerprints("demo", ["nothing", "here"]) == set()
 
 
-def test_insert_duplicate_raises_and_keeps_one(store: RecordStore) -> None:
+def test_insert_duplicate_raises_and_keeps_one(store: Store) -> None:
     first = record("fp1", notes="first")
     store.insert_record("demo", first)
     with pytest.raises(RecordExistsError) as caught:
@@ -285,7 +321,7 @@ def test_insert_duplicate_raises_and_keeps_one(store: RecordStore) -> None:
         store.insert_record("demo", {"name": "no id"})
 
 
-def test_get_record_and_find_records_by_analysis(store: RecordStore) -> None:
+def test_get_record_and_find_records_by_analysis(store: Store) -> None:
     nested = record("fpA1", analysis="a", minute=1, outputs={"values": [1.5, 2, None], "ok": True})
     store.insert_record("a", nested)
     store.insert_record("b", record("fpB1", analysis="b", minute=2))
@@ -300,7 +336,7 @@ def test_get_record_and_find_records_by_analysis(store: RecordStore) -> None:
     assert all(type(r) is dict for r in store.find_records())
 
 
-def test_supersede_record_frees_the_fingerprint(store: RecordStore) -> None:
+def test_supersede_record_frees_the_fingerprint(store: Store) -> None:
     store.insert_record("demo", record("fp", notes="old"))
     kept = {**record("fp", notes="old"), "_id": "fp.superseded-1"}
     kept["analysis_wrapper"]["superseded_by"] = "fp"
@@ -315,16 +351,16 @@ def test_supersede_record_frees_the_fingerprint(store: RecordStore) -> None:
     assert store.get_record("demo", "fp") is not None  # a failed move removes nothing
 
 
-def test_batching_is_a_constant_number_of_queries(store: RecordStore) -> None:
+def test_batching_is_a_constant_number_of_queries(store: Store) -> None:
     # Warm up: connection, schema and indexes are a one-off cost, not part of the batch.
-    store.register_jobs([entry("warm", "warm")])
+    register_entries(store, [entry("warm", "warm")])
     store.existing_fingerprints("demo", ["warm"])
     for i in range(0, 2000, 2):
         store.insert_record("demo", {"_id": f"fp{i:04d}"})
     jobs = [entry(f"k{i:04d}", f"fp{i:04d}") for i in range(2000)]
 
     before = store.query_count
-    outcome = store.register_jobs(jobs)
+    outcome = register_entries(store, jobs)
     found = store.existing_fingerprints("demo", [job.fingerprint for job in jobs])
     spent = store.query_count - before
     assert len(outcome.added) == 2000
@@ -333,7 +369,7 @@ def test_batching_is_a_constant_number_of_queries(store: RecordStore) -> None:
 
     changed = [entry(f"k{i:04d}", f"new{i}") if i % 100 == 0 else job for i, job in enumerate(jobs)]
     before = store.query_count
-    outcome = store.register_jobs(changed)
+    outcome = register_entries(store, changed)
     assert (len(outcome.added), len(outcome.changed), len(outcome.unchanged)) == (0, 20, 1980)
     assert len(store.get_jobs("demo", [job.partition_key for job in jobs])) == 2000
     # Changed jobs may cost one write each (pymongo without bulk_write), unchanged ones nothing.
@@ -348,12 +384,12 @@ def test_batching_is_a_constant_number_of_queries(store: RecordStore) -> None:
         max_size=4,
     )
 )
-def test_register_matches_a_dict_model(store: RecordStore, batches: list[list[tuple[str, str]]]) -> None:
+def test_register_matches_a_dict_model(store: Store, batches: list[list[tuple[str, str]]]) -> None:
     analysis = fresh_analysis()
     model: dict[str, str] = {}
     for batch in batches:
         last = dict(batch)  # the last entry for a key wins
-        outcome = store.register_jobs([entry(key, fp, analysis=analysis) for key, fp in batch])
+        outcome = register_entries(store, [entry(key, fp, analysis=analysis) for key, fp in batch])
         assert set(outcome.added) == {k for k in last if k not in model}
         assert set(outcome.changed) == {k for k, fp in last.items() if k in model and model[k] != fp}
         assert set(outcome.unchanged) == {k for k, fp in last.items() if model.get(k) == fp}
@@ -365,9 +401,9 @@ def test_register_matches_a_dict_model(store: RecordStore, batches: list[list[tu
 # ---- SQLite only --------------------------------------------------------------------------------
 def test_sqlite_file_wal_and_idempotent_schema(tmp_path: Path) -> None:
     path = tmp_path / "a" / "b" / "store.sqlite"
-    store = SqliteRecordStore(path)
+    store = SqliteStore(path)
     assert store.path == path and not path.exists()  # opened lazily
-    store.register_jobs([entry("k", "fp")])
+    register_entries(store, [entry("k", "fp")])
     assert path.exists()
     raw = sqlite3.connect(path)
     try:
@@ -381,7 +417,7 @@ def test_sqlite_file_wal_and_idempotent_schema(tmp_path: Path) -> None:
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
     assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 30_000
     store.close()
-    again = SqliteRecordStore(path)  # a second opening finds the schema and keeps the data
+    again = SqliteStore(path)  # a second opening finds the schema and keeps the data
     assert again.get_job("demo", "k") is not None
     again.close()
 
@@ -402,7 +438,7 @@ def test_sqlite_schema_1_is_upgraded_in_place(tmp_path: Path) -> None:
     raw.execute("PRAGMA user_version = 1")
     raw.commit()
     raw.close()
-    store = SqliteRecordStore(path)
+    store = SqliteStore(path)
     assert [j.partition_key for j in store.find_jobs("demo", states=[JobState.PENDING], limit=5)] == ["k"]
     conn = store._connection()
     indexes = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -425,24 +461,24 @@ def test_sqlite_newer_schema_is_refused(tmp_path: Path) -> None:
     raw.execute("PRAGMA user_version = 99")
     raw.close()
     with pytest.raises(StoreError, match="schema version 99"):
-        SqliteRecordStore(path).list_jobs()
+        SqliteStore(path).list_jobs()
 
 
 @pytest.mark.parametrize("json_each", [True, False], ids=["json-array", "variable-lists"])
 def test_sqlite_batches_stay_under_a_500_variable_limit(tmp_path: Path, json_each: bool) -> None:
-    store = SqliteRecordStore(tmp_path / "store.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
     conn = store._connection()
     conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 500)  # what old builds allow (999) and less
     store._json_each = json_each
     jobs = [entry(f"k{i:04d}", f"fp{i:04d}") for i in range(1234)]
-    assert len(store.register_jobs(jobs).added) == 1234
+    assert len(register_entries(store, jobs).added) == 1234
     for i in range(0, 1234, 3):
         store.insert_record("demo", {"_id": f"fp{i:04d}"})
     keys = [job.partition_key for job in jobs]
     assert len(store.get_jobs("demo", keys)) == 1234
     fps = [job.fingerprint for job in jobs]
     assert store.existing_fingerprints("demo", fps) == {f"fp{i:04d}" for i in range(0, 1234, 3)}
-    outcome = store.register_jobs([entry(k, "changed") for k in keys[:700]])
+    outcome = register_entries(store, [entry(k, "changed") for k in keys[:700]])
     assert len(outcome.changed) == 700
     store.close()
 
@@ -451,7 +487,7 @@ def test_sqlite_batches_stay_under_a_500_variable_limit(tmp_path: Path, json_eac
 def test_sqlite_existing_fingerprints_any_key_text(tmp_path: Path, json_each: bool) -> None:
     # Keys travel as a JSON array (or as bound variables): quotes, backslashes, non-ASCII text and
     # duplicates must come back exactly; one key takes the single-key statement.
-    store = SqliteRecordStore(tmp_path / "store.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
     store._connection()
     store._json_each = json_each
     odd = ['q"uote', "back\\slash", "tab\tnew\nline", "caf\u00e9 \u2603", "[1]", "", " "]
@@ -471,15 +507,15 @@ def test_sqlite_existing_fingerprints_any_key_text(tmp_path: Path, json_each: bo
 
 
 def test_sqlite_threads_share_one_store(tmp_path: Path) -> None:
-    store = SqliteRecordStore(tmp_path / "store.sqlite")
+    store = SqliteStore(tmp_path / "store.sqlite")
     errors: list[BaseException] = []
 
     def work(worker: int) -> None:
         try:
-            store.register_jobs([entry(f"t{worker}-{i}", f"fp{worker}-{i}") for i in range(50)])
+            register_entries(store, [entry(f"t{worker}-{i}", f"fp{worker}-{i}") for i in range(50)])
             for i in range(50):
                 store.insert_record("demo", {"_id": f"fp{worker}-{i}"})
-                store.update_job("demo", f"t{worker}-{i}", state=JobState.DONE)
+                set_state(store, "demo", f"t{worker}-{i}", state=JobState.DONE)
         except BaseException as exc:  # reported below
             errors.append(exc)
 
@@ -497,12 +533,12 @@ def test_sqlite_threads_share_one_store(tmp_path: Path) -> None:
 def _sqlite_writer(path: str, worker: int, count: int, barrier: Any, results: Any) -> None:
     """One process of the concurrency test: register ``count`` jobs, then insert their records."""
     try:
-        store = SqliteRecordStore(Path(path))
+        store = SqliteStore(Path(path))
         barrier.wait(timeout=60)
-        outcome = store.register_jobs([entry(f"w{worker}-{i}", f"fp-{worker}-{i}") for i in range(count)])
+        outcome = register_entries(store, [entry(f"w{worker}-{i}", f"fp-{worker}-{i}") for i in range(count)])
         for i in range(count):
             store.insert_record("demo", {"_id": f"fp-{worker}-{i}", "worker": worker})
-            store.update_job("demo", f"w{worker}-{i}", state=JobState.DONE, count_attempt=True)
+            set_state(store, "demo", f"w{worker}-{i}", state=JobState.DONE, count_attempt=True)
         store.close()
         results.put((worker, "ok", len(outcome.added)))
     except BaseException as exc:  # sent to the test, which fails on it
@@ -512,7 +548,7 @@ def _sqlite_writer(path: str, worker: int, count: int, barrier: Any, results: An
 def _sqlite_racer(path: str, worker: int, fingerprints: list[str], barrier: Any, results: Any) -> None:
     """One process of the race test: insert the same fingerprints as the other racer."""
     try:
-        store = SqliteRecordStore(Path(path))
+        store = SqliteStore(Path(path))
         store.existing_fingerprints("race", [])  # open before the start signal
         barrier.wait(timeout=60)
         won, lost = [], 0
@@ -546,7 +582,7 @@ def test_sqlite_four_processes_write_at_once(tmp_path: Path) -> None:
     path = tmp_path / "shared" / "store.sqlite"  # not created yet: the processes race to create it
     outcomes = _run_processes(_sqlite_writer, [(str(path), worker, 300) for worker in range(4)])
     assert outcomes == [(worker, "ok", 300) for worker in range(4)], outcomes  # no "database is locked"
-    store = SqliteRecordStore(path)
+    store = SqliteStore(path)
     jobs = store.list_jobs("demo")
     assert len(jobs) == 1200
     assert all(job.state is JobState.DONE and job.attempts == 1 for job in jobs)
@@ -558,7 +594,7 @@ def test_sqlite_four_processes_write_at_once(tmp_path: Path) -> None:
 
 def test_sqlite_two_processes_race_for_the_same_fingerprints(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite"
-    SqliteRecordStore(path).existing_fingerprints("race", [])  # schema in place
+    SqliteStore(path).existing_fingerprints("race", [])  # schema in place
     fingerprints = [f"same-{i}" for i in range(300)]
     outcomes = _run_processes(_sqlite_racer, [(str(path), worker, fingerprints) for worker in range(2)])
     assert [status for _, status, _ in outcomes] == ["ok", "ok"], outcomes
@@ -566,7 +602,7 @@ def test_sqlite_two_processes_race_for_the_same_fingerprints(tmp_path: Path) -> 
     assert sorted(won_0 + won_1) == sorted(fingerprints)  # each inserted exactly once
     assert not set(won_0) & set(won_1)
     assert lost_0 + lost_1 == len(fingerprints)  # every loser got RecordExistsError
-    store = SqliteRecordStore(path)
+    store = SqliteStore(path)
     records = store.find_records("race")
     assert len(records) == 300
     assert {r["_id"]: r["worker"] for r in records} == {
@@ -586,7 +622,7 @@ def _chain(exc: BaseException | None) -> Iterator[BaseException]:
 
 
 def test_mongo_unreachable_server_names_host_never_password() -> None:
-    store = MongoRecordStore("mongodb://user:s3cretpw@127.0.0.1:1/?", server_selection_timeout_ms=300)
+    store = MongoStore("mongodb://user:s3cretpw@127.0.0.1:1/?", server_selection_timeout_ms=300)
     assert "s3cretpw" not in repr(store) and "s3cretpw" not in str(store.uri)
     with pytest.raises(StoreError) as caught:
         store.existing_fingerprints("demo", ["fp"])
@@ -597,15 +633,13 @@ def test_mongo_unreachable_server_names_host_never_password() -> None:
         assert "s3cretpw" not in str(linked) and "s3cretpw" not in repr(linked)
     assert caught.value.__cause__ is None and caught.value.__context__ is None
     with pytest.raises(StoreError) as again:
-        store.register_jobs([entry("k", "fp")])
+        register_entries(store, [entry("k", "fp")])
     assert "s3cretpw" not in str(again.value) and "127.0.0.1" in str(again.value)
     store.close()
 
 
 def test_mongo_malformed_uri_does_not_leak_the_password() -> None:
-    store = MongoRecordStore(
-        "mongodb://user:pa/ss-w0rd@db.example.org:27017/", server_selection_timeout_ms=300
-    )
+    store = MongoStore("mongodb://user:pa/ss-w0rd@db.example.org:27017/", server_selection_timeout_ms=300)
     with pytest.raises(StoreError) as caught:
         store.list_jobs()
     for linked in _chain(caught.value):
@@ -628,7 +662,7 @@ class _RefusingClient:
 
 
 def test_mongo_auth_failure_is_a_clear_store_error() -> None:
-    store = MongoRecordStore("mongodb://user:hunter2pw@docdb.local:27017/", client=_RefusingClient())
+    store = MongoStore("mongodb://user:hunter2pw@docdb.local:27017/", client=_RefusingClient())
     with pytest.raises(StoreError, match="authentication") as caught:
         store.get_record("demo", "fp")
     assert "docdb.local" in str(caught.value)
@@ -636,19 +670,25 @@ def test_mongo_auth_failure_is_a_clear_store_error() -> None:
         assert "hunter2pw" not in str(linked)
 
 
-def test_mongo_client_is_lazy_and_documentdb_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mongo_client_is_lazy_and_documentdb_ready(
+    monkeypatch: pytest.MonkeyPatch, mongo_server: MongoServer
+) -> None:
     made: list[tuple[str, dict[str, Any]]] = []
+    real_client = pymongo.MongoClient
 
     def fake_client(uri: str, **options: Any) -> Any:
-        made.append((uri, options))
-        return mongomock.MongoClient()
+        made.append((uri, options))  # the options the store asks for; the connection goes to the test server
+        return real_client(mongo_server.uri, serverSelectionTimeoutMS=5000)
 
     monkeypatch.setattr(pymongo, "MongoClient", fake_client)
-    store = MongoRecordStore(
-        "mongodb://u:p@docdb:27017/?tls=true", database="d", tls=True, tls_ca_file="/ca/global-bundle.pem"
+    store = MongoStore(
+        "mongodb://u:p@docdb:27017/?tls=true",
+        database=fresh_database_name(),
+        tls=True,
+        tls_ca_file="/ca/global-bundle.pem",
     )
     assert made == []
-    store.register_jobs([entry("k", "fp")])
+    register_entries(store, [entry("k", "fp")])
     store.get_jobs("demo", ["k"])
     assert len(made) == 1
     assert made[0][1] == {
@@ -657,10 +697,10 @@ def test_mongo_client_is_lazy_and_documentdb_ready(monkeypatch: pytest.MonkeyPat
         "tls": True,
         "tlsCAFile": "/ca/global-bundle.pem",
     }
-    MongoRecordStore("mongodb://localhost:27017", server_selection_timeout_ms=50).list_jobs()
+    MongoStore("mongodb://localhost:27017", server_selection_timeout_ms=50).list_jobs()
     assert made[1][1] == {"retryWrites": False, "serverSelectionTimeoutMS": 50}
     with pytest.raises(ValueError):
-        MongoRecordStore()
+        MongoStore()
 
 
 def test_mongo_uri_hosts() -> None:
@@ -669,10 +709,20 @@ def test_mongo_uri_hosts() -> None:
     assert uri_hosts("mongodb://h") == "h"
 
 
-def test_mongo_documents_and_indexes() -> None:
-    client: Any = mongomock.MongoClient()
-    store = MongoRecordStore(database="db", client=client)
-    store.register_jobs([entry("k", "fp")])
+@pytest.fixture
+def mongo_client(mongo_server: MongoServer) -> Iterator[Any]:
+    client: Any = pymongo.MongoClient(mongo_server.uri, serverSelectionTimeoutMS=5000)
+    try:
+        yield client
+    finally:
+        client.drop_database("db")
+        client.close()
+
+
+def test_mongo_documents_and_indexes(mongo_client: Any) -> None:
+    client = mongo_client
+    store = MongoStore(database="db", client=client)
+    register_entries(store, [entry("k", "fp")])
     store.insert_record("demo", record("fp"))
     doc = client["db"]["analysis_wrapper_jobs"].find_one({"_id": "demo/k"})
     assert doc is not None
@@ -698,9 +748,9 @@ def test_mongo_documents_and_indexes() -> None:
     assert store.query_count - before == 1
 
 
-def test_mongo_shared_collection_filters_by_analysis() -> None:
-    client: Any = mongomock.MongoClient()
-    store = MongoRecordStore(database="db", collection="records", client=client)
+def test_mongo_shared_collection_filters_by_analysis(mongo_client: Any) -> None:
+    client = mongo_client
+    store = MongoStore(database="db", collection="records", client=client)
     store.insert_record("a", record("fpA", analysis="a", minute=1))
     store.insert_record("b", record("fpB", analysis="b", minute=2))
     assert client["db"].list_collection_names() == ["records"]
@@ -710,14 +760,23 @@ def test_mongo_shared_collection_filters_by_analysis() -> None:
         store.insert_record("b", record("fpA", analysis="b"))
 
 
-def test_mongo_register_survives_a_concurrent_registration(monkeypatch: pytest.MonkeyPatch) -> None:
-    client: Any = mongomock.MongoClient()
-    store = MongoRecordStore(database="db", client=client)
-    other = MongoRecordStore(database="db", client=client)
-    other.register_jobs([entry("k1", "fp1"), entry("k2", "old")])
+def test_mongo_register_survives_a_concurrent_registration(
+    monkeypatch: pytest.MonkeyPatch, mongo_client: Any
+) -> None:
+    client = mongo_client
+    store = MongoStore(database="db", client=client)
+    other = MongoStore(database="db", client=client)
+    register_entries(other, [entry("k1", "fp1"), entry("k2", "old")])
     # This store looks up before the other registered, and inserts after: its inserts collide.
-    monkeypatch.setattr(store, "_find_ids", lambda *args, **kwargs: [])
-    outcome = store.register_jobs([entry("k1", "fp1"), entry("k2", "new"), entry("k3", "fp3")])
+    real_find_ids = store._find_ids
+    calls: list[int] = []
+
+    def stale_first_lookup(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return [] if len(calls) == 1 else real_find_ids(*args, **kwargs)
+
+    monkeypatch.setattr(store, "_find_ids", stale_first_lookup)
+    outcome = register_entries(store, [entry("k1", "fp1"), entry("k2", "new"), entry("k3", "fp3")])
     assert (outcome.added, outcome.changed, outcome.unchanged) == (["k3"], ["k2"], ["k1"])
     monkeypatch.undo()
     assert {k: j.fingerprint for k, j in store.get_jobs("demo", ["k1", "k2", "k3"]).items()} == {
@@ -727,8 +786,8 @@ def test_mongo_register_survives_a_concurrent_registration(monkeypatch: pytest.M
     }
 
 
-def test_mongo_works_without_the_right_to_create_indexes() -> None:
-    client: Any = mongomock.MongoClient()
+def test_mongo_works_without_the_right_to_create_indexes(mongo_client: Any) -> None:
+    client = mongo_client
 
     class ReadOnlyIndexes:
         """A collection whose user may read and write documents but not create indexes."""
@@ -750,7 +809,7 @@ def test_mongo_works_without_the_right_to_create_indexes() -> None:
         def __getitem__(self, name: str) -> Any:
             return Database()
 
-    store = MongoRecordStore(database="db", client=Client())
-    store.register_jobs([entry("k", "fp")])
+    store = MongoStore(database="db", client=Client())
+    register_entries(store, [entry("k", "fp")])
     store.insert_record("demo", record("fp"))
     assert store.existing_fingerprints("demo", ["fp", "x"]) == {"fp"}

@@ -1,4 +1,4 @@
-"""The Dagster resource that hands out the job registry + record store for the configured backend.
+"""The Dagster resource that hands out the store (job registry, records, leases) for the configured backend.
 
 SQLite (a file under ``DAGSTER_HOME``) is the embedded default; ``DOCDB_URI`` switches to pymongo
 (MongoDB / AWS DocumentDB). The URI is passed as ``EnvVar("DOCDB_URI")`` so the Dagster UI shows
@@ -13,14 +13,15 @@ from typing import Literal
 from dagster import ConfigurableResource, EnvVar
 from pydantic import Field
 
-from analysis_wrapper.resources.store_base import RecordStore
+from analysis_wrapper.lifecycle import JobLifecycle
+from analysis_wrapper.store.base import Store
 
-_stores: dict[tuple[object, ...], RecordStore] = {}
+_stores: dict[tuple[object, ...], Store] = {}
 _lock = threading.Lock()
 
 
-class RecordStoreResource(ConfigurableResource):  # type: ignore[misc]
-    """Job registry and provenance record store."""
+class StoreResource(ConfigurableResource):  # type: ignore[misc]
+    """Where jobs, records and leases are kept: SQLite (embedded) or MongoDB / DocumentDB."""
 
     backend: Literal["sqlite", "mongodb"] = Field(
         default="sqlite", description="sqlite (embedded) or mongodb"
@@ -45,7 +46,16 @@ class RecordStoreResource(ConfigurableResource):  # type: ignore[misc]
             self.timeout_ms,
         )
 
-    def get_store(self) -> RecordStore:
+    lease_ttl_s: float = Field(
+        default=60.0,
+        description="Leases (fingerprint being computed, run alive) expire this long after renewal",
+    )
+
+    def lifecycle(self) -> JobLifecycle:
+        """The job lifecycle over this store: the only way job states change."""
+        return JobLifecycle(self.get_store())
+
+    def get_store(self) -> Store:
         """The store for this configuration; one per process, shared by threads."""
         key = self._cache_key()
         with _lock:
@@ -56,22 +66,22 @@ class RecordStoreResource(ConfigurableResource):  # type: ignore[misc]
             return store
 
 
-def _open_store(config: RecordStoreResource) -> RecordStore:
+def _open_store(config: StoreResource) -> Store:
     if config.backend == "sqlite":
         from pathlib import Path
 
-        from analysis_wrapper.resources.sqlite_store import SqliteRecordStore
+        from analysis_wrapper.store.sqlite import SqliteStore
 
         if not config.sqlite_path:
-            raise ValueError("RecordStoreResource(backend='sqlite') needs sqlite_path")
-        return SqliteRecordStore(Path(config.sqlite_path))
-    from analysis_wrapper.resources.mongo_store import MongoRecordStore
+            raise ValueError("StoreResource(backend='sqlite') needs sqlite_path")
+        return SqliteStore(Path(config.sqlite_path))
+    from analysis_wrapper.store.mongo import MongoStore
 
     # Inside a Dagster run the EnvVar is resolved already; used directly (CLI, sensors' helpers) it is not.
     uri = config.uri.get_value() if isinstance(config.uri, EnvVar) else config.uri
     if not uri:
-        raise ValueError("RecordStoreResource(backend='mongodb') needs uri (DOCDB_URI)")
-    return MongoRecordStore(
+        raise ValueError("StoreResource(backend='mongodb') needs uri (DOCDB_URI)")
+    return MongoStore(
         uri,
         database=config.database,
         collection=config.collection,

@@ -3,9 +3,12 @@
 * Records go to one collection per analysis (or to ``collection`` for all), ``_id`` = fingerprint,
   so a second insert of the same fingerprint fails on the server's unique ``_id`` index.
 * The registry is one collection (``jobs_collection``) with ``_id`` = ``"<analysis>/<partition key>"``.
+* Leases are one collection (``leases_collection``) with ``_id`` = the lease key: a claim is one
+  upsert whose filter matches only a free, expired or own lease, so the unique ``_id`` index refuses
+  a second claimant (``DuplicateKeyError``).
 * DocumentDB-ready: ``retryWrites=False`` (DocumentDB has no retryable writes), optional TLS with a CA
-  file, no ``bulk_write`` (mongomock's is broken with pymongo 4.20), only plain ``find`` / ``insert``
-  / ``update_one`` / ``create_indexes`` commands.
+  file, only commands DocumentDB has (``find``, ``insert``, ``update``, ``bulk_write``,
+  ``find_one_and_update``, ``create_indexes``).
 * Every failure to reach or use the server is raised as :class:`StoreError` naming host(s) and
   database from :func:`redact_uri`; the password never appears in a message, and the original
   exception (which may hold the URI) is neither chained nor kept as context.
@@ -20,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import quote, unquote, urlsplit
 
-from pymongo import ASCENDING, IndexModel
+from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
     ConnectionFailure,
@@ -30,17 +33,21 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
 )
 
-from analysis_wrapper.resources.store_base import (
+from analysis_wrapper.settings import redact_uri
+from analysis_wrapper.store.base import (
+    ANY,
+    KEEP,
+    JobChange,
     JobEntry,
+    JobMatch,
     JobOrder,
     JobState,
+    Lease,
     RecordExistsError,
-    RecordStore,
-    RegisterOutcome,
+    Store,
     StoreError,
     utcnow,
 )
-from analysis_wrapper.settings import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +125,7 @@ def _uri_secrets(uri: str) -> set[str]:
     return {secret for secret in secrets if secret}
 
 
-class MongoRecordStore(RecordStore):
+class MongoStore(Store):
     """Job registry and record store in MongoDB / AWS DocumentDB."""
 
     analysis_field = "analysis_wrapper.analysis"
@@ -132,6 +139,7 @@ class MongoRecordStore(RecordStore):
         database: str = "analysis",
         collection: str | None = None,
         jobs_collection: str = "analysis_wrapper_jobs",
+        leases_collection: str = "analysis_wrapper_leases",
         client: Any = None,
         tls: bool | None = None,
         tls_ca_file: str | None = None,
@@ -143,6 +151,7 @@ class MongoRecordStore(RecordStore):
         self.database_name = database
         self.collection = collection
         self.jobs_collection = jobs_collection
+        self.leases_collection = leases_collection
         self.tls = tls
         self.tls_ca_file = tls_ca_file
         self.server_selection_timeout_ms = int(server_selection_timeout_ms)
@@ -160,7 +169,7 @@ class MongoRecordStore(RecordStore):
 
     def __repr__(self) -> str:
         where = self.uri or "given client"
-        return f"MongoRecordStore({where!r}, database={self.database_name!r})"
+        return f"MongoStore({where!r}, database={self.database_name!r})"
 
     # ---- connection and errors ----------------------------------------------------------------
     def _where(self) -> str:
@@ -363,55 +372,29 @@ class MongoRecordStore(RecordStore):
             updated_at=_utc(doc.get("updated_at")),
         )
 
-    def _reset_changed(self, jobs: Any, entry: JobEntry) -> None:
-        doc_id = self._job_id(entry.analysis, entry.partition_key)
-        update = {
-            "$set": {
-                "fingerprint": entry.fingerprint,
-                "job": dict(entry.job),
-                "source": entry.source or "",
-                "state": JobState.PENDING.value,
-                "attempts": 0,
-                "run_id": None,
-                "last_error": None,
-                "updated_at": _bson_time(utcnow()),
-            }
-        }
-        self._run("update a job", lambda: jobs.update_one({"_id": doc_id}, update))
-
-    def register_jobs(self, entries: Sequence[JobEntry]) -> RegisterOutcome:
-        wanted: dict[str, JobEntry] = {}  # the last entry for a key wins
+    def insert_jobs(self, entries: Sequence[JobEntry]) -> set[tuple[str, str]]:
+        wanted: dict[str, JobEntry] = {}
         for entry in entries:
-            wanted[self._job_id(entry.analysis, entry.partition_key)] = entry
-        outcome = RegisterOutcome(added=[], changed=[], unchanged=[])
+            wanted.setdefault(self._job_id(entry.analysis, entry.partition_key), entry)
         if not wanted:
-            return outcome
+            return set()
         jobs = self._jobs()
+        inserted: set[tuple[str, str]] = set()
         for chunk in _chunks(list(wanted), ID_CHUNK):
-            found = self._find_ids("look up jobs", jobs, chunk, {"fingerprint": 1})
-            known = {doc["_id"]: doc.get("fingerprint") for doc in found}
+            found = self._find_ids("look up jobs", jobs, chunk, {"_id": 1})
+            known = {doc["_id"] for doc in found}
             new = [doc_id for doc_id in chunk if doc_id not in known]
-            lost: set[str] = set()
-            if new:
-                docs = [self._job_doc(wanted[doc_id]) for doc_id in new]
-                lost = self._insert_new_jobs(jobs, docs)
-            for doc_id in chunk:
-                entry = wanted[doc_id]
-                if doc_id in known:
-                    fingerprint = known[doc_id]
-                elif doc_id in lost:
-                    # Another process registered it between our find and our insert.
-                    current = self._find_one("look up a job", jobs, doc_id)
-                    fingerprint = None if current is None else current.get("fingerprint")
-                else:
-                    outcome.added.append(entry.partition_key)
-                    continue
-                if fingerprint == entry.fingerprint:
-                    outcome.unchanged.append(entry.partition_key)
-                else:
-                    self._reset_changed(jobs, entry)
-                    outcome.changed.append(entry.partition_key)
-        return outcome
+            if not new:
+                continue
+            # Another process may register the same ids between our find and our insert: the
+            # server's unique _id index decides, and those ids are left as that process wrote them.
+            lost = self._insert_new_jobs(jobs, [self._job_doc(wanted[doc_id]) for doc_id in new])
+            inserted.update(
+                (wanted[doc_id].analysis, wanted[doc_id].partition_key)
+                for doc_id in new
+                if doc_id not in lost
+            )
+        return inserted
 
     def _insert_new_jobs(self, jobs: Any, docs: list[dict[str, Any]]) -> set[str]:
         """Insert ``docs``; the ids that already existed (a concurrent registration)."""
@@ -462,36 +445,6 @@ class MongoRecordStore(RecordStore):
         docs = self._find("list jobs", jobs, query, sort=[("created_at", ASCENDING), ("_id", ASCENDING)])
         return [self._job_from_doc(doc) for doc in docs]
 
-    def update_job(
-        self,
-        analysis: str,
-        partition_key: str,
-        *,
-        state: JobState,
-        run_id: str | None = None,
-        error: str | None = None,
-        fingerprint: str | None = None,
-        count_attempt: bool = False,
-    ) -> None:
-        state = JobState(state)
-        changes: dict[str, Any] = {"state": state.value, "updated_at": _bson_time(utcnow())}
-        if run_id is not None:
-            changes["run_id"] = run_id
-        if fingerprint is not None:
-            changes["fingerprint"] = fingerprint
-        if error is not None:
-            changes["last_error"] = error
-        elif state is JobState.DONE:
-            changes["last_error"] = None
-        update: dict[str, Any] = {"$set": changes}
-        if count_attempt:
-            update["$inc"] = {"attempts": 1}
-        jobs = self._jobs()
-        doc_id = self._job_id(analysis, partition_key)
-        result = self._run("update a job", lambda: jobs.update_one({"_id": doc_id}, update))
-        if result.matched_count == 0:
-            log.warning("update_job: no registered job %s/%s; nothing updated", analysis, partition_key)
-
     def find_jobs(
         self,
         analysis: str,
@@ -529,26 +482,72 @@ class MongoRecordStore(RecordStore):
 
         return [self._job_from_doc(doc) for doc in self._run("find jobs", read)]
 
-    def set_job_states(
-        self,
-        analysis: str,
-        partition_keys: Iterable[str],
-        state: JobState,
-        *,
-        only_from: Iterable[JobState] | None = None,
+    @staticmethod
+    def _match_query(match: JobMatch) -> dict[str, Any]:
+        query: dict[str, Any] = {}
+        if match.states is not None:
+            query["state"] = {"$in": sorted(JobState(state).value for state in match.states)}
+        if match.run_id is not ANY:
+            query["run_id"] = match.run_id  # None matches null (the field is always written)
+        if match.attempts is not None:
+            query["attempts"] = int(match.attempts)
+        if match.fingerprint is not None:
+            query["fingerprint"] = match.fingerprint
+        if match.updated_before is not None:
+            query["updated_at"] = {"$lt": _bson_time(match.updated_before)}
+        return query
+
+    @staticmethod
+    def _change_update(change: JobChange) -> dict[str, Any]:
+        changes: dict[str, Any] = {"state": JobState(change.state).value, "updated_at": _bson_time(utcnow())}
+        if change.run_id is not KEEP:
+            changes["run_id"] = change.run_id
+        if change.error is not KEEP:
+            changes["last_error"] = change.error
+        if change.attempts == "reset":
+            changes["attempts"] = 0
+        if change.fingerprint is not None:
+            changes.update(
+                fingerprint=change.fingerprint, job=dict(change.job or {}), source=change.source or ""
+            )
+        update: dict[str, Any] = {"$set": changes}
+        if change.attempts == "increment":
+            update["$inc"] = {"attempts": 1}
+        return update
+
+    def update_jobs(
+        self, analysis: str, partition_keys: Iterable[str], match: JobMatch, change: JobChange
     ) -> int:
         ids = [self._job_id(analysis, key) for key in dict.fromkeys(partition_keys)]
-        sources = None if only_from is None else sorted({JobState(s).value for s in only_from})
-        if not ids or sources == []:
+        if not ids:
             return 0
         jobs = self._jobs()
-        update = {"$set": {"state": JobState(state).value, "updated_at": _bson_time(utcnow())}}
+        condition = self._match_query(match)
+        update = self._change_update(change)
         changed = 0
         for chunk in _chunks(ids, ID_CHUNK):
-            query: dict[str, Any] = {"_id": {"$in": list(chunk)}}
-            if sources:
-                query["state"] = {"$in": sources}
-            result: Any = self._run("update job states", lambda q=query: jobs.update_many(q, update))  # type: ignore[misc]
+            query = {**condition, "_id": chunk[0] if len(chunk) == 1 else {"$in": list(chunk)}}
+            result: Any = self._run("update jobs", lambda q=query: jobs.update_many(q, update))  # type: ignore[misc]
+            changed += int(result.modified_count)
+        return changed
+
+    def update_each(self, analysis: str, updates: Sequence[tuple[str, JobMatch, JobChange]]) -> int:
+        """One ``bulk_write`` round trip for many conditional updates (unordered: each stands alone)."""
+        if not updates:
+            return 0
+        jobs = self._jobs()
+        operations = [
+            UpdateOne(
+                {**self._match_query(match), "_id": self._job_id(analysis, key)}, self._change_update(change)
+            )
+            for key, match, change in updates
+        ]
+        changed = 0
+        for chunk in _chunks(operations, ID_CHUNK):
+            result: Any = self._run(
+                "update jobs",
+                lambda c=chunk: jobs.bulk_write(list(c), ordered=False),  # type: ignore[misc]
+            )
             changed += int(result.modified_count)
         return changed
 
@@ -605,7 +604,9 @@ class MongoRecordStore(RecordStore):
         db = self._db()
         names = self._run("list record collections", lambda: db.list_collection_names())
         return sorted(
-            name for name in names if name != self.jobs_collection and not name.startswith("system.")
+            name
+            for name in names
+            if name not in (self.jobs_collection, self.leases_collection) and not name.startswith("system.")
         )
 
     def find_records(
@@ -624,8 +625,17 @@ class MongoRecordStore(RecordStore):
         code = "processing.data_processes.0.code"
         if code_version is not None:
             query[f"{code}.version"] = code_version
+        conditions: list[dict[str, Any]] = []
         for name, value in (parameters or {}).items():
-            query[f"{code}.parameters.{name}"] = value
+            path = f"{code}.parameters.{name}"
+            if value is None:
+                # MongoDB's null-or-missing, spelled so that servers which get null wrong on positional
+                # paths (``a.0.b``) agree with MongoDB: ``$type`` and ``$exists`` work on both.
+                conditions.append({"$or": [{path: {"$type": "null"}}, {path: {"$exists": False}}]})
+            else:
+                query[path] = value
+        if conditions:
+            query["$and"] = conditions
         if not include_superseded:
             query["analysis_wrapper.superseded_by"] = None
         names = [self._records_name(analysis)] if analysis is not None else self._record_collections()
@@ -638,3 +648,56 @@ class MongoRecordStore(RecordStore):
         if len(names) > 1:
             found.sort(key=_sort_key)
         return found
+
+    # ---- leases -------------------------------------------------------------------------------
+    def _leases(self) -> Any:
+        return self._db()[self.leases_collection]
+
+    @staticmethod
+    def _lease_from_doc(doc: Mapping[str, Any]) -> Lease:
+        return Lease(
+            key=doc["_id"],
+            run_id=doc["run_id"],
+            host=doc["host"],
+            pid=int(doc["pid"]),
+            token=doc["token"],
+            expires_at=_utc(doc["expires_at"]),
+        )
+
+    def claim_lease(self, lease: Lease, now: dt.datetime, *, replacing_token: str | None = None) -> bool:
+        leases = self._leases()
+        tokens = list(dict.fromkeys([lease.token, replacing_token or lease.token]))
+        query = {
+            "_id": lease.key,
+            "$or": [{"expires_at": {"$lt": _bson_time(now)}}, {"token": {"$in": tokens}}],
+        }
+        update = {
+            "$set": {
+                "run_id": lease.run_id,
+                "host": lease.host,
+                "pid": int(lease.pid),
+                "token": lease.token,
+                "expires_at": _bson_time(lease.expires_at),
+            }
+        }
+        try:
+            self._run(
+                "claim a lease",
+                lambda: leases.find_one_and_update(
+                    query, update, upsert=True, return_document=ReturnDocument.AFTER
+                ),
+            )
+        except DuplicateKeyError:
+            return False  # the key exists and is held, unexpired, by someone else
+        return True
+
+    def release_lease(self, key: str, token: str) -> None:
+        leases = self._leases()
+        self._run("release a lease", lambda: leases.delete_one({"_id": key, "token": token}))
+
+    def get_leases(self, keys: Iterable[str]) -> dict[str, Lease]:
+        ids = list(dict.fromkeys(keys))
+        if not ids:
+            return {}
+        docs = self._find_ids("look up leases", self._leases(), ids, None)
+        return {doc["_id"]: self._lease_from_doc(doc) for doc in docs}

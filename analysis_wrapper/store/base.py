@@ -1,14 +1,17 @@
-"""The one interface behind which jobs and records are kept: the job registry and the record store.
+"""The interfaces behind which jobs, records and leases are kept; the backends only persist.
 
-* The **job registry** maps (analysis, partition key) to the dispatched job, its current fingerprint,
-  and its state (pending, queued, running, done, skipped, failed, dry_run) with run id, attempts and
-  last error. The asset loads its job from here by partition key, so UI materializations and
-  backfills need no run config.
-* The **record store** maps fingerprint to provenance record. A record means "done"; nothing else
+* :class:`JobRegistry` maps (analysis, partition key) to the dispatched job, its current fingerprint
+  and its state. Its one write primitive, :meth:`JobRegistry.update_jobs`, is a conditional update
+  (compare-and-set on a :class:`JobMatch`); which updates are allowed is decided in one place,
+  :mod:`analysis_wrapper.lifecycle`, never here.
+* :class:`RecordStore` maps fingerprint to provenance record. A record means "done"; nothing else
   does. Inserting a fingerprint twice fails (``_id`` = fingerprint), it never duplicates.
+* :class:`LeaseStore` holds short-lived claims (a fingerprint being computed, a run that is alive),
+  each unique per key with holder and expiry; :mod:`analysis_wrapper.ownership` gives them meaning.
 
-Backends: SQLite (embedded default) and pymongo (MongoDB / DocumentDB). Both count their database
-round trips in ``query_count`` so tests and benchmarks can show that work is batched.
+Backends (:class:`Store` implements all three): SQLite (embedded default) and pymongo (MongoDB /
+DocumentDB). Both count their database round trips in ``query_count`` so tests and benchmarks can
+show that work is batched.
 """
 
 from __future__ import annotations
@@ -16,8 +19,8 @@ from __future__ import annotations
 import abc
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from enum import StrEnum
+from dataclasses import dataclass, field
+from enum import Enum, StrEnum
 from typing import Any, Literal
 
 
@@ -32,7 +35,7 @@ class JobState(StrEnum):
 
 
 JobOrder = Literal["created", "updated", "key"]
-"""How :meth:`RecordStore.find_jobs` orders: oldest created, oldest updated, or by partition key."""
+"""How :meth:`JobRegistry.find_jobs` orders: oldest created, oldest updated, or by partition key."""
 
 
 class StoreError(RuntimeError):
@@ -51,6 +54,16 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class _Unset(Enum):
+    UNSET = "unset"
+
+
+ANY = _Unset.UNSET
+"""In a :class:`JobMatch`: any value matches."""
+KEEP = _Unset.UNSET
+"""In a :class:`JobChange`: the value is left as it is."""
+
+
 @dataclass(frozen=True)
 class JobEntry:
     """One registered job (one partition of one analysis)."""
@@ -66,9 +79,6 @@ class JobEntry:
     last_error: str | None = None
     created_at: dt.datetime = field(default_factory=utcnow)
     updated_at: dt.datetime = field(default_factory=utcnow)
-
-    def with_changes(self, **changes: Any) -> JobEntry:
-        return replace(self, **changes)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -86,26 +96,56 @@ class JobEntry:
 
 
 @dataclass(frozen=True)
-class RegisterOutcome:
-    """What :meth:`RecordStore.register_jobs` did: keys new to the registry, keys whose
-    fingerprint changed (new analysis version or parameters), and keys already known unchanged."""
+class JobMatch:
+    """The compare part of a conditional update: what a job must look like to be changed."""
 
-    added: list[str]
-    changed: list[str]
-    unchanged: list[str]
+    states: frozenset[JobState] | None = None
+    run_id: str | _Unset | None = ANY
+    attempts: int | None = None
+    fingerprint: str | None = None
+    updated_before: dt.datetime | None = None
 
 
-class RecordStore(abc.ABC):
-    """Job registry + record store. Implementations must be safe for several processes at once."""
+@dataclass(frozen=True)
+class JobChange:
+    """The set part of a conditional update. ``fingerprint`` / ``job`` / ``source`` (given together)
+    re-register the job; ``updated_at`` is always set to now."""
+
+    state: JobState
+    run_id: str | _Unset | None = KEEP
+    error: str | _Unset | None = KEEP
+    attempts: Literal["keep", "increment", "reset"] = "keep"
+    fingerprint: str | None = None
+    job: Mapping[str, Any] | None = None
+    source: str | None = None
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A claim on ``key`` by one process of one run, valid until ``expires_at`` unless renewed."""
+
+    key: str
+    run_id: str
+    host: str
+    pid: int
+    token: str
+    expires_at: dt.datetime
+
+    def describe(self) -> str:
+        return (
+            f"run {self.run_id} (pid {self.pid} on {self.host}, lease until {self.expires_at:%H:%M:%S} UTC)"
+        )
+
+
+class JobRegistry(abc.ABC):
+    """Registered jobs. Safe for several processes at once; every write is conditional."""
 
     query_count: int = 0
 
-    # ---- job registry -------------------------------------------------------------------------
     @abc.abstractmethod
-    def register_jobs(self, entries: Sequence[JobEntry]) -> RegisterOutcome:
-        """Insert new jobs as pending; for a known key whose fingerprint differs, store the new
-        fingerprint and job and set it pending again (attempts reset); leave others untouched.
-        Done in batches: a constant number of queries per batch, not per job."""
+    def insert_jobs(self, entries: Sequence[JobEntry]) -> set[tuple[str, str]]:
+        """Insert the entries whose (analysis, partition key) is not registered; leave the others.
+        Returns the (analysis, key) pairs inserted. A constant number of queries per batch."""
 
     @abc.abstractmethod
     def get_jobs(self, analysis: str, partition_keys: Iterable[str]) -> dict[str, JobEntry]:
@@ -119,21 +159,6 @@ class RecordStore(abc.ABC):
         self, analysis: str | None = None, states: Iterable[JobState] | None = None
     ) -> list[JobEntry]:
         """Jobs, optionally of one analysis and in some states, oldest first."""
-
-    @abc.abstractmethod
-    def update_job(
-        self,
-        analysis: str,
-        partition_key: str,
-        *,
-        state: JobState,
-        run_id: str | None = None,
-        error: str | None = None,
-        fingerprint: str | None = None,
-        count_attempt: bool = False,
-    ) -> None:
-        """Set a job's state (and run id / error / fingerprint when given); ``count_attempt`` adds
-        one to ``attempts``. A ``None`` error clears the last error only when the state is done."""
 
     @abc.abstractmethod
     def find_jobs(
@@ -153,19 +178,22 @@ class RecordStore(abc.ABC):
         or by partition ``key`` (for paging through the registry with ``after_key``)."""
 
     @abc.abstractmethod
-    def set_job_states(
-        self,
-        analysis: str,
-        partition_keys: Iterable[str],
-        state: JobState,
-        *,
-        only_from: Iterable[JobState] | None = None,
+    def update_jobs(
+        self, analysis: str, partition_keys: Iterable[str], match: JobMatch, change: JobChange
     ) -> int:
-        """Set the state of many jobs at once (a constant number of queries per batch), only of those
-        currently in ``only_from`` when given; run id, attempts and last error are kept. Returns
-        how many jobs changed."""
+        """Apply ``change`` to each of the jobs that ``match`` right now, atomically per job (one
+        conditional statement per chunk of keys); how many changed."""
 
-    # ---- record store -------------------------------------------------------------------------
+    def update_each(self, analysis: str, updates: Sequence[tuple[str, JobMatch, JobChange]]) -> int:
+        """Several conditional updates, each with its own match and change; how many changed."""
+        return sum(self.update_jobs(analysis, [key], match, change) for key, match, change in updates)
+
+
+class RecordStore(abc.ABC):
+    """Provenance records by fingerprint."""
+
+    query_count: int = 0
+
     @abc.abstractmethod
     def existing_fingerprints(self, analysis: str, fingerprints: Iterable[str]) -> set[str]:
         """Which of ``fingerprints`` have a record; one query per (large) batch."""
@@ -201,5 +229,27 @@ class RecordStore(abc.ABC):
         these exact values; ``code_version`` those of that analysis version. Records replaced under
         ``force`` are left out unless ``include_superseded``. Filters run in the database."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+
+class LeaseStore(abc.ABC):
+    """Claims unique per key. Times are the claimant's UTC clock."""
+
+    @abc.abstractmethod
+    def claim_lease(self, lease: Lease, now: dt.datetime, *, replacing_token: str | None = None) -> bool:
+        """Store ``lease`` if its key is free, its lease expired before ``now``, or it is held under
+        ``lease.token`` (a renewal) or ``replacing_token`` (a takeover from a holder known dead).
+        One atomic statement; False when someone else holds the key."""
+
+    @abc.abstractmethod
+    def release_lease(self, key: str, token: str) -> None:
+        """Remove the lease on ``key`` if it is still held under ``token``."""
+
+    @abc.abstractmethod
+    def get_leases(self, keys: Iterable[str]) -> dict[str, Lease]:
+        """The leases on ``keys`` (expired ones included), in one lookup."""
+
+
+class Store(JobRegistry, RecordStore, LeaseStore):
+    """What a backend implements: the three interfaces over one database."""
+
+    def close(self) -> None:
         """Release connections."""

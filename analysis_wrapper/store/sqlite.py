@@ -27,20 +27,24 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
 
-from analysis_wrapper.resources.store_base import (
+from analysis_wrapper.store.base import (
+    ANY,
+    KEEP,
+    JobChange,
     JobEntry,
+    JobMatch,
     JobOrder,
     JobState,
+    Lease,
     RecordExistsError,
-    RecordStore,
-    RegisterOutcome,
+    Store,
     StoreError,
     utcnow,
 )
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_SQL_VARIABLES = 500
 """Most bound variables one statement uses (SQLite's limit is 999 on old builds, 32766 on new)."""
 JSON_CHUNK = 10_000
@@ -73,6 +77,15 @@ _SCHEMA = (
         created_at TEXT NOT NULL
     )""",
     "CREATE INDEX IF NOT EXISTS records_analysis ON records (analysis)",
+    # Schema 3: leases (a fingerprint being computed, a run that is alive), one row per key.
+    """CREATE TABLE IF NOT EXISTS leases (
+        key TEXT PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        host TEXT NOT NULL,
+        pid INTEGER NOT NULL,
+        token TEXT NOT NULL,
+        expires_at TEXT NOT NULL
+    )""",
 )
 
 _EXISTING_BY_JSON = (
@@ -111,7 +124,7 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in text or "busy" in text
 
 
-class SqliteRecordStore(RecordStore):
+class SqliteStore(Store):
     """Job registry and record store in one SQLite file (parent folders are created)."""
 
     def __init__(self, path: Path | str, busy_timeout_s: float = 30.0):
@@ -125,7 +138,7 @@ class SqliteRecordStore(RecordStore):
         self._json_each: bool | None = None
 
     def __repr__(self) -> str:
-        return f"SqliteRecordStore({str(self.path)!r})"
+        return f"SqliteStore({str(self.path)!r})"
 
     # ---- connections --------------------------------------------------------------------------
     def _connection(self) -> sqlite3.Connection:
@@ -297,64 +310,36 @@ class SqliteRecordStore(RecordStore):
             updated_at=_parse_iso(updated),
         )
 
-    def register_jobs(self, entries: Sequence[JobEntry]) -> RegisterOutcome:
-        # The last entry for a key wins; entries of several analyses may be mixed.
-        by_analysis: dict[str, dict[str, JobEntry]] = {}
+    def insert_jobs(self, entries: Sequence[JobEntry]) -> set[tuple[str, str]]:
+        wanted: dict[tuple[str, str], JobEntry] = {}
         for entry in entries:
-            by_analysis.setdefault(entry.analysis, {})[entry.partition_key] = entry
-        outcome = RegisterOutcome(added=[], changed=[], unchanged=[])
-        if not by_analysis:
-            return outcome
+            wanted.setdefault((entry.analysis, entry.partition_key), entry)
+        if not wanted:
+            return set()
         conn = self._connection()
-        now = _iso(utcnow())
-        # One write transaction for the whole batch: the lookups and the writes see the same state,
-        # and a concurrent registration of the same keys waits for this one.
+        by_analysis: dict[str, list[str]] = {}
+        for analysis, key in wanted:
+            by_analysis.setdefault(analysis, []).append(key)
+        # One write transaction: the lookup and the inserts see the same registry, and a concurrent
+        # registration of the same keys waits for this one.
         with self._transaction(conn):
-            new_rows: list[tuple[Any, ...]] = []
-            changed_rows: list[tuple[Any, ...]] = []
-            for analysis, wanted in by_analysis.items():
-                known: dict[str, str] = {}
-                for condition, params in self._in_chunks(conn, "partition_key", list(wanted), 1):
+            known: set[tuple[str, str]] = set()
+            for analysis, keys in by_analysis.items():
+                for condition, params in self._in_chunks(conn, "partition_key", keys, 1):
                     cursor = self._execute(
                         conn,
-                        f"SELECT partition_key, fingerprint FROM jobs WHERE analysis = ? AND {condition}",
+                        f"SELECT partition_key FROM jobs WHERE analysis = ? AND {condition}",
                         [analysis, *params],
                     )
-                    known.update(cursor.fetchall())
-                for key, entry in wanted.items():
-                    if key not in known:
-                        new_rows.append(self._job_row(entry))
-                        outcome.added.append(key)
-                    elif known[key] != entry.fingerprint:
-                        changed_rows.append(
-                            (
-                                entry.fingerprint,
-                                json.dumps(dict(entry.job), default=str),
-                                entry.source or "",
-                                JobState.PENDING.value,
-                                now,
-                                analysis,
-                                key,
-                            )
-                        )
-                        outcome.changed.append(key)
-                    else:
-                        outcome.unchanged.append(key)
-            if new_rows:
+                    known.update((analysis, row[0]) for row in cursor.fetchall())
+            new = [pair for pair in wanted if pair not in known]
+            if new:
                 self._executemany(
                     conn,
                     f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    new_rows,
+                    [self._job_row(wanted[pair]) for pair in new],
                 )
-            if changed_rows:
-                self._executemany(
-                    conn,
-                    "UPDATE jobs SET fingerprint = ?, job_json = ?, source = ?, state = ?, updated_at = ?, "
-                    "attempts = 0, run_id = NULL, last_error = NULL "
-                    "WHERE analysis = ? AND partition_key = ?",
-                    changed_rows,
-                )
-        return outcome
+        return set(new)
 
     def get_jobs(self, analysis: str, partition_keys: Iterable[str]) -> dict[str, JobEntry]:
         keys = list(dict.fromkeys(partition_keys))
@@ -390,42 +375,6 @@ class SqliteRecordStore(RecordStore):
             conn, f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY created_at, rowid", params
         )
         return [self._job_from_row(row) for row in cursor.fetchall()]
-
-    def update_job(
-        self,
-        analysis: str,
-        partition_key: str,
-        *,
-        state: JobState,
-        run_id: str | None = None,
-        error: str | None = None,
-        fingerprint: str | None = None,
-        count_attempt: bool = False,
-    ) -> None:
-        state = JobState(state)
-        assignments = ["state = ?", "updated_at = ?"]
-        params: list[Any] = [state.value, _iso(utcnow())]
-        if run_id is not None:
-            assignments.append("run_id = ?")
-            params.append(run_id)
-        if fingerprint is not None:
-            assignments.append("fingerprint = ?")
-            params.append(fingerprint)
-        if error is not None:
-            assignments.append("last_error = ?")
-            params.append(error)
-        elif state is JobState.DONE:
-            assignments.append("last_error = NULL")
-        if count_attempt:
-            assignments.append("attempts = attempts + 1")
-        conn = self._connection()
-        cursor = self._execute(
-            conn,
-            f"UPDATE jobs SET {', '.join(assignments)} WHERE analysis = ? AND partition_key = ?",
-            [*params, analysis, partition_key],
-        )
-        if cursor.rowcount == 0:
-            log.warning("update_job: no registered job %s/%s; nothing updated", analysis, partition_key)
 
     def find_jobs(
         self,
@@ -468,33 +417,82 @@ class SqliteRecordStore(RecordStore):
         )
         return [self._job_from_row(row) for row in cursor.fetchall()]
 
-    def set_job_states(
-        self,
-        analysis: str,
-        partition_keys: Iterable[str],
-        state: JobState,
-        *,
-        only_from: Iterable[JobState] | None = None,
+    @staticmethod
+    def _match_sql(match: JobMatch) -> tuple[str, list[Any]]:
+        conditions: list[str] = []
+        params: list[Any] = []
+        if match.states is not None:
+            values = sorted(JobState(state).value for state in match.states)
+            conditions.append(f"state IN ({', '.join('?' * len(values))})" if values else "0")
+            params.extend(values)
+        if match.run_id is None:
+            conditions.append("run_id IS NULL")
+        elif match.run_id is not ANY:
+            conditions.append("run_id = ?")
+            params.append(match.run_id)
+        if match.attempts is not None:
+            conditions.append("attempts = ?")
+            params.append(int(match.attempts))
+        if match.fingerprint is not None:
+            conditions.append("fingerprint = ?")
+            params.append(match.fingerprint)
+        if match.updated_before is not None:
+            conditions.append("updated_at < ?")
+            params.append(_iso(match.updated_before))
+        return "".join(f" AND {c}" for c in conditions), params
+
+    @staticmethod
+    def _change_sql(change: JobChange) -> tuple[str, list[Any]]:
+        assignments = ["state = ?", "updated_at = ?"]
+        params: list[Any] = [JobState(change.state).value, _iso(utcnow())]
+        for column, value in (("run_id", change.run_id), ("last_error", change.error)):
+            if value is not KEEP:
+                assignments.append(f"{column} = ?")
+                params.append(value)
+        if change.attempts == "increment":
+            assignments.append("attempts = attempts + 1")
+        elif change.attempts == "reset":
+            assignments.append("attempts = 0")
+        if change.fingerprint is not None:
+            assignments += ["fingerprint = ?", "job_json = ?", "source = ?"]
+            params += [
+                change.fingerprint,
+                json.dumps(dict(change.job or {}), default=str),
+                change.source or "",
+            ]
+        return ", ".join(assignments), params
+
+    def update_jobs(
+        self, analysis: str, partition_keys: Iterable[str], match: JobMatch, change: JobChange
     ) -> int:
         keys = list(dict.fromkeys(partition_keys))
-        sources = None if only_from is None else sorted({JobState(s).value for s in only_from})
-        if not keys or sources == []:
+        if not keys:
+            return 0
+        return self.update_each_grouped(analysis, [(keys, match, change)])
+
+    def update_each(self, analysis: str, updates: Sequence[tuple[str, JobMatch, JobChange]]) -> int:
+        return self.update_each_grouped(analysis, [([key], match, change) for key, match, change in updates])
+
+    def update_each_grouped(
+        self, analysis: str, updates: Sequence[tuple[Sequence[str], JobMatch, JobChange]]
+    ) -> int:
+        """Every conditional update in one write transaction; how many jobs changed."""
+        if not updates:
             return 0
         conn = self._connection()
-        fixed: list[Any] = [JobState(state).value, _iso(utcnow()), analysis]
-        state_condition = ""
-        if sources:
-            state_condition = f" AND state IN ({', '.join('?' * len(sources))})"
         changed = 0
         with self._transaction(conn):
-            for condition, params in self._in_chunks(conn, "partition_key", keys, 3 + len(sources or [])):
-                cursor = self._execute(
-                    conn,
-                    f"UPDATE jobs SET state = ?, updated_at = ? WHERE analysis = ? AND {condition}"
-                    + state_condition,
-                    [*fixed, *params, *(sources or [])],
-                )
-                changed += max(cursor.rowcount, 0)
+            for keys, match, change in updates:
+                where, where_params = self._match_sql(match)
+                assignments, set_params = self._change_sql(change)
+                extra = len(where_params) + len(set_params) + 1
+                for condition, params in self._in_chunks(conn, "partition_key", list(keys), extra):
+                    cursor = self._execute(
+                        conn,
+                        f"UPDATE jobs SET {assignments} WHERE analysis = ? AND {condition}{where}",
+                        [*set_params, analysis, *params, *where_params],
+                    )
+                    changed += max(cursor.rowcount, 0)
         return changed
 
     # ---- record store -------------------------------------------------------------------------
@@ -598,3 +596,46 @@ class SqliteRecordStore(RecordStore):
             sql += " WHERE " + " AND ".join(where)
         cursor = self._execute(conn, sql + " ORDER BY created_at, rowid", args)
         return [dict(json.loads(row[0])) for row in cursor.fetchall()]
+
+    # ---- leases -------------------------------------------------------------------------------
+    def claim_lease(self, lease: Lease, now: dt.datetime, *, replacing_token: str | None = None) -> bool:
+        conn = self._connection()
+        # One statement: insert, or take over a row that expired or that we (or a dead holder) hold.
+        cursor = self._execute(
+            conn,
+            "INSERT INTO leases (key, run_id, host, pid, token, expires_at) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET run_id = excluded.run_id, host = excluded.host, "
+            "pid = excluded.pid, token = excluded.token, expires_at = excluded.expires_at "
+            "WHERE leases.expires_at < ? OR leases.token = ? OR leases.token = ?",
+            [
+                lease.key,
+                lease.run_id,
+                lease.host,
+                int(lease.pid),
+                lease.token,
+                _iso(lease.expires_at),
+                _iso(now),
+                lease.token,
+                replacing_token or lease.token,
+            ],
+        )
+        return cursor.rowcount > 0
+
+    def release_lease(self, key: str, token: str) -> None:
+        self._execute(self._connection(), "DELETE FROM leases WHERE key = ? AND token = ?", [key, token])
+
+    def get_leases(self, keys: Iterable[str]) -> dict[str, Lease]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        conn = self._connection()
+        found: dict[str, Lease] = {}
+        for condition, params in self._in_chunks(conn, "key", wanted):
+            cursor = self._execute(
+                conn,
+                f"SELECT key, run_id, host, pid, token, expires_at FROM leases WHERE {condition}",
+                params,
+            )
+            for key, run_id, host, pid, token, expires in cursor.fetchall():
+                found[key] = Lease(key, run_id, host, int(pid), token, _parse_iso(expires))
+        return found

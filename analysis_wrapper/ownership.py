@@ -1,0 +1,217 @@
+"""Ownership: one run computes a fingerprint at a time, and a run that died is seen to be dead.
+
+Both are leases in the store (:class:`~analysis_wrapper.store.base.LeaseStore`), unique per key,
+holding run id, host, pid and an expiry:
+
+* ``fingerprint:<fp>`` — claimed by a run before it computes ``fp`` and released after it committed
+  (or gave up). Another run of the same fingerprint sees the claim and does not compute.
+* ``run:<run id>`` — the run's heartbeat, held while it works: a lease that stopped being renewed
+  (expired), or whose holder's process is gone on this host, is a dead run.
+
+One daemon thread per process renews every lease the process holds every ``ttl / 3`` seconds; a
+lease the thread could not renew (someone took it over after it expired) is marked lost, and its
+holder must not commit. A lease of a holder that died expires after at most ``ttl``; on the same host
+a dead pid is taken over at once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+from analysis_wrapper.store.base import Lease, LeaseStore, utcnow
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TTL_S = 60.0
+
+
+def fingerprint_key(fingerprint: str) -> str:
+    return f"fingerprint:{fingerprint}"
+
+
+def run_key(run_id: str) -> str:
+    return f"run:{run_id}"
+
+
+@functools.cache
+def this_host() -> str:
+    """This machine: its name and boot id (a pid means something only within one boot of one host)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()[:8]
+    except OSError:
+        boot = "noboot"
+    return f"{socket.gethostname()}/{boot}"
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def holder_dead_here(lease: Lease) -> bool:
+    """True when ``lease`` is held by a process of this host that no longer exists."""
+    return lease.host == this_host() and not pid_alive(lease.pid)
+
+
+def lease_dead(lease: Lease, now: dt.datetime | None = None) -> str | None:
+    """Why the holder of ``lease`` is certainly gone, or None."""
+    now = now or utcnow()
+    if lease.expires_at < now:
+        return f"its lease expired at {lease.expires_at:%Y-%m-%d %H:%M:%S} UTC (not renewed)"
+    if holder_dead_here(lease):
+        return f"its process (pid {lease.pid} on {lease.host}) is gone"
+    return None
+
+
+@dataclass
+class Claim:
+    """A lease this process holds; ``lost`` once another holder took it over."""
+
+    lease: Lease
+    store: LeaseStore
+    ttl_s: float
+    lost: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.lease.key
+
+    def renew(self) -> bool:
+        """Extend the lease now; False (and ``lost``) when it is no longer ours."""
+        if self.lost:
+            return False
+        now = utcnow()
+        renewed = Lease(**{**self.lease.__dict__, "expires_at": now + dt.timedelta(seconds=self.ttl_s)})
+        if self.store.claim_lease(renewed, now):
+            self.lease = renewed
+            return True
+        self.lost = True
+        log.warning("lost the lease on %s: another run took it over after it expired", self.key)
+        return False
+
+
+@dataclass
+class Held:
+    """A claim refused: ``lease`` is someone else's, alive as far as can be told."""
+
+    lease: Lease
+
+
+@dataclass
+class _Renewer:
+    """The process's claims and the thread that renews them."""
+
+    claims: dict[str, Claim] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    wake: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
+    pid: int = 0
+
+    def add(self, claim: Claim) -> None:
+        with self.lock:
+            self.claims[claim.key + "\0" + claim.lease.token] = claim
+            if self.thread is None or not self.thread.is_alive() or self.pid != os.getpid():
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._loop, name="lease-renewer", daemon=True)
+                self.thread.start()
+
+    def remove(self, claim: Claim) -> None:
+        with self.lock:
+            self.claims.pop(claim.key + "\0" + claim.lease.token, None)
+
+    def _loop(self) -> None:
+        while True:
+            with self.lock:
+                claims = list(self.claims.values())
+            interval = min((c.ttl_s for c in claims), default=DEFAULT_TTL_S) / 3
+            if self.wake.wait(max(interval, 0.05)):
+                self.wake.clear()
+                continue
+            for claim in claims:
+                try:
+                    claim.renew()
+                except Exception:  # the store is unreachable: try again next round; expiry decides
+                    log.warning("cannot renew the lease on %s", claim.key, exc_info=True)
+
+
+_renewer = _Renewer()
+
+
+def claim(store: LeaseStore, key: str, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> Claim | Held:
+    """Claim ``key`` for ``run_id``: a :class:`Claim` (renewed in the background until released) or
+    the :class:`Held` lease of a live holder. A lease whose holder died on this host is taken over."""
+    for _ in range(3):
+        now = utcnow()
+        lease = Lease(
+            key=key,
+            run_id=run_id,
+            host=this_host(),
+            pid=os.getpid(),
+            token=uuid.uuid4().hex,
+            expires_at=now + dt.timedelta(seconds=ttl_s),
+        )
+        if store.claim_lease(lease, now):
+            made = Claim(lease, store, ttl_s)
+            _renewer.add(made)
+            return made
+        current = store.get_leases([key]).get(key)
+        if current is None:
+            continue  # released between our two statements: try again
+        if holder_dead_here(current) and store.claim_lease(lease, now, replacing_token=current.token):
+            log.info("took over the lease on %s from %s, whose process is gone", key, current.describe())
+            made = Claim(lease, store, ttl_s)
+            _renewer.add(made)
+            return made
+        if current.expires_at >= now and not holder_dead_here(current):
+            return Held(current)
+    current = store.get_leases([key]).get(key)
+    if current is None:
+        raise RuntimeError(f"cannot claim {key}: the lease keeps changing hands")
+    return Held(current)
+
+
+def release(made: Claim) -> None:
+    """Give the lease back (only if it is still ours)."""
+    _renewer.remove(made)
+    if not made.lost:
+        made.store.release_lease(made.key, made.lease.token)
+
+
+_heartbeats: dict[tuple[int, str], Claim] = {}
+_heartbeats_lock = threading.Lock()
+
+
+def heartbeat(store: LeaseStore, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> None:
+    """Hold ``run:<run_id>`` for as long as this process works on the run (idempotent per process).
+
+    Whoever notices the lease expired, or its process gone, knows the run died (see
+    :mod:`analysis_wrapper.sensors.recovery`). The CLI takes it before its in-process run starts;
+    a run worker when the run's first partition starts.
+    """
+    with _heartbeats_lock:
+        if (os.getpid(), run_id) in _heartbeats:
+            return
+        made = claim(store, run_key(run_id), run_id, ttl_s)
+        if isinstance(made, Claim):
+            _heartbeats[(os.getpid(), run_id)] = made
+
+
+def end_heartbeat(run_id: str) -> None:
+    """Release this process's heartbeat of ``run_id`` (the run ended, whatever its outcome)."""
+    with _heartbeats_lock:
+        made = _heartbeats.pop((os.getpid(), run_id), None)
+    if made is not None:
+        release(made)

@@ -1,0 +1,44 @@
+"""Sensor-driven automatic runs: one inbox sensor per analysis, and one sensor that follows run events.
+
+* :mod:`~analysis_wrapper.sensors.inbox_sensor` — the inbox sensor's tick, step by step;
+* :mod:`~analysis_wrapper.sensors.intake` — new inbox files into registered jobs;
+* :mod:`~analysis_wrapper.sensors.recovery` — lost runs and jobs that lost their run;
+* :mod:`~analysis_wrapper.sensors.run_events` — run failure / cancel events into job failures;
+* :mod:`~analysis_wrapper.sensors.runs` — what a Dagster run of an analysis holds, and run keys;
+* :mod:`~analysis_wrapper.sensors.settings` — the sensors' settings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from dagster import SensorDefinition
+
+from analysis_wrapper.factory import AnalysisDefinitions
+from analysis_wrapper.sensors.inbox_sensor import InboxCursor, Tick, build_inbox_sensor
+from analysis_wrapper.sensors.run_events import RUN_EVENTS_SENSOR_NAME, build_run_events_sensor
+from analysis_wrapper.sensors.runs import UNFINISHED_RUN, run_partition_keys
+from analysis_wrapper.sensors.settings import SensorSettings
+from analysis_wrapper.settings import Settings
+
+__all__ = [
+    "RUN_EVENTS_SENSOR_NAME",
+    "UNFINISHED_RUN",
+    "InboxCursor",
+    "SensorSettings",
+    "Tick",
+    "build_inbox_sensor",
+    "build_run_events_sensor",
+    "build_sensors",
+    "run_partition_keys",
+]
+
+
+def build_sensors(built: Mapping[str, AnalysisDefinitions], settings: Settings) -> list[SensorDefinition]:
+    """One inbox sensor per analysis, and the run events sensor."""
+    config = SensorSettings.from_settings(settings)
+    served = {name: d.analysis for name, d in built.items()}
+    sensors = [build_inbox_sensor(d, served, config) for d in built.values()]
+    if built:
+        sensors.append(build_run_events_sensor(built, config))
+    return sensors
