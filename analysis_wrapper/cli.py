@@ -49,7 +49,7 @@ def _open(args: argparse.Namespace) -> Context:
     from analysis_wrapper.definitions import build_analysis_set, build_definitions
 
     settings = Settings()
-    built = build_analysis_set()
+    built = build_analysis_set(settings=settings)
     defs = build_definitions(settings, built=built)
     assert defs.resources is not None
     return Context(

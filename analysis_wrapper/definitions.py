@@ -68,9 +68,13 @@ def build_resources(settings: Settings) -> dict[str, Any]:
 
 
 def build_analysis_set(
-    analyses: Iterable[Analysis[Any, Any]] | None = None,
+    analyses: Iterable[Analysis[Any, Any]] | None = None, settings: Settings | None = None
 ) -> dict[str, AnalysisDefinitions]:
-    chosen = list(analyses) if analyses is not None else list(discover_analyses().values())
+    """The Dagster side of ``analyses`` (default: every analysis served: ``analysis_wrapper.analyses``
+    and the modules ``ANALYSIS_MODULES`` names)."""
+    if analyses is None:
+        analyses = discover_analyses((settings or Settings()).analysis_modules).values()
+    chosen = list(analyses)
     return {a.name: build_analysis_definitions(a) for a in chosen}
 
 
@@ -82,7 +86,7 @@ def build_definitions(
     """Definitions for ``analyses`` (default: every module in ``analysis_wrapper.analyses``), or for
     the analyses already ``built``. The code location, the CLI and the tests all come through here."""
     settings = settings or Settings()
-    built = built if built is not None else build_analysis_set(analyses)
+    built = built if built is not None else build_analysis_set(analyses, settings)
     return Definitions(
         assets=[d.asset for d in built.values()],
         jobs=[j for d in built.values() for j in (d.job, d.batch_job)],

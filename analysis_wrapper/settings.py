@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     ALLOW_DIRTY: bool = Field(False, description="1: allow posting results from a dirty git tree")
     GIT_COMMIT: str | None = Field(None, description="Commit of the code where there is no .git")
     CODE_REPOSITORY: Path | None = Field(None, description="Git work tree of the analysis code")
+    ANALYSIS_MODULES: str = Field(
+        "",
+        description="Comma-separated modules whose analyses are served too (kept in another package)",
+    )
     # ---- the inbox sensors (analysis_wrapper.sensors) ----
     SENSOR_INTERVAL_S: int = Field(30, ge=1, description="Seconds between two ticks of an inbox sensor")
     SENSOR_START_STOPPED: bool = Field(
@@ -118,6 +122,10 @@ class Settings(BaseSettings):
     @property
     def dagster_home(self) -> Path:
         return Path(self.DAGSTER_HOME or os.environ.get("DAGSTER_HOME") or ".dagster_home").absolute()
+
+    @property
+    def analysis_modules(self) -> list[str]:
+        return [name.strip() for name in self.ANALYSIS_MODULES.split(",") if name.strip()]
 
     @property
     def sqlite_path(self) -> Path:

@@ -98,7 +98,7 @@ def cli_run(
     }
     out = io.StringIO()
     profiling = maybe_profile(options, profile_label) if profile_label else contextlib.nullcontext()
-    with working_directory(workdir), environment(**env), trivial.served([trivial.analysis]):
+    with working_directory(workdir), environment(**env), trivial.served():
         try:
             with contextlib.redirect_stdout(out), profiling, stopwatch() as t:
                 batching = [] if batch_size is None else ["--batch-size", str(batch_size)]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
@@ -87,29 +88,23 @@ def write_trivial_jobs(root: Path, n: int) -> Path:
 
 
 @contextlib.contextmanager
-def served(extra: Sequence[Analysis[Any, Any]]) -> Iterator[None]:
-    """Make the CLI serve ``extra`` beside the discovered analyses (``cli._open`` calls
-    ``analysis_wrapper.definitions.build_analysis_set()`` at each command)."""
-    import analysis_wrapper.definitions as definitions
-    from analysis_wrapper.analyses import discover_analyses
-
-    original = definitions.build_analysis_set
-
-    def build_analysis_set(analyses: Any = None) -> Any:
-        chosen = list(analyses) if analyses is not None else [*discover_analyses().values(), *extra]
-        return original(chosen)
-
-    definitions.build_analysis_set = build_analysis_set  # type: ignore[assignment]
+def served() -> Iterator[None]:
+    """Make the CLI serve this module's analysis beside the discovered ones (``ANALYSIS_MODULES``)."""
+    before = os.environ.get("ANALYSIS_MODULES")
+    os.environ["ANALYSIS_MODULES"] = __name__ if __name__ != "__main__" else "benchmarks.trivial"
     try:
         yield
     finally:
-        definitions.build_analysis_set = original  # type: ignore[assignment]
+        if before is None:
+            os.environ.pop("ANALYSIS_MODULES", None)
+        else:
+            os.environ["ANALYSIS_MODULES"] = before
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from analysis_wrapper.cli import main as cli_main
 
-    with served([analysis]):
+    with served():
         return cli_main(list(sys.argv[1:] if argv is None else argv))
 
 
