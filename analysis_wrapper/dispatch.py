@@ -7,7 +7,8 @@ data assets to analyse (``s3_location``, ``asset_name``, ``docdb_record_id``, op
 unchanged, so a dispatcher pointed at us needs no change.
 
 :class:`DispatchJob` is the file as written; :class:`AnalysisJob` is one job made concrete for one
-analysis: parameters merged and validated, inputs normalised, fingerprint and partition key fixed.
+analysis: parameters merged and validated, inputs normalised, fingerprint and partition key fixed
+(built by :mod:`analysis_wrapper.make_job`).
 """
 
 from __future__ import annotations
@@ -17,15 +18,10 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-
-from analysis_wrapper.fingerprint import CanonicalJSONError, fingerprint, partition_key
-
-if TYPE_CHECKING:
-    from analysis_wrapper.analysis import Analysis
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +121,7 @@ class DispatchJob(BaseModel):
         return str(name) if name is not None else None
 
 
-def _field_path(loc: Sequence[int | str]) -> str:
+def field_path(loc: Sequence[int | str]) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -147,7 +143,7 @@ def parse_job(data: Any, source: str) -> DispatchJob:
     except ValidationError as exc:
         first = exc.errors()[0]
         extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-        raise JobFileError(source, _field_path(first["loc"]), f"{first['msg']}{extra}") from None
+        raise JobFileError(source, field_path(first["loc"]), f"{first['msg']}{extra}") from None
 
 
 def parse_job_text(text: str | bytes, source: str) -> DispatchJob:
@@ -247,85 +243,3 @@ class AnalysisJob(BaseModel):
         if names:
             return names[0]
         return Path(self.inputs[0]).name if self.inputs else None
-
-
-def build_analysis_job(
-    dispatch: DispatchJob,
-    analysis: Analysis[Any, Any],
-    overrides: Mapping[str, Any] | None = None,
-    source: str = "registry",
-    logger: logging.Logger | None = None,
-) -> AnalysisJob:
-    """Merge and validate parameters, then fix inputs, fingerprint and partition key.
-
-    Raises :class:`JobFileError` naming the parameter when the ``Params`` model rejects a value.
-    """
-    merged = merge_parameters(dispatch, overrides)
-    distributed = dispatch.distributed_parameters or {}
-    for name, value in (overrides or {}).items():
-        if value is not None and name in distributed and distributed[name] != value:
-            (logger or log).warning(
-                "%s [%s]: override %s=%r has no effect: the job's distributed_parameters set %r, which take "
-                "precedence",
-                analysis.name,
-                source,
-                name,
-                value,
-                distributed[name],
-            )
-    try:
-        params = analysis.validate_params(merged)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        raise JobFileError(
-            source, f"parameters.{_field_path(first['loc'])}", f"{first['msg']} (got {first.get('input')!r})"
-        ) from None
-    validated = params.model_dump(mode="json")
-    changes = describe_parameter_changes(merged, validated)
-    if changes:
-        # One message, not one per parameter: in a Dagster run every log call is an event written to storage.
-        (logger or log).info("%s [%s]: parameters: %s", analysis.name, source, "; ".join(changes))
-    inputs = list(dispatch.file_location or dispatch.s3_location)
-    label = dispatch.asset_name[0] if dispatch.asset_name else Path(inputs[0]).name
-    try:
-        job_fingerprint = fingerprint(analysis.name, inputs, validated, analysis.version)
-        key = partition_key(analysis.name, inputs, validated, label)
-    except CanonicalJSONError as exc:
-        raise JobFileError(source, None, f"cannot fingerprint this job: {exc}") from None
-    return AnalysisJob(
-        analysis=analysis.name,
-        version=analysis.version,
-        source=source,
-        dispatch=dispatch,
-        inputs=inputs,
-        parameters=validated,
-        fingerprint=job_fingerprint,
-        partition_key=key,
-    )
-
-
-def select_analysis(
-    dispatch: DispatchJob,
-    analyses: Mapping[str, Analysis[Any, Any]],
-    source: str,
-    override: str | None = None,
-) -> Analysis[Any, Any]:
-    """Pick the analysis a job is for: ``override`` (``--analysis``), else the job's
-    ``analysis_code.parameters.analysis_name``, else the only registered analysis."""
-    name = override or dispatch.analysis_name
-    if name is None:
-        if len(analyses) == 1:
-            return next(iter(analyses.values()))
-        raise UnknownAnalysisError(
-            source,
-            f"analysis_code.parameters.{ANALYSIS_NAME_PARAMETER}",
-            f"missing, and this code location serves several analyses ({', '.join(sorted(analyses))}); "
-            "set it in the job or pass --analysis",
-        )
-    if name not in analyses:
-        raise UnknownAnalysisError(
-            source,
-            f"analysis_code.parameters.{ANALYSIS_NAME_PARAMETER}",
-            f"no analysis named {name!r} here (known: {', '.join(sorted(analyses))})",
-        )
-    return analyses[name]

@@ -30,9 +30,10 @@ from pydantic import BaseModel, ValidationError
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.config import overrides_from_config
-from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError, build_analysis_job
+from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError
 from analysis_wrapper.inputs import InputNotFoundError, resolve_inputs
 from analysis_wrapper.lifecycle import JobLifecycle
+from analysis_wrapper.make_job import build_analysis_job
 from analysis_wrapper.ownership import Claim, Held, claim, fingerprint_key, release
 from analysis_wrapper.provenance import CodeState, DirtyTreeError, build_record, check_may_post
 from analysis_wrapper.resources.results_io import AnalysisResult

@@ -17,15 +17,9 @@ from typing import Any
 from dagster import DagsterInstance
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.dispatch import (
-    AnalysisJob,
-    DispatchJob,
-    JobFileError,
-    build_analysis_job,
-    load_job_file,
-    select_analysis,
-)
+from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError, load_job_file
 from analysis_wrapper.lifecycle import JobLifecycle, RegisterOutcome
+from analysis_wrapper.make_job import build_analysis_job, select_analysis
 from analysis_wrapper.store.base import JobEntry, Store
 
 log = logging.getLogger(__name__)

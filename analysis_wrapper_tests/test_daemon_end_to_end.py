@@ -6,6 +6,7 @@ nothing twice."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -217,3 +218,80 @@ def test_daemon_runs_dropped_jobs_and_survives_kill_9(
     assert lost_keys >= interrupted
     # A lost run is a first attempt (a job's own run key ends in its attempt; a batch's is a hash).
     assert all(r.tags.get("dagster/run_key", "").endswith(":1") for r in lost if r.job_name == isi.job_name)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_killed_cli_runs_do_not_block_the_daemon(
+    dagster_dev: tuple[DagsterDev, Path, Path, Path], tmp_path: Path
+) -> None:
+    """Two `analysis-wrapper run` processes SIGKILLed mid-run leave two STARTED runs, as many as the
+    shipped dagster.yaml lets run at once; the daemon's sensors find them dead (their process is gone),
+    fail them, free the slots, and new jobs dropped into the inbox are recorded. The killed jobs are
+    retried and recorded too."""
+    from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+
+    dev, home, inbox, results = dagster_dev
+    dev.env["SENSOR_BATCH_SIZE"] = "1"
+    examples = load_examples_module()
+    cli_jobs = [list(examples.write_examples(tmp_path / f"cli{i}", n_jobs=6, seed=20 + i)) for i in range(2)]
+    later = list(examples.write_examples(tmp_path / "later", n_jobs=3, seed=30))
+    prepared = prepare_files([f for group in cli_jobs for f in group] + later, {isi.name: isi})
+    assert not prepared.rejected
+    expected = {job.partition_key: job.fingerprint for job in prepared.all_jobs()}
+    assert len(set(expected.values())) == 15
+    store = SqliteStore(home / "analysis_records.sqlite")
+
+    # The CLI uses the same DAGSTER_HOME (and so the shipped queue limits) as the daemon will.
+    exe = Path(sys.executable).parent / "analysis-wrapper"
+    clis = []
+    for i, group in enumerate(cli_jobs):
+        log = (tmp_path / f"cli{i}.log").open("wb")
+        clis.append(
+            subprocess.Popen(
+                [str(exe), "run", str(group[0].parent), "--batch-size", "6"],
+                cwd=tmp_path,
+                env=dev.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
+
+    def both_running() -> bool:
+        running = [e for e in store.list_jobs(isi.name) if e.state == JobState.RUNNING]
+        return len({e.run_id for e in running}) == 2
+
+    wait_for("both CLI runs to be computing a job", both_running, dev)
+    for proc in clis:
+        proc.kill()
+        proc.wait(timeout=30)
+    with DagsterInstance.from_config(str(home)) as instance:
+        started = instance.get_runs(RunsFilter(statuses=[DagsterRunStatus.STARTED]))
+    assert len(started) == 2, "the killed CLI runs should hold both slots of the run queue"
+
+    dev.start()
+    drop(later, inbox)
+
+    def all_recorded() -> bool:
+        return len(store.existing_fingerprints(isi.name, list(expected.values()))) == len(expected)
+
+    def later_recorded() -> bool:
+        fps = [j.fingerprint for j in prepared.all_jobs()[-3:]]
+        return len(store.existing_fingerprints(isi.name, fps)) == 3
+
+    wait_for("the jobs dropped after the kill to be recorded", later_recorded, dev)
+    # The jobs the killed runs held are failed (their run is lost) and retried by the sensor; those the
+    # CLI never reached are still pending and are requested like any other.
+    wait_for("every job, the killed ones too, to be recorded", all_recorded, dev)
+    dev.kill()
+    with DagsterInstance.from_config(str(home)) as instance:
+        killed = [instance.get_run_by_id(r.run_id) for r in started]
+    for run in killed:
+        assert run is not None and run.status == DagsterRunStatus.FAILURE, run
+    records = store.find_records(isi.name)
+    assert sorted(r["_id"] for r in records) == sorted(expected.values())
+    for record in records:
+        folder = results / record["_id"]
+        written = json.loads((folder / "metadata.nd.json").read_text())
+        assert written["analysis_wrapper"]["run_id"] == record["analysis_wrapper"]["run_id"]
+    store.close()

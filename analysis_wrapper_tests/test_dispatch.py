@@ -20,17 +20,17 @@ from analysis_wrapper.dispatch import (
     DispatchJob,
     JobFileError,
     UnknownAnalysisError,
-    build_analysis_job,
     describe_parameter_changes,
     load_job_file,
     merge_parameters,
     normalize_location,
     parse_job_text,
-    select_analysis,
 )
 from analysis_wrapper.fingerprint import fingerprint, partition_key
+from analysis_wrapper.make_job import build_analysis_job, select_analysis
 
 DISPATCH_LOGGER = "analysis_wrapper.dispatch"
+MAKE_JOB_LOGGER = "analysis_wrapper.make_job"
 
 
 def write(path: Path, content: str | bytes) -> Path:
@@ -473,9 +473,9 @@ def test_describe_parameter_changes_is_silent_when_nothing_changed() -> None:
 
 def test_build_analysis_job_logs_parameter_changes(caplog: pytest.LogCaptureFixture) -> None:
     job = dispatch_with(base={"isi_threshold_ms": "2", "surplus": True})
-    with caplog.at_level(logging.INFO, logger=DISPATCH_LOGGER):
+    with caplog.at_level(logging.INFO, logger=MAKE_JOB_LOGGER):
         built = build_analysis_job(job, isi, source="inbox/j.json")
-    messages = [r.getMessage() for r in caplog.records if r.name == DISPATCH_LOGGER]
+    messages = [r.getMessage() for r in caplog.records if r.name == MAKE_JOB_LOGGER]
     assert any("isi_threshold_ms" in m and "'2'" in m and "2.0" in m for m in messages)
     assert any("surplus" in m and "ignored" in m for m in messages)
     assert any("min_isi_ms" in m and "default" in m for m in messages)

@@ -182,11 +182,11 @@ def tick_main(root: Path, store_path: Path, inbox: Path) -> dict[str, Any]:
     sensor_def = build_inbox_sensor(
         built[trivial.NAME], {trivial.NAME: trivial.analysis}, SensorSettings(inbox=str(inbox))
     )
-    records = StoreResource(backend="sqlite", sqlite_path=str(store_path))
-    resources = {"records": records, "s3": S3Resource()}
+    store_resource = StoreResource(backend="sqlite", sqlite_path=str(store_path))
+    resources = {"store": store_resource, "s3": S3Resource()}
     # The cursor of a sensor that has run before: the registry is reconciled with this version.
     cursor = InboxCursor(version=trivial.analysis.version).dump()
-    store = records.get_store()
+    store = store_resource.get_store()
     store.get_jobs(trivial.NAME, ["warm-up"])  # open the store: the connection is kept between ticks
     files_before = sum(1 for p in inbox.iterdir() if p.suffix == ".json")
     reset = _reset_peak_rss()

@@ -69,7 +69,8 @@ def code_server_gone(run: DagsterRun, timeout_s: int = 5) -> str | None:
         return None
     try:
         import grpc
-        from dagster._grpc.__generated__ import dagster_api_pb2  # private: see README, "Private Dagster APIs"
+
+        # Private: Dagster has no public client for a code server (README, "Private Dagster APIs").
         from dagster._grpc.client import DagsterGrpcClient
 
         info = json.loads(info_text)
@@ -83,18 +84,21 @@ def code_server_gone(run: DagsterRun, timeout_s: int = 5) -> str | None:
         log.debug("cannot read grpc_info %r", info_text, exc_info=True)
         return None
     try:
-        client._get_response("Ping", request=dagster_api_pb2.PingRequest(echo=""), timeout=timeout_s)
-    except grpc.RpcError as exc:
-        code = exc.code() if callable(getattr(exc, "code", None)) else None
+        client.get_server_id(timeout=timeout_s)
+    except Exception as exc:  # DagsterUserCodeUnreachableError, caused by the gRPC error
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        code = (
+            cause.code()
+            if isinstance(cause, grpc.RpcError) and callable(getattr(cause, "code", None))
+            else None
+        )
         if code != grpc.StatusCode.UNAVAILABLE:
+            log.debug("code server %s did not answer, but may be alive", info_text, exc_info=True)
             return None
         return (
             f"its run worker is gone: the code server that launched it ({info_text[:200]}) is not "
             "running any more"
         )
-    except Exception:
-        log.debug("ping of %s failed", info_text, exc_info=True)
-        return None
     return None
 
 

@@ -1,0 +1,596 @@
+"""Concurrency with real processes: several ``analysis-wrapper`` (and ``dagster``) processes on the same jobs.
+
+Each test starts real subprocesses on one shared ``DAGSTER_HOME``, record store (SQLite, or MongoDB on the
+session's SecantusDB server) and results storage (a local folder, or S3 on moto), released together, and
+then checks what must hold however they interleaved:
+
+* every process exits 0, its summary line adds up, and no traceback is in its stderr;
+* every fingerprint was computed exactly once (the counting analysis logs each computation), except under
+  ``--force``, where each computation is kept: exactly one current record per fingerprint, and one
+  superseded record for every earlier computation, none lost;
+* every record is consistent with its folder: the folder at the record's ``location`` has a
+  ``metadata.nd.json`` with the record's id, location and run id (``analysis_wrapper.run_id``), exactly the
+  files the record's outputs list (plus ``outputs.json`` and ``metadata.nd.json``), and the token of the
+  computation that the record names (in ``token.txt``, ``outputs.json`` and the record);
+* every job is ``done`` with one attempt per computation, no fingerprint lease is left, no scratch folder and
+  no partial folder is left behind.
+
+"Released together": each process imports everything first, says it is ready, and waits for a gate file
+(the test creates it once all are ready); some trials instead start the real ``analysis-wrapper`` console
+script back to back, so the processes meet wherever their start-up times put them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from analysis_wrapper.ownership import fingerprint_key
+from analysis_wrapper.registration import find_job_files, prepare_files
+from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, RECORD_FILE
+from analysis_wrapper.store.base import JobState
+from analysis_wrapper_tests.conftest import write_job
+from analysis_wrapper_tests.counting_analysis import NAME, RESULT_FILES, TOKEN_FILE, counting, read_log
+from analysis_wrapper_tests.mongo_server import fresh_database_name
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MODULE = "analysis_wrapper_tests.counting_analysis"
+N_JOBS = 5
+PROCESS_TIMEOUT_S = 240.0
+DEFAULT_BATCH: int | None = None  # no --batch-size: the CLI's default (20, so one batch run of all jobs)
+
+# Import the heavy part first, say "ready", then wait for the gate and run the real entry point.
+_GATE_PRELUDE = """
+import os, sys, time
+gate = sys.argv[1]
+import analysis_wrapper.definitions
+{imports}
+open(f"{{gate}}.ready.{{os.getpid()}}", "w").close()
+while not os.path.exists(gate):
+    time.sleep(0.002)
+"""
+CLI_GATED = _GATE_PRELUDE.format(imports="from analysis_wrapper.cli import main") + (
+    "sys.exit(main(sys.argv[2:]))\n"
+)
+DAGSTER_GATED = _GATE_PRELUDE.format(imports="from dagster._cli import main") + (
+    "sys.argv = ['dagster', *sys.argv[2:]]\nsys.exit(main())\n"
+)
+
+SUMMARY = re.compile(r"^(\d+) job\(s\): (.*); (\d+) file\(s\) rejected$")
+OUTCOMES = ("done", "already done", "elsewhere", "dry run", "failed")
+
+
+# ---- the shared environment -------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """One DAGSTER_HOME, record store and results storage, shared by every process of a test."""
+
+    root: Path
+    backend: str
+    storage: str
+    env: dict[str, str]
+    s3: Any = None  # S3Endpoint when storage == "s3"
+    bucket: str = ""
+    store: Any = None
+    logs: Path = field(init=False)
+    _serial: int = 0
+
+    def __post_init__(self) -> None:
+        self.logs = self.root / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def home(self) -> Path:
+        return Path(self.env["DAGSTER_HOME"])
+
+    @property
+    def results_root(self) -> Path:
+        return Path(self.env["RESULTS_ROOT"])
+
+    @property
+    def scratch(self) -> Path:
+        return Path(self.env["TMPDIR"])
+
+    def open_store(self) -> Any:
+        """The record store, opened in this process (after the CLI created it)."""
+        if self.store is None:
+            if self.backend == "sqlite":
+                from analysis_wrapper.store.sqlite import SqliteStore
+
+                self.store = SqliteStore(self.home / "analysis_records.sqlite")
+            else:
+                from analysis_wrapper.store.mongo import MongoStore
+
+                self.store = MongoStore(self.env["DOCDB_URI"], database=self.env["DOCDB_DATABASE"])
+        return self.store
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def label(self, name: str) -> str:
+        self._serial += 1
+        return f"{self._serial:02d}-{name}"
+
+
+@pytest.fixture
+def setup(request: pytest.FixtureRequest, tmp_path: Path, clean_repo: Path) -> Iterator[Setup]:
+    """``request.param`` = (backend, storage); the instance is initialised by one ``status`` first."""
+    backend, storage = request.param
+    env = dict(os.environ)
+    for name in (
+        "ANALYSIS_BUCKET",
+        "AWS_ENDPOINT_URL",
+        "DOCDB_URI",
+        "DOCDB_DATABASE",
+        "ALLOW_DIRTY",
+        "GIT_COMMIT",
+        "DISPATCH_INBOX",
+        "COUNTING_LOG",
+        "LEASE_TTL_S",
+    ):
+        env.pop(name, None)
+    (tmp_path / "tmp").mkdir()
+    env.update(
+        DAGSTER_HOME=str(tmp_path / "home"),
+        RESULTS_ROOT=str(tmp_path / "results"),
+        DRY_RUN_ROOT=str(tmp_path / "dry_run"),
+        DRY_RUN="0",
+        CODE_REPOSITORY=str(clean_repo),
+        ANALYSIS_MODULES=MODULE,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+        TMPDIR=str(tmp_path / "tmp"),  # the scratch folders, checked empty at the end
+    )
+    made = Setup(tmp_path, backend, storage, env)
+    if backend == "mongodb":
+        server = request.getfixturevalue("mongo_server")
+        env.update(DOCDB_URI=server.uri, DOCDB_DATABASE=fresh_database_name("concurrency"))
+    if storage == "s3":
+        made.s3 = request.getfixturevalue("moto_s3")
+        made.bucket = made.s3.new_bucket("conc")
+        env = made.env = {**env, **_aws_env(), "AWS_ENDPOINT_URL": made.s3.endpoint_url}
+        env["ANALYSIS_BUCKET"] = f"{made.bucket}/results"
+    done = run_cli(made, "status")  # creates the instance and the stores before anything races
+    assert done.returncode == 0, done.stderr
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def _aws_env() -> dict[str, str]:
+    """The dummy credentials the ``aws_env`` fixture put in this process's environment."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+
+
+BACKENDS = [
+    pytest.param(("sqlite", "local"), id="sqlite-local"),
+    pytest.param(("mongodb", "local"), id="mongodb-local"),
+]
+WITH_S3 = [*BACKENDS, pytest.param(("mongodb", "s3"), id="mongodb-s3")]
+
+
+# ---- processes ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    args: list[str]
+    popen: subprocess.Popen[bytes]
+    out: Path
+    err: Path
+    code: int | None = None
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace")
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace")
+
+    def describe(self) -> str:
+        return (
+            f"--- {self.name}: {' '.join(self.args)} -> exit {self.code}\n"
+            f"stdout:\n{self.stdout[-3000:]}\nstderr:\n{self.stderr[-3000:]}"
+        )
+
+
+def run_cli(setup: Setup, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "analysis-wrapper"), *args],
+        env=setup.env,
+        cwd=setup.root,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_TIMEOUT_S,
+        check=False,
+    )
+
+
+def start_together(
+    setup: Setup, commands: Sequence[tuple[str, list[str]]], env: dict[str, str], gated: bool = True
+) -> list[Proc]:
+    """Start ``commands`` ((kind, args); kind "cli" or "dagster") and wait for them all.
+
+    ``gated``: each process imports first and waits for a gate file, created when all are ready;
+    otherwise the real console scripts are started back to back."""
+    gate = setup.logs / f".gate-{uuid.uuid4().hex[:8]}"
+    procs: list[Proc] = []
+    for number, (kind, args) in enumerate(commands):
+        if gated:
+            script = CLI_GATED if kind == "cli" else DAGSTER_GATED
+            argv = [sys.executable, "-c", script, str(gate), *args]
+        else:
+            argv = [str(BIN / ("analysis-wrapper" if kind == "cli" else "dagster")), *args]
+        name = f"{gate.name[1:]}-{number}-{kind}"
+        out, err = setup.logs / f"{name}.out", setup.logs / f"{name}.err"
+        with out.open("wb") as out_handle, err.open("wb") as err_handle:
+            popen = subprocess.Popen(argv, env=env, cwd=setup.root, stdout=out_handle, stderr=err_handle)
+        procs.append(Proc(name, [kind, *args], popen, out, err))
+    deadline = time.monotonic() + PROCESS_TIMEOUT_S
+    try:
+        if gated:
+            while len(list(setup.logs.glob(f"{gate.name}.ready.*"))) < len(procs):
+                if any(p.popen.poll() is not None for p in procs):
+                    break  # one died before the gate: let the checks show why
+                assert time.monotonic() < deadline, "the processes did not get ready in time"
+                time.sleep(0.01)
+            gate.touch()
+        for proc in procs:
+            proc.code = proc.popen.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        for proc in procs:
+            if proc.popen.poll() is None:
+                proc.popen.kill()
+                proc.popen.wait()
+    return procs
+
+
+def assert_clean_exits(procs: Sequence[Proc]) -> None:
+    report = "\n".join(p.describe() for p in procs)
+    for proc in procs:
+        assert proc.code == 0, report
+        assert "Traceback" not in proc.stderr, report
+
+
+def summary_counts(proc: Proc, expected_jobs: int) -> dict[str, int]:
+    """The CLI ``run`` summary line as counts; checked to add up, and against the per-job lines."""
+    lines = proc.stdout.splitlines()
+    found = [SUMMARY.match(line) for line in lines]
+    matches = [m for m in found if m]
+    assert len(matches) == 1, proc.describe()
+    total, parts, rejected = int(matches[0].group(1)), matches[0].group(2), int(matches[0].group(3))
+    counts = {label: 0 for label in OUTCOMES}
+    for part in parts.split(", "):
+        number, _, label = part.partition(" ")
+        assert label in counts, proc.describe()
+        counts[label] = int(number)
+    assert total == expected_jobs and rejected == 0, proc.describe()
+    assert sum(counts.values()) == total, proc.describe()
+    for label in OUTCOMES:
+        per_job = sum(1 for line in lines if re.match(rf"^{label}\s+{NAME} ", line))
+        assert per_job == counts[label], (label, proc.describe())
+    return counts
+
+
+# ---- jobs, records and folders ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Jobs:
+    folder: Path
+    fingerprints: dict[str, str]  # partition key -> fingerprint
+
+
+def write_jobs(setup: Setup, name: str, n: int = N_JOBS, sleep_s: float = 0.3) -> Jobs:
+    """``n`` job files of the counting analysis, each over its own small input file."""
+    trial = setup.root / "trials" / name
+    for i in range(n):
+        source = trial / "inputs" / f"input_{i}.txt"
+        source.parent.mkdir(parents=True, exist_ok=True)
+        source.write_text(f"input {i} of {name}\n" * (i + 1))
+        write_job(trial / "jobs", [source], analysis=NAME, sleep_s=sleep_s)
+    files, missing = find_job_files([trial / "jobs"])
+    prepared = prepare_files(files, {NAME: counting})
+    assert not missing and not prepared.rejected
+    jobs = prepared.jobs[NAME]
+    assert len({j.fingerprint for j in jobs}) == n
+    return Jobs(trial / "jobs", {j.partition_key: j.fingerprint for j in jobs})
+
+
+def trial_env(setup: Setup, name: str) -> tuple[dict[str, str], Path]:
+    log = setup.root / "trials" / name / "computations.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    return {**setup.env, "COUNTING_LOG": str(log)}, log
+
+
+def computations(logs: Sequence[Path], fingerprints: Sequence[str]) -> dict[str, list[str]]:
+    """Per fingerprint, the tokens of its computations in these logs (in order); none of others."""
+    tokens: dict[str, list[str]] = {fp: [] for fp in fingerprints}
+    for log in logs:
+        for fingerprint, _pid, token in read_log(log):
+            assert fingerprint in tokens, f"{log}: a computation of an unknown fingerprint {fingerprint}"
+            tokens[fingerprint].append(token)
+    return tokens
+
+
+def records_by_fingerprint(setup: Setup, fingerprints: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every record (current and superseded) of each fingerprint, from the store."""
+    found: dict[str, list[dict[str, Any]]] = {fp: [] for fp in fingerprints}
+    for record in setup.open_store().find_records(NAME, include_superseded=True):
+        fingerprint = record["analysis_wrapper"]["fingerprint"]
+        if fingerprint in found:
+            found[fingerprint].append(record)
+    return found
+
+
+def folder_files(setup: Setup, location: str) -> dict[str, bytes]:
+    """The files of the folder at ``location`` (local path or s3:// URI) and their bytes."""
+    if location.startswith("s3://"):
+        bucket, _, prefix = location[len("s3://") :].partition("/")
+        assert bucket == setup.bucket, location
+        client = setup.s3.client()
+        keys = [
+            obj["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + "/")
+            for obj in page.get("Contents", [])
+        ]
+        return {
+            key[len(prefix) + 1 :]: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys
+        }
+    folder = Path(location)
+    assert folder.is_dir(), f"{location}: no folder"
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def assert_record_matches_folder(setup: Setup, record: dict[str, Any]) -> None:
+    """The record's folder holds exactly this record's computation, completely."""
+    extra = record["analysis_wrapper"]
+    fingerprint = extra["fingerprint"]
+    location = record["location"]
+    if setup.storage == "s3":
+        assert location.startswith(f"s3://{setup.bucket}/results/{record['_id']}"), location
+    else:
+        assert location == str(setup.results_root / record["_id"]), location
+    files = folder_files(setup, location)
+    outputs = record["processing"]["data_processes"][0]["output_parameters"]
+    assert set(files) == {*outputs["files"], OUTPUTS_FILE, RECORD_FILE}, (location, sorted(files))
+    assert set(outputs["files"]) == set(RESULT_FILES)
+    stored = json.loads(files[RECORD_FILE])
+    assert stored["_id"] == stored["name"] == fingerprint, location
+    assert stored["analysis_wrapper"]["run_id"] == extra["run_id"], location
+    # The folder's own metadata names the fingerprint's folder; a superseded record names where it went.
+    assert stored["location"].rsplit("/", 1)[-1] == fingerprint, location
+    assert json.loads(files[OUTPUTS_FILE]) == outputs, location
+    assert files[TOKEN_FILE].decode().strip() == outputs["token"], location
+    assert stored["processing"]["data_processes"][0]["output_parameters"] == outputs, location
+
+
+def check_outcome(
+    setup: Setup, jobs: Jobs, logs: Sequence[Path], force_baseline: dict[str, list[str]] | None = None
+) -> dict[str, list[str]]:
+    """The invariants of a finished trial; returns the tokens per fingerprint (every computation so far).
+
+    Without ``force_baseline``: each fingerprint was computed exactly once and has one record, current.
+    With it (the tokens before a ``--force`` trial): every computation is kept, one current record (the
+    last computation's) and one superseded record for each earlier one."""
+    fps = list(jobs.fingerprints.values())
+    tokens = computations(logs, fps)
+    if force_baseline is not None:
+        tokens = {fp: [*force_baseline[fp], *tokens[fp]] for fp in fps}
+    records = records_by_fingerprint(setup, fps)
+    for fp in fps:
+        current = [r for r in records[fp] if r["_id"] == fp]
+        superseded = [r for r in records[fp] if r["_id"] != fp]
+        if force_baseline is None:
+            assert len(tokens[fp]) == 1, f"{fp} computed {len(tokens[fp])} times: {tokens[fp]}"
+        else:
+            new = len(tokens[fp]) - len(force_baseline[fp])
+            assert 1 <= new <= len(logs) * 2, f"{fp}: {new} force computations ({tokens[fp]})"
+        assert len(current) == 1, f"{fp}: {len(current)} current records"
+        assert len(superseded) == len(tokens[fp]) - 1, (fp, len(superseded), tokens[fp])
+        assert current[0]["analysis_wrapper"]["superseded_by"] is None
+        assert current[0]["processing"]["data_processes"][0]["output_parameters"]["token"] == tokens[fp][-1]
+        kept = sorted(r["processing"]["data_processes"][0]["output_parameters"]["token"] for r in records[fp])
+        assert kept == sorted(tokens[fp]), f"{fp}: records {kept} != computations {tokens[fp]}"
+        for record in superseded:
+            assert record["_id"].startswith(f"{fp}.superseded-"), record["_id"]
+            assert record["analysis_wrapper"]["superseded_by"] == fp
+        for record in records[fp]:
+            assert_record_matches_folder(setup, record)
+    store = setup.open_store()
+    entries = store.get_jobs(NAME, list(jobs.fingerprints))
+    assert set(entries) == set(jobs.fingerprints)
+    for key, entry in entries.items():
+        fp = jobs.fingerprints[key]
+        assert entry.state == JobState.DONE, (key, entry)
+        assert entry.fingerprint == fp
+        assert entry.attempts == len(tokens[fp]), (key, entry.attempts, tokens[fp])
+    assert not store.get_leases([fingerprint_key(fp) for fp in fps]), "fingerprint leases left behind"
+    assert not [p.name for p in setup.scratch.glob(f"{NAME}-*")], "scratch folders left behind"
+    if setup.storage == "local" and setup.results_root.exists():
+        assert not [p.name for p in setup.results_root.glob(".partial-*")], "partial folders left behind"
+    return tokens
+
+
+def check_cli_view(setup: Setup, fingerprints: Sequence[str]) -> None:
+    """``results --include-superseded --json --files`` agrees with the store and the folders."""
+    done = run_cli(setup, "results", "--analysis", NAME, "--include-superseded", "--json", "--files")
+    assert done.returncode == 0, done.stderr
+    listed = {r["_id"]: r for r in json.loads(done.stdout)}
+    wanted = set(fingerprints)
+    stored = {
+        r["_id"]: r
+        for r in setup.open_store().find_records(NAME, include_superseded=True)
+        if r["analysis_wrapper"]["fingerprint"] in wanted
+    }
+    assert {k for k, r in listed.items() if r["analysis_wrapper"]["fingerprint"] in wanted} == set(stored)
+    for record_id, record in stored.items():
+        shown = listed[record_id]
+        assert shown["location"] == record["location"]
+        assert shown["analysis_wrapper"]["run_id"] == record["analysis_wrapper"]["run_id"]
+        assert {f["name"] for f in shown["files"]} == set(folder_files(setup, record["location"]))
+    current = run_cli(setup, "results", "--analysis", NAME, "--json")
+    assert current.returncode == 0, current.stderr
+    shown_current = [r["_id"] for r in json.loads(current.stdout) if r["_id"] in wanted]
+    assert sorted(shown_current) == sorted(wanted)
+
+
+def run_args(jobs: Jobs | None, batch_size: int | None, force: bool = False) -> list[str]:
+    args = ["run"]
+    if jobs is not None:
+        args.append(str(jobs.folder))
+    if batch_size is not None:
+        args += ["--batch-size", str(batch_size)]
+    if force:
+        args.append("--force")
+    return args
+
+
+# ---- the tests ----------------------------------------------------------------------------------
+
+TRIALS = [  # (processes, --batch-size, gated)
+    (4, 1, True),
+    (4, 1, False),
+    (4, DEFAULT_BATCH, True),
+    (2, 1, True),
+    (2, 1, False),
+    (2, DEFAULT_BATCH, True),
+]
+S3_TRIALS = [(4, 1, True), (2, DEFAULT_BATCH, True)]
+
+
+@pytest.mark.parametrize("setup", WITH_S3, indirect=True)
+def test_concurrent_runs_compute_each_fingerprint_once(setup: Setup) -> None:
+    """N ``run DIR`` processes on the same 5 job files: each fingerprint computed and recorded once."""
+    all_fps: list[str] = []
+    for n, batch_size, gated in S3_TRIALS if setup.storage == "s3" else TRIALS:
+        name = setup.label(f"run-{n}x-batch{batch_size or 'default'}-{'gated' if gated else 'popen'}")
+        jobs = write_jobs(setup, name)
+        env, log = trial_env(setup, name)
+        procs = start_together(setup, [("cli", run_args(jobs, batch_size))] * n, env, gated)
+        assert_clean_exits(procs)
+        counts = [summary_counts(p, N_JOBS) for p in procs]
+        report = f"{name}: {counts}"
+        assert sum(c["done"] for c in counts) == N_JOBS, report
+        assert sum(c["already done"] for c in counts) == (n - 1) * N_JOBS, report
+        assert not any(c["failed"] or c["elsewhere"] or c["dry run"] for c in counts), report
+        check_outcome(setup, jobs, [log])
+        all_fps.extend(jobs.fingerprints.values())
+    check_cli_view(setup, all_fps)
+
+
+FORCE_TRIALS = [(2, 1), (2, DEFAULT_BATCH)]
+
+
+@pytest.mark.parametrize("setup", WITH_S3, indirect=True)
+def test_concurrent_force_runs_keep_every_computation(setup: Setup) -> None:
+    """Two ``run --force`` at once over recorded jobs: one current record per fingerprint, and a
+    superseded record, consistent with its own folder, for every computation before the last."""
+    name = setup.label("force")
+    jobs = write_jobs(setup, name)
+    env, first_log = trial_env(setup, name)
+    (first,) = start_together(setup, [("cli", run_args(jobs, DEFAULT_BATCH))], env)
+    assert_clean_exits([first])
+    assert summary_counts(first, N_JOBS)["done"] == N_JOBS
+    tokens = check_outcome(setup, jobs, [first_log])
+    for n, batch_size in FORCE_TRIALS[:1] if setup.storage == "s3" else FORCE_TRIALS:
+        trial = setup.label(f"force-{n}x-batch{batch_size or 'default'}")
+        env, log = trial_env(setup, trial)
+        procs = start_together(setup, [("cli", run_args(jobs, batch_size, force=True))] * n, env)
+        assert_clean_exits(procs)
+        counts = [summary_counts(p, N_JOBS) for p in procs]
+        report = f"{trial}: {counts}"
+        before = tokens
+        tokens = check_outcome(setup, jobs, [log], force_baseline=before)
+        new_computations = sum(len(tokens[fp]) - len(before[fp]) for fp in tokens)
+        assert sum(c["done"] for c in counts) == new_computations, report
+        assert not any(c["failed"] or c["elsewhere"] or c["dry run"] for c in counts), report
+    check_cli_view(setup, list(jobs.fingerprints.values()))
+
+
+@pytest.mark.parametrize("setup", BACKENDS, indirect=True)
+def test_concurrent_submits_then_concurrent_runs_of_the_registry(setup: Setup) -> None:
+    """Four ``submit`` of the same files at once register each job once (registry and Dagster
+    partitions); then four ``run`` with no arguments (every registered job) compute each once."""
+    from dagster import DagsterInstance
+
+    name = setup.label("submit")
+    jobs = write_jobs(setup, name)
+    env, log = trial_env(setup, name)
+    procs = start_together(setup, [("cli", ["submit", str(jobs.folder)])] * 4, env)
+    assert_clean_exits(procs)
+    for proc in procs:
+        assert f"{N_JOBS} job(s) registered, 0 file(s) rejected" in proc.stdout, proc.describe()
+    entries = setup.open_store().list_jobs(NAME)
+    assert sorted(e.partition_key for e in entries) == sorted(jobs.fingerprints)
+    assert {(e.state, e.attempts) for e in entries} == {(JobState.PENDING, 0)}
+    instance = DagsterInstance.from_config(str(setup.home))
+    try:
+        partitions = instance.get_dynamic_partitions(counting.partitions_name)
+    finally:
+        instance.dispose()
+    assert sorted(partitions) == sorted(jobs.fingerprints)
+
+    procs = start_together(setup, [("cli", run_args(None, 1))] * 4, env)
+    assert_clean_exits(procs)
+    counts = [summary_counts(p, N_JOBS) for p in procs]
+    assert sum(c["done"] for c in counts) == N_JOBS, counts
+    assert not any(c["failed"] or c["elsewhere"] for c in counts), counts
+    check_outcome(setup, jobs, [log])
+    check_cli_view(setup, list(jobs.fingerprints.values()))
+
+
+DAGSTER_TRIALS = [(1, True), (DEFAULT_BATCH, True)]  # the CLI's --batch-size, gated
+
+
+@pytest.mark.parametrize("setup", BACKENDS, indirect=True)
+def test_dagster_materialize_beside_a_cli_run_of_the_same_partitions(setup: Setup) -> None:
+    """What the daemon does (a run of the result asset per partition, here ``dagster asset materialize``
+    on the same instance) at the same time as ``analysis-wrapper run`` of the same registered jobs."""
+    trials = [(setup.label(f"dagster-batch{b or 'default'}"), b, g) for b, g in DAGSTER_TRIALS]
+    all_jobs = {name: write_jobs(setup, name, n=2, sleep_s=1.0) for name, _b, _g in trials}
+    registered = run_cli(setup, "submit", *(str(j.folder) for j in all_jobs.values()))
+    assert registered.returncode == 0, registered.stderr
+    all_fps: list[str] = []
+    for name, batch_size, gated in trials:
+        jobs = all_jobs[name]
+        env, log = trial_env(setup, name)
+        materialize = [
+            (
+                "dagster",
+                ["asset", "materialize", "-m", "analysis_wrapper.definitions"]
+                + ["--select", counting.asset_name, "--partition", key],
+            )
+            for key in jobs.fingerprints
+        ]
+        procs = start_together(setup, [("cli", run_args(jobs, batch_size)), *materialize], env, gated)
+        assert_clean_exits(procs)
+        counts = summary_counts(procs[0], len(jobs.fingerprints))
+        assert not (counts["failed"] or counts["elsewhere"]), procs[0].describe()
+        tokens = check_outcome(setup, jobs, [log])
+        # Who computed what: the CLI's "done" jobs, the rest by the dagster processes.
+        pids = {fp: pid for fp, pid, _t in read_log(log)}
+        cli_pid = procs[0].popen.pid
+        assert sum(1 for fp in tokens if pids[fp] == cli_pid) == counts["done"], (pids, counts)
+        all_fps.extend(jobs.fingerprints.values())
+    check_cli_view(setup, all_fps)
