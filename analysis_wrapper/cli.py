@@ -399,7 +399,7 @@ def latest_per_input(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def record_files(record: dict[str, Any], s3_client: Any) -> list[dict[str, Any]]:
     """The files of a record's result folder, wherever it is (local folder or S3)."""
-    from analysis_wrapper.resources.results_storage import storage_for_location
+    from analysis_wrapper.resources.results_location import storage_for_location
 
     storage, name = storage_for_location(record["location"], s3_client)
     return [{"name": f.name, "size": f.size} for f in storage.list_files(name)]

@@ -1,7 +1,8 @@
 """The code location: every analysis's partitions, asset and job, with resources picked from settings.
 
-This is the one place where the environment decides the parts: SQLite or pymongo for records,
-a local folder or S3 for results. Everything else receives resources and never reads settings.
+This is the one place where the environment decides the parts: SQLite or pymongo for jobs, records
+and leases, a local folder or S3 for results. The code location, the CLI and the tests all build
+their ``Definitions`` here. Everything else receives resources and never reads settings.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from analysis_wrapper.analyses import discover_analyses
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.factory import RESULTS_IO_MANAGER_KEY, AnalysisDefinitions, build_analysis_definitions
 from analysis_wrapper.resources.results_io import ResultsIOManager
+from analysis_wrapper.resources.results_location import (
+    LocalResultsResource,
+    ResultsStorageResource,
+    S3ResultsResource,
+)
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.sensors import build_sensors
@@ -42,6 +48,14 @@ def store_resource(settings: Settings) -> StoreResource:
     )
 
 
+def results_storage_resource(settings: Settings, s3: S3Resource) -> ResultsStorageResource:
+    """S3 when ``ANALYSIS_BUCKET`` is set, else the local ``RESULTS_ROOT``; dry runs: ``DRY_RUN_ROOT``."""
+    dry_run_root = str(settings.DRY_RUN_ROOT.absolute())
+    if settings.ANALYSIS_BUCKET:
+        return S3ResultsResource(s3=s3, bucket=settings.ANALYSIS_BUCKET, dry_run_root=dry_run_root)
+    return LocalResultsResource(s3=s3, root=str(settings.RESULTS_ROOT.absolute()), dry_run_root=dry_run_root)
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     store = store_resource(settings)
     # Credentials come from boto3's usual chain (environment, profile, instance role), never from config,
@@ -57,13 +71,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             code_repository=str(settings.CODE_REPOSITORY) if settings.CODE_REPOSITORY else None,
             s3=s3,
         ),
-        RESULTS_IO_MANAGER_KEY: ResultsIOManager(
-            store=store,
-            s3=s3,
-            results_bucket=settings.ANALYSIS_BUCKET,
-            results_root=str(settings.RESULTS_ROOT.absolute()),
-            dry_run_root=str(settings.DRY_RUN_ROOT.absolute()),
-        ),
+        RESULTS_IO_MANAGER_KEY: ResultsIOManager(store=store, results=results_storage_resource(settings, s3)),
     }
 
 

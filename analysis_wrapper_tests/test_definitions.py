@@ -7,6 +7,7 @@ from pathlib import Path
 from dagster import EnvVar
 
 from analysis_wrapper.definitions import build_definitions, build_resources
+from analysis_wrapper.resources.results_location import LocalResultsResource
 from analysis_wrapper.resources.s3_storage import S3ResultsStorage
 from analysis_wrapper.settings import Settings
 
@@ -17,7 +18,7 @@ def test_embedded_defaults(tmp_path: Path) -> None:
     assert resources["store"].backend == "sqlite"
     assert resources["store"].sqlite_path == str(tmp_path / "home" / "analysis_records.sqlite")
     assert resources["runtime"].dry_run is True  # DRY_RUN=1 by default, as in the capsule
-    assert resources["results_io_manager"].results_bucket is None
+    assert isinstance(resources["results_io_manager"].results, LocalResultsResource)
 
 
 def test_cloud_settings_pick_pymongo_and_s3_without_exposing_the_password(
@@ -37,7 +38,7 @@ def test_cloud_settings_pick_pymongo_and_s3_without_exposing_the_password(
     assert records.backend == "mongodb" and records.tls is True
     assert isinstance(records.uri, EnvVar) and records.uri == "DOCDB_URI"
     assert "t0ps3cret" not in repr(records) and "t0ps3cret" not in repr(resources["results_io_manager"])
-    storage = resources["results_io_manager"].storage()
+    storage = resources["results_io_manager"].results.results()
     assert isinstance(storage, S3ResultsStorage)
     assert storage.uri("f" * 64) == f"s3://results-bucket/analyses/isi/{'f' * 64}"
     assert storage.client.meta.endpoint_url == "http://127.0.0.1:9"

@@ -28,18 +28,12 @@ from dagster import (
     InputContext,
     OutputContext,
 )
-from dagster_aws.s3 import S3Resource
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel
 
 from analysis_wrapper.dispatch import AnalysisJob
 from analysis_wrapper.ownership import Claim, end_heartbeat, release
-from analysis_wrapper.resources.results_storage import (
-    OUTPUTS_FILE,
-    LocalResultsStorage,
-    ResultsStorage,
-    storage_for_location,
-)
-from analysis_wrapper.resources.s3_storage import S3ResultsStorage, cached_client, split_bucket
+from analysis_wrapper.resources.results_location import ResultsStorageResource
+from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, ResultsStorage
 from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.store.base import RecordExistsError, StoreError
 
@@ -70,31 +64,10 @@ class AnalysisResult:
 
 
 class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
-    """Writes result folders (local ``results_root``) and commits records to ``records``."""
+    """Writes result folders to ``results`` (picked in ``definitions.py``), commits records to ``store``."""
 
     store: StoreResource
-    s3: S3Resource
-    results_bucket: str | None = Field(
-        default=None, description="bucket[/prefix] for results (ANALYSIS_BUCKET); unset: results_root"
-    )
-    results_root: str = Field(default="analysis_results", description="Local folder for results")
-    dry_run_root: str = Field(
-        default="analysis_results_dry_run", description="Local folder for dry-run results"
-    )
-
-    _storage: ResultsStorage | None = PrivateAttr(None)
-
-    def storage(self) -> ResultsStorage:
-        if self._storage is None:
-            if self.results_bucket:
-                bucket, prefix = split_bucket(self.results_bucket)
-                self._storage = S3ResultsStorage(cached_client(self.s3), bucket, prefix)
-            else:
-                self._storage = LocalResultsStorage(Path(self.results_root))
-        return self._storage
-
-    def dry_run_storage(self) -> LocalResultsStorage:
-        return LocalResultsStorage(Path(self.dry_run_root))
+    results: ResultsStorageResource
 
     # ---- output -----------------------------------------------------------------------------
     def handle_output(self, context: OutputContext, obj: AnalysisResult) -> None:
@@ -147,7 +120,7 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             )
 
     def _write_dry_run(self, obj: AnalysisResult, run_id: str, log: Any) -> dict[str, Any]:
-        storage = self.dry_run_storage()
+        storage = self.results.dry_runs()
         record = {**obj.record, "location": storage.uri(obj.job.fingerprint)}
         assert obj.scratch is not None
         storage.put_result(obj.job.fingerprint, obj.scratch, obj.outputs.model_dump(mode="json"), record)
@@ -161,7 +134,7 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
     def _commit(self, obj: AnalysisResult, run_id: str, log: Any) -> dict[str, Any]:
         store = self.store.get_store()
         lifecycle = self.store.lifecycle()
-        storage = self.storage()
+        storage = self.results.results()
         job = obj.job
         self._check_claim(obj)
         existing = store.get_record(job.analysis, job.fingerprint)
@@ -223,9 +196,7 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         materialization = records[0].asset_materialization
         assert materialization is not None
         location = str(materialization.metadata[LOCATION_METADATA_KEY].value)
-        storage, name = storage_for_location(
-            location, cached_client(self.s3) if location.startswith("s3://") else None
-        )
+        storage, name = self.results.at_location(location)
         data = json.loads(storage.read_bytes(name, OUTPUTS_FILE))
         return outputs_model(upstream.definition_metadata).model_validate(data)
 

@@ -1,4 +1,5 @@
-"""Where result folders live: ``<root>/<fingerprint>/``, on a local disk or (see ``s3_storage``) in S3.
+"""Where result folders live: ``<root>/<fingerprint>/``, on a local disk or (see ``s3_storage``) in S3;
+``results_location`` holds the Dagster resources that pick one.
 
 A storage writes one result folder in a fixed order: the analysis's files, then ``outputs.json``,
 then ``metadata.nd.json``. The IO manager writes the record to the record store only after
@@ -144,18 +145,3 @@ class LocalResultsStorage(ResultsStorage):
         target = self.root / f"{fingerprint}{suffix}"
         os.replace(folder, target)
         return str(target)
-
-
-def storage_for_location(location: str, s3_client: Any = None) -> tuple[ResultsStorage, str]:
-    """The storage holding a recorded ``location`` and the fingerprint folder name within it.
-
-    Pass the configured ``s3_client`` (endpoint, credentials) for ``s3://`` locations; without it a
-    default boto3 client is made, which only knows what the environment says.
-    """
-    if location.startswith("s3://"):
-        from analysis_wrapper.resources.s3_storage import S3ResultsStorage
-
-        bucket_and_prefix, _, name = location[len("s3://") :].rstrip("/").rpartition("/")
-        return S3ResultsStorage.from_bucket_setting(bucket_and_prefix, client=s3_client), name
-    path = Path(location)
-    return LocalResultsStorage(path.parent), path.name

@@ -19,12 +19,12 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 
 from analysis_wrapper.inputs import InputNotFoundError, resolve_inputs
+from analysis_wrapper.resources.results_location import storage_for_location
 from analysis_wrapper.resources.results_storage import (
     OUTPUTS_FILE,
     RECORD_FILE,
     ResultsStorageError,
     json_bytes,
-    storage_for_location,
 )
 from analysis_wrapper.resources.s3_storage import (
     DEFAULT_TRANSFER,
