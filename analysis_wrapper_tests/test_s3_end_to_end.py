@@ -23,6 +23,7 @@ from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, RECORD_FILE
 from analysis_wrapper.resources.store import close_all_stores
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper_tests.conftest import write_job
+from analysis_wrapper_tests.mongo_server import MongoServer, fresh_database_name
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 from analysis_wrapper_tests.sample_analyses import EchoOutputs, echo
 
@@ -78,26 +79,36 @@ def upload_example_jobs(s3: S3Endpoint, example_jobs: list[Path], bucket: str, j
     return nwb_uris
 
 
+@pytest.mark.parametrize("records", ["sqlite", "mongodb"])
 def test_cli_runs_s3_jobs_on_seaweedfs_then_finds_them_done(
     seaweed_s3: S3Endpoint,
     s3_workdir: Path,
     example_jobs: list[Path],
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+    records: str,
 ) -> None:
+    """The production shape on real servers: results in S3 (SeaweedFS), and jobs, records and leases in
+    SQLite or in MongoDB (SecantusDB)."""
     bucket = seaweed_s3.new_bucket("e2e")
     nwb_uris = upload_example_jobs(seaweed_s3, example_jobs, bucket, s3_workdir / "jobs")
     monkeypatch.setenv("ANALYSIS_BUCKET", f"{bucket}/some/prefix")
     monkeypatch.setenv("AWS_ENDPOINT_URL", seaweed_s3.endpoint_url)
+    database = fresh_database_name("e2e")
+    if records == "mongodb":
+        server: MongoServer = request.getfixturevalue("mongo_server")
+        monkeypatch.setenv("DOCDB_URI", server.uri)
+        monkeypatch.setenv("DOCDB_DATABASE", database)
 
     code, out = cli(capsys, "run", "jobs")
     assert code == 0, out
     assert "3 job(s): 3 done, 0 already done, 0 dry run, 0 failed; 0 file(s) rejected" in out
 
     code, out = cli(capsys, "results", "--json")
-    records = json.loads(out)
-    assert code == 0 and len(records) == 3
-    for record in records:
+    found = json.loads(out)
+    assert code == 0 and len(found) == 3
+    for record in found:
         fingerprint = record["_id"]
         assert record["location"] == f"s3://{bucket}/some/prefix/{fingerprint}"
         folder = f"some/prefix/{fingerprint}/"
@@ -105,13 +116,27 @@ def test_cli_runs_s3_jobs_on_seaweedfs_then_finds_them_done(
         body = seaweed_s3.client().get_object(Bucket=bucket, Key=folder + RECORD_FILE)["Body"].read()
         stored = json.loads(body)
         assert stored["_id"] == fingerprint and stored["location"] == record["location"]
-    assert sorted(u for r in records for u in r["analysis_wrapper"]["inputs"]) == sorted(nwb_uris)
+    assert sorted(u for r in found for u in r["analysis_wrapper"]["inputs"]) == sorted(nwb_uris)
     assets = sorted(
-        d["url"] for r in records for d in r["processing"]["data_processes"][0]["code"]["input_data"]
+        d["url"] for r in found for d in r["processing"]["data_processes"][0]["code"]["input_data"]
     )
     assert assets == sorted(uri.rsplit("/", 1)[0] for uri in nwb_uris)
     assert not (s3_workdir / "analysis_results").exists()
     assert sorted(p.name for p in (s3_workdir / "tmp").iterdir()) == []  # scratch and input caches gone
+    sqlite_file = s3_workdir / ".dagster_home" / "analysis_records.sqlite"
+    if records == "mongodb":  # everything went to the server, nothing to a local store
+        client = server.client()
+        try:
+            stored_ids = sorted(d["_id"] for d in client[database]["isi_violations"].find({}, {"_id": 1}))
+            jobs = list(client[database]["analysis_wrapper_jobs"].find({}, {"state": 1}))
+            assert not list(client[database]["analysis_wrapper_leases"].find({}))  # all released
+        finally:
+            client.close()
+        assert stored_ids == sorted(r["_id"] for r in found)
+        assert sorted(j["state"] for j in jobs) == ["done"] * 3
+        assert not sqlite_file.exists()
+    else:
+        assert sqlite_file.is_file()
 
     listing = seaweed_s3.objects(bucket)
     code, out = cli(capsys, "run", "jobs")

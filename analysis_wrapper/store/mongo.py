@@ -433,14 +433,9 @@ class MongoStore(Store):
     def list_jobs(
         self, analysis: str | None = None, states: Iterable[JobState] | None = None
     ) -> list[JobEntry]:
-        query: dict[str, Any] = {}
+        query = self._match_query(JobMatch(states=None if states is None else frozenset(states)))
         if analysis is not None:
             query["analysis"] = analysis
-        if states is not None:
-            values = sorted({JobState(state).value for state in states})
-            if not values:
-                return []
-            query["state"] = {"$in": values}
         jobs = self._jobs()
         docs = self._find("list jobs", jobs, query, sort=[("created_at", ASCENDING), ("_id", ASCENDING)])
         return [self._job_from_doc(doc) for doc in docs]
@@ -458,16 +453,12 @@ class MongoStore(Store):
     ) -> list[JobEntry]:
         if limit <= 0:
             return []
-        query: dict[str, Any] = {"analysis": analysis}
-        if states is not None:
-            values = sorted({JobState(state).value for state in states})
-            if not values:
-                return []
-            query["state"] = {"$in": values}
-        if attempts is not None:
-            query["attempts"] = int(attempts)
-        if updated_before is not None:
-            query["updated_at"] = {"$lt": _bson_time(updated_before)}
+        match = JobMatch(
+            states=None if states is None else frozenset(states),
+            attempts=attempts,
+            updated_before=updated_before,
+        )
+        query = {**self._match_query(match), "analysis": analysis}
         if after_key is not None:
             query["partition_key"] = {"$gt": after_key}
         sort = {

@@ -358,21 +358,13 @@ class SqliteStore(Store):
     def list_jobs(
         self, analysis: str | None = None, states: Iterable[JobState] | None = None
     ) -> list[JobEntry]:
-        conditions: list[str] = []
-        params: list[Any] = []
+        where, params = self._match_sql(JobMatch(states=None if states is None else frozenset(states)))
         if analysis is not None:
-            conditions.append("analysis = ?")
+            where += " AND analysis = ?"
             params.append(analysis)
-        if states is not None:
-            values = sorted({JobState(state).value for state in states})
-            if not values:
-                return []
-            conditions.append(f"state IN ({', '.join('?' * len(values))})")
-            params.extend(values)
-        where = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         conn = self._connection()
         cursor = self._execute(
-            conn, f"SELECT {_JOB_COLUMNS} FROM jobs{where} ORDER BY created_at, rowid", params
+            conn, f"SELECT {_JOB_COLUMNS} FROM jobs WHERE 1{where} ORDER BY created_at, rowid", params
         )
         return [self._job_from_row(row) for row in cursor.fetchall()]
 
@@ -389,20 +381,14 @@ class SqliteStore(Store):
     ) -> list[JobEntry]:
         if limit <= 0:
             return []
-        conditions = ["analysis = ?"]
-        params: list[Any] = [analysis]
-        if states is not None:
-            values = sorted({JobState(state).value for state in states})
-            if not values:
-                return []
-            conditions.append(f"state IN ({', '.join('?' * len(values))})")
-            params.extend(values)
-        if attempts is not None:
-            conditions.append("attempts = ?")
-            params.append(int(attempts))
-        if updated_before is not None:
-            conditions.append("updated_at < ?")
-            params.append(_iso(updated_before))
+        match = JobMatch(
+            states=None if states is None else frozenset(states),
+            attempts=attempts,
+            updated_before=updated_before,
+        )
+        where, match_params = self._match_sql(match)
+        conditions = ["analysis = ?" + where]
+        params: list[Any] = [analysis, *match_params]
         if after_key is not None:
             conditions.append("partition_key > ?")
             params.append(after_key)
