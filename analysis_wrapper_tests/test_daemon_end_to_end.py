@@ -24,9 +24,11 @@ import pytest
 from analysis_wrapper.analyses.isi_violations import analysis as isi
 from analysis_wrapper.registration import prepare_files
 from analysis_wrapper.sensors import run_partition_keys
-from analysis_wrapper.store.base import JobState
+from analysis_wrapper.store.base import JobState, Store
+from analysis_wrapper.store.mongo import MongoStore
 from analysis_wrapper.store.sqlite import SqliteStore
 from analysis_wrapper_tests.conftest import load_examples_module
+from analysis_wrapper_tests.mongo_server import MongoServer, fresh_database_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHIPPED_INSTANCE_YAML = REPO_ROOT / "dagster_home" / "dagster.yaml"
@@ -134,19 +136,34 @@ def wait_for(what: str, check: Callable[[], bool], dev: DagsterDev, timeout: flo
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("batch_size", [1, 10], ids=["run-per-job", "batches"])
+@pytest.mark.parametrize(
+    ("batch_size", "records"),
+    [(1, "sqlite"), (10, "sqlite"), (10, "mongodb")],
+    ids=["run-per-job", "batches", "batches-mongodb"],
+)
 def test_daemon_runs_dropped_jobs_and_survives_kill_9(
-    dagster_dev: tuple[DagsterDev, Path, Path, Path], tmp_path: Path, batch_size: int
+    dagster_dev: tuple[DagsterDev, Path, Path, Path],
+    tmp_path: Path,
+    batch_size: int,
+    records: str,
+    request: pytest.FixtureRequest,
 ) -> None:
     dev, home, inbox, results = dagster_dev
     dev.env["SENSOR_BATCH_SIZE"] = str(batch_size)
+    store: Store
+    if records == "mongodb":  # jobs, records and leases on a real MongoDB server (SecantusDB)
+        server: MongoServer = request.getfixturevalue("mongo_server")
+        database = fresh_database_name("daemon")
+        dev.env.update(DOCDB_URI=server.uri, DOCDB_DATABASE=database)
+        store = MongoStore(server.uri, database=database)
+    else:
+        store = SqliteStore(home / "analysis_records.sqlite")
     files = list(load_examples_module().write_examples(tmp_path / "examples", n_jobs=7, seed=11))
     prepared = prepare_files(files, {isi.name: isi})
     assert not prepared.rejected
     expected = {job.partition_key: job.fingerprint for job in prepared.all_jobs()}
     assert len(set(expected.values())) == 7
     first, second = files[:4], files[4:]
-    store = SqliteStore(home / "analysis_records.sqlite")
 
     def recorded(keys: list[str]) -> bool:
         return len(store.existing_fingerprints(isi.name, [expected[k] for k in keys])) == len(keys)
@@ -221,7 +238,7 @@ def test_daemon_runs_dropped_jobs_and_survives_kill_9(
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(480)
 def test_killed_cli_runs_do_not_block_the_daemon(
     dagster_dev: tuple[DagsterDev, Path, Path, Path], tmp_path: Path
 ) -> None:
@@ -232,14 +249,14 @@ def test_killed_cli_runs_do_not_block_the_daemon(
     from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
     dev, home, inbox, results = dagster_dev
-    dev.env["SENSOR_BATCH_SIZE"] = "1"
+    dev.env["SENSOR_BATCH_SIZE"] = "10"
     examples = load_examples_module()
-    cli_jobs = [list(examples.write_examples(tmp_path / f"cli{i}", n_jobs=6, seed=20 + i)) for i in range(2)]
+    cli_jobs = [list(examples.write_examples(tmp_path / f"cli{i}", n_jobs=4, seed=20 + i)) for i in range(2)]
     later = list(examples.write_examples(tmp_path / "later", n_jobs=3, seed=30))
     prepared = prepare_files([f for group in cli_jobs for f in group] + later, {isi.name: isi})
     assert not prepared.rejected
     expected = {job.partition_key: job.fingerprint for job in prepared.all_jobs()}
-    assert len(set(expected.values())) == 15
+    assert len(set(expected.values())) == 11
     store = SqliteStore(home / "analysis_records.sqlite")
 
     # The CLI uses the same DAGSTER_HOME (and so the shipped queue limits) as the daemon will.
@@ -249,7 +266,7 @@ def test_killed_cli_runs_do_not_block_the_daemon(
         log = (tmp_path / f"cli{i}.log").open("wb")
         clis.append(
             subprocess.Popen(
-                [str(exe), "run", str(group[0].parent), "--batch-size", "6"],
+                [str(exe), "run", str(group[0].parent), "--batch-size", "4"],
                 cwd=tmp_path,
                 env=dev.env,
                 stdout=log,
@@ -279,10 +296,10 @@ def test_killed_cli_runs_do_not_block_the_daemon(
         fps = [j.fingerprint for j in prepared.all_jobs()[-3:]]
         return len(store.existing_fingerprints(isi.name, fps)) == 3
 
-    wait_for("the jobs dropped after the kill to be recorded", later_recorded, dev)
+    wait_for("the jobs dropped after the kill to be recorded", later_recorded, dev, timeout=200)
     # The jobs the killed runs held are failed (their run is lost) and retried by the sensor; those the
     # CLI never reached are still pending and are requested like any other.
-    wait_for("every job, the killed ones too, to be recorded", all_recorded, dev)
+    wait_for("every job, the killed ones too, to be recorded", all_recorded, dev, timeout=200)
     dev.kill()
     with DagsterInstance.from_config(str(home)) as instance:
         killed = [instance.get_run_by_id(r.run_id) for r in started]
