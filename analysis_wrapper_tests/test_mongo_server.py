@@ -165,12 +165,6 @@ def test_null_or_missing(db: Any) -> None:
     assert ids(null_or_missing) == [1, 2, 3, 4, 6]
 
 
-@pytest.mark.xfail(reason="SecantusDB 0.7.0b3: null on a positional path matches every document")
-def test_null_on_a_positional_path(db: Any) -> None:
-    db.docs.insert_many([{"_id": 4, "p": [{"b": None}]}, {"_id": 5, "p": [{"b": "x"}]}])
-    assert sorted(d["_id"] for d in db.docs.find({"p.0.b": None})) == [4]
-
-
 def test_data_survives_sigkill_and_restart(mongo_server_factory: MongoServerFactory) -> None:
     server = mongo_server_factory()
     client = server.client(serverSelectionTimeoutMS=2000)
