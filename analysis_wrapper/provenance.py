@@ -7,6 +7,19 @@ The record keeps the AIND field paths their readers query (``name``, ``location`
 ``Processing``. What Dagster and this wrapper know (run id, partition key, asset key, git commit,
 dirty flag, package versions) sits beside it under ``analysis_wrapper``.
 
+AIND's readers (``get_docdb_records_partial`` of analysis-pipeline-utils) compare two parts of
+``code`` as whole embedded documents, which MongoDB does field by field, in order, extra or missing
+fields included:
+
+* ``input_data``: each entry is exactly ``DataAsset(url=<s3_location>).model_dump(mode="json")``
+  (``object_type``, ``name`` = None, ``url``), as AIND's own records and readers build it; the job's
+  asset names are kept under ``analysis_wrapper.asset_names`` instead.
+* ``parameters``: the validated parameters in the analysis's ``Params`` model field order, with every
+  field (``Params(...).model_dump(mode="json")``), so a reader's ``Params(...).model_dump()`` matches.
+
+``created`` (what ``latest_only`` sorts on, as text) and the process times are fixed-width UTC
+ISO-8601 with microseconds, so sorting them as text sorts them as time.
+
 Git commit and dirty flag go into the record, never into the fingerprint: a new commit alone does not
 re-run anything. Posting results from a dirty tree is refused unless explicitly allowed.
 """
@@ -111,7 +124,14 @@ def environment_description() -> dict[str, Any]:
 
 
 def _iso(moment: dt.datetime) -> str:
-    return moment.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    """``2026-01-15T10:00:00.000000Z``: always with microseconds, so text order is time order."""
+    return moment.astimezone(dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def data_asset(url: str) -> dict[str, Any]:
+    """An ``input_data`` entry: what aind-data-schema's ``DataAsset(url=url).model_dump(mode="json")``
+    gives, field for field and in its order (AIND's readers match these documents whole)."""
+    return {"object_type": "Data asset", "name": None, "url": url}
 
 
 def default_experimenters() -> list[str]:
@@ -135,14 +155,14 @@ def build_record(
     experimenters: list[str],
     dry_run: bool,
 ) -> dict[str, Any]:
-    """The provenance record of one completed job (``_id`` = ``name`` = fingerprint)."""
+    """The provenance record of one completed job (``_id`` = ``name`` = fingerprint).
+
+    ``code.parameters`` is ``job.parameters`` as is: the ``Params`` model's JSON dump, so its keys are
+    in the model's field order (see the module docstring: readers match the object whole).
+    """
     dispatch = job.dispatch
     requested = dispatch.analysis_code
-    names = dispatch.asset_name
-    input_data = [
-        {"object_type": "Data asset", "name": names[i] if i < len(names) else None, "url": url}
-        for i, url in enumerate(dispatch.s3_location)
-    ]
+    input_data = [data_asset(url) for url in dispatch.s3_location]
     notes = [f"Analysis {job.analysis} {job.version}, partition {job.partition_key}"]
     if dispatch.query:
         notes.append(f"Query used to retrieve data assets: {dispatch.query}")
@@ -199,6 +219,7 @@ def build_record(
             "asset_key": asset_key,
             "run_id": run_id,
             "inputs": job.inputs,
+            "asset_names": list(dispatch.asset_name),
             "job_source": job.source,
             "docdb_record_id": dispatch.docdb_record_id,
             "group_metadata": dispatch.group_metadata,
