@@ -52,13 +52,27 @@ def this_host() -> str:
 
 
 def pid_alive(pid: int) -> bool:
+    """True while process ``pid`` of this host exists and has not exited. A zombie (killed or
+    ended, but not yet waited for by its parent) still answers ``kill(pid, 0)``; it is dead all the
+    same, so /proc is asked where there is one."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return _proc_state(pid) not in ("Z", "X", "x")
+
+
+def _proc_state(pid: int) -> str | None:
+    """The state letter of ``pid`` in /proc/<pid>/stat (``Z``: zombie), None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # the command name in parentheses may hold anything
+    return fields[0] if fields else None
 
 
 def holder_dead_here(lease: Lease) -> bool:
@@ -78,27 +92,38 @@ def lease_dead(lease: Lease, now: dt.datetime | None = None) -> str | None:
 
 @dataclass
 class Claim:
-    """A lease this process holds; ``lost`` once another holder took it over."""
+    """A lease this process holds; ``lost`` once another holder took it over, ``released`` once
+    given back (then it is never renewed again)."""
 
     lease: Lease
     store: LeaseStore
     ttl_s: float
     lost: bool = False
+    released: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    """Renewing and releasing one claim never overlap (the renewer thread and the holder)."""
 
     @property
     def key(self) -> str:
         return self.lease.key
 
     def renew(self) -> bool:
-        """Extend the lease now; False (and ``lost``) when it is no longer ours."""
-        if self.lost:
-            return False
-        now = utcnow()
-        renewed = Lease(**{**self.lease.__dict__, "expires_at": now + dt.timedelta(seconds=self.ttl_s)})
-        if self.store.claim_lease(renewed, now):
-            self.lease = renewed
-            return True
-        self.lost = True
+        """Extend the lease now; False (and ``lost``) when it is no longer ours: someone else holds
+        it, or it is gone (taken over after it expired and given back meanwhile: re-creating it
+        would let this holder write what the other one already wrote). False once released."""
+        with self._lock:
+            if self.lost or self.released:
+                return False
+            current = self.store.get_leases([self.key]).get(self.key)
+            if current is not None and current.token == self.lease.token:
+                now = utcnow()
+                renewed = Lease(
+                    **{**self.lease.__dict__, "expires_at": now + dt.timedelta(seconds=self.ttl_s)}
+                )
+                if self.store.claim_lease(renewed, now):
+                    self.lease = renewed
+                    return True
+            self.lost = True
         log.warning("lost the lease on %s: another run took it over after it expired", self.key)
         return False
 
@@ -127,6 +152,9 @@ class _Renewer:
                 self.pid = os.getpid()
                 self.thread = threading.Thread(target=self._loop, name="lease-renewer", daemon=True)
                 self.thread.start()
+        # The thread may be sleeping a third of a longer ttl (or of DEFAULT_TTL_S, with no claims):
+        # wake it, so that it takes this claim's ttl into its interval before the lease expires.
+        self.wake.set()
 
     def remove(self, claim: Claim) -> None:
         with self.lock:
@@ -184,10 +212,15 @@ def claim(store: LeaseStore, key: str, run_id: str, ttl_s: float = DEFAULT_TTL_S
 
 
 def release(made: Claim) -> None:
-    """Give the lease back (only if it is still ours)."""
+    """Give the lease back (only if it is still ours). Once released a claim is never renewed: the
+    renewer may hold it in the round it is about to run."""
     _renewer.remove(made)
-    if not made.lost:
-        made.store.release_lease(made.key, made.lease.token)
+    with made._lock:
+        if made.released:
+            return
+        made.released = True
+        if not made.lost:
+            made.store.release_lease(made.key, made.lease.token)
 
 
 _heartbeats: dict[tuple[int, str], Claim] = {}
