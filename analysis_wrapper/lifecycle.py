@@ -66,7 +66,10 @@ TRANSITIONS: dict[JobEvent, Transition] = {
         "its fingerprint changed (new parameters or analysis version): due again, attempts 0",
     ),
     JobEvent.ALREADY_RECORDED: _t(
-        (S.PENDING, S.FAILED), S.SKIPPED, "-", "registered (or due) while its fingerprint is recorded"
+        (S.PENDING, S.FAILED),
+        S.SKIPPED,
+        "fingerprint = the recorded one",
+        "registered (or due) while its fingerprint is recorded",
     ),
     JobEvent.REQUESTED: _t((S.PENDING,), S.QUEUED, "-", "the inbox sensor's run request exists"),
     JobEvent.SENT_BACK: _t(
@@ -190,7 +193,7 @@ class JobLifecycle:
             ]
             outcome.unchanged.extend(key for key in keys if key not in dict(changed))
             if changed:
-                self.registry.update_each(
+                done = self.registry.update_each(
                     analysis,
                     [
                         (
@@ -201,6 +204,13 @@ class JobLifecycle:
                         for key, old in changed
                     ],
                 )
+                if done < len(changed):  # another writer changed some of them first: say what is true
+                    now = self.registry.get_jobs(analysis, [key for key, _old in changed])
+                    changed = [
+                        (key, old)
+                        for key, old in changed
+                        if key in now and now[key].fingerprint == wanted[(analysis, key)].fingerprint
+                    ]
                 outcome.changed.extend(key for key, _old in changed)
         return outcome
 
@@ -236,9 +246,17 @@ class JobLifecycle:
             ],
         )
 
-    def already_recorded(self, analysis: str, keys: Iterable[str]) -> int:
-        """ALREADY_RECORDED: nothing to run for these (their fingerprints have records)."""
-        return self._many(JobEvent.ALREADY_RECORDED, analysis, keys)
+    def already_recorded(self, analysis: str, recorded: Iterable[tuple[str, str]]) -> int:
+        """ALREADY_RECORDED for (partition key, fingerprint) pairs whose fingerprint has a record: nothing
+        to run. A job re-registered meanwhile (another fingerprint, not recorded) stays due."""
+        match = self._match
+        return self.registry.update_each(
+            analysis,
+            [
+                (key, match(JobEvent.ALREADY_RECORDED, fingerprint=fp), self._to(JobEvent.ALREADY_RECORDED))
+                for key, fp in recorded
+            ],
+        )
 
     # ---- the inbox sensor's requests ----------------------------------------------------------
     def requested(self, analysis: str, keys: Iterable[str]) -> int:

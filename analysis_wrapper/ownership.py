@@ -114,15 +114,10 @@ class Claim:
         with self._lock:
             if self.lost or self.released:
                 return False
-            current = self.store.get_leases([self.key]).get(self.key)
-            if current is not None and current.token == self.lease.token:
-                now = utcnow()
-                renewed = Lease(
-                    **{**self.lease.__dict__, "expires_at": now + dt.timedelta(seconds=self.ttl_s)}
-                )
-                if self.store.claim_lease(renewed, now):
-                    self.lease = renewed
-                    return True
+            expires = utcnow() + dt.timedelta(seconds=self.ttl_s)
+            if self.store.renew_lease(self.key, self.lease.token, expires):
+                self.lease = Lease(**{**self.lease.__dict__, "expires_at": expires})
+                return True
             self.lost = True
         log.warning("lost the lease on %s: another run took it over after it expired", self.key)
         return False

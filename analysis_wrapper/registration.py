@@ -117,10 +117,10 @@ def register_jobs(jobs: Sequence[AnalysisJob], store: Store) -> Registration:
     for name in {a for a, _k in unique}:
         of_analysis = [job for (a, _k), job in unique.items() if a == name]
         found = store.existing_fingerprints(name, [job.fingerprint for job in of_analysis])
-        done = [job.partition_key for job in of_analysis if job.fingerprint in found]
+        done = [(job.partition_key, job.fingerprint) for job in of_analysis if job.fingerprint in found]
         if done:
             lifecycle.already_recorded(name, done)
-        recorded.update(done)
+        recorded.update(key for key, _fp in done)
     return Registration(outcome, recorded, [key for _a, key in unique])
 
 

@@ -130,7 +130,9 @@ CASES: dict[JobEvent, Case] = {
             "source": NEW.source,
         },
     ),
-    E.ALREADY_RECORDED: Case(lambda lc, job: lc.already_recorded(A, [K]), lambda job: {"state": S.SKIPPED}),
+    E.ALREADY_RECORDED: Case(
+        lambda lc, job: lc.already_recorded(A, [(K, FP)]), lambda job: {"state": S.SKIPPED}
+    ),
     E.REQUESTED: Case(lambda lc, job: lc.requested(A, [K]), lambda job: {"state": S.QUEUED}),
     E.SENT_BACK: Case(lambda lc, job: lc.sent_back([job]), lambda job: {"state": S.PENDING}),
     E.STARTED: Case(
@@ -404,7 +406,7 @@ def test_batch_events_change_only_the_jobs_in_a_source_state(store: Store) -> No
     keys = [*(job.partition_key for job in jobs.values()), "unknown"]
     assert lc.requested(A, keys) == 1
     assert read(store, "b-pending").state == S.QUEUED
-    assert lc.already_recorded(A, keys) == 1  # only the failed one now (pending became queued)
+    assert lc.already_recorded(A, [(key, FP) for key in keys]) == 1  # only failed (pending is queued now)
     assert read(store, "b-failed").state == S.SKIPPED
     for state, job in jobs.items():
         if state not in (S.PENDING, S.FAILED):
@@ -529,3 +531,30 @@ def test_processes_race_to_start_one_job(store: Store, request: pytest.FixtureRe
         (worker,) = winners[job.partition_key]
         assert (now.state, now.run_id, now.attempts) == (S.RUNNING, f"run-{worker}", job.attempts + 1)
         assert now.last_error == job.last_error
+
+
+def test_already_recorded_refused_for_a_job_re_registered_meanwhile(store: Store) -> None:  # noqa: F811
+    lc = JobLifecycle(store)
+    make_job(store, S.PENDING)
+    assert lc.reregister(read(store), entry(K, "fp-new"))
+    before = read(store)
+    assert lc.already_recorded(A, [(K, FP)]) == 0  # FP is recorded, but the job is now fp-new: still due
+    assert_unchanged(store, before)
+    assert lc.already_recorded(A, [(K, "fp-new")]) == 1
+    assert read(store).state == S.SKIPPED
+
+
+def test_register_reports_only_the_changes_it_made(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    lc = JobLifecycle(store)
+    lc.register([entry("k1", "a1"), entry("k2", "a2")])
+    real = store.update_each
+
+    def another_writer_first(analysis: str, updates: Any) -> int:
+        # Between our read and our update another process re-registers k2 with its own fingerprint.
+        JobLifecycle(store).reregister(read(store, "k2"), entry("k2", "theirs"))
+        return real(analysis, updates)
+
+    monkeypatch.setattr(store, "update_each", another_writer_first)
+    outcome = lc.register([entry("k1", "b1"), entry("k2", "b2")])
+    assert (outcome.changed, outcome.unchanged) == (["k1"], [])
+    assert read(store, "k2").fingerprint == "theirs"

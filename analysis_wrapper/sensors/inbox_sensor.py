@@ -201,7 +201,7 @@ class Tick:
         # A little more than the budget: jobs recorded meanwhile (e.g. by a CLI run) drop out.
         page = self.store.find_jobs(self.name, states=[JobState.PENDING], limit=wanted + 20, order="created")
         recorded = self.store.existing_fingerprints(self.name, [e.fingerprint for e in page])
-        done = [e.partition_key for e in page if e.fingerprint in recorded]
+        done = [(e.partition_key, e.fingerprint) for e in page if e.fingerprint in recorded]
         if done:
             self.lifecycle.already_recorded(self.name, done)
         chosen = [e for e in page if e.fingerprint not in recorded][:wanted]

@@ -240,6 +240,12 @@ class LeaseStore(abc.ABC):
         One atomic statement; False when someone else holds the key."""
 
     @abc.abstractmethod
+    def renew_lease(self, key: str, token: str, expires_at: dt.datetime) -> bool:
+        """Move the expiry of the lease on ``key`` to ``expires_at`` if it is still held under
+        ``token`` (expired or not); one statement. False when it is gone or someone else's: a renewal
+        never re-creates a lease another holder took over and gave back."""
+
+    @abc.abstractmethod
     def release_lease(self, key: str, token: str) -> None:
         """Remove the lease on ``key`` if it is still held under ``token``."""
 

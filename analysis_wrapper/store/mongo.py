@@ -682,6 +682,16 @@ class MongoStore(Store):
             return False  # the key exists and is held, unexpired, by someone else
         return True
 
+    def renew_lease(self, key: str, token: str, expires_at: dt.datetime) -> bool:
+        leases = self._leases()
+        result: Any = self._run(
+            "renew a lease",
+            lambda: leases.update_one(
+                {"_id": key, "token": token}, {"$set": {"expires_at": _bson_time(expires_at)}}
+            ),
+        )
+        return int(result.matched_count) > 0
+
     def release_lease(self, key: str, token: str) -> None:
         leases = self._leases()
         self._run("release a lease", lambda: leases.delete_one({"_id": key, "token": token}))

@@ -607,6 +607,14 @@ class SqliteStore(Store):
         )
         return cursor.rowcount > 0
 
+    def renew_lease(self, key: str, token: str, expires_at: dt.datetime) -> bool:
+        cursor = self._execute(
+            self._connection(),
+            "UPDATE leases SET expires_at = ? WHERE key = ? AND token = ?",
+            [_iso(expires_at), key, token],
+        )
+        return cursor.rowcount > 0
+
     def release_lease(self, key: str, token: str) -> None:
         self._execute(self._connection(), "DELETE FROM leases WHERE key = ? AND token = ?", [key, token])
 
