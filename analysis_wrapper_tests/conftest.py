@@ -20,7 +20,11 @@ from analysis_wrapper.registration import find_job_files, prepare_files, registe
 from analysis_wrapper.resources.store import close_all_stores
 from analysis_wrapper.settings import Settings
 
-pytest_plugins = ["analysis_wrapper_tests.s3_servers", "analysis_wrapper_tests.mongo_server"]
+pytest_plugins = [
+    "analysis_wrapper_tests.s3_servers",
+    "analysis_wrapper_tests.mongo_server",
+    "analysis_wrapper_tests.postgres_server",
+]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
