@@ -6,34 +6,24 @@
 * Leases are one collection (``leases_collection``) with ``_id`` = the lease key: a claim is one
   upsert whose filter matches only a free, expired or own lease, so the unique ``_id`` index refuses
   a second claimant (``DuplicateKeyError``).
-* DocumentDB-ready: ``retryWrites=False`` (DocumentDB has no retryable writes), optional TLS with a CA
-  file, only commands DocumentDB has (``find``, ``insert``, ``update``, ``bulk_write``,
-  ``find_one_and_update``, ``create_indexes``).
-* Every failure to reach or use the server is raised as :class:`StoreError` naming host(s) and
-  database from :func:`redact_uri`; the password never appears in a message, and the original
-  exception (which may hold the URI) is neither chained nor kept as context.
+* Only commands DocumentDB has (``find``, ``insert``, ``update``, ``bulk_write``,
+  ``find_one_and_update``, ``create_indexes``). The client, credential-free errors and round-trip
+  counting are :class:`~analysis_wrapper.store.mongo_connection.MongoConnection`'s.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
-from urllib.parse import quote, unquote, urlsplit
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from pymongo import ASCENDING, IndexModel, ReturnDocument, UpdateOne
 from pymongo.errors import (
     BulkWriteError,
-    ConnectionFailure,
     DuplicateKeyError,
-    OperationFailure,
-    PyMongoError,
-    ServerSelectionTimeoutError,
 )
 
-from analysis_wrapper.settings import redact_uri
 from analysis_wrapper.store.base import (
     ANY,
     KEEP,
@@ -48,85 +38,21 @@ from analysis_wrapper.store.base import (
     StoreError,
     utcnow,
 )
+from analysis_wrapper.store.mongo_connection import (
+    DUPLICATE_KEY,
+    ID_CHUNK,
+    MongoConnection,
+    as_utc,
+    bson_time,
+    chunks,
+    record_sort_key,
+)
 
 log = logging.getLogger(__name__)
 
-ID_CHUNK = 10_000
-"""Ids per ``$in`` query (a 64-character fingerprint: about 800 kB of query, far below 16 MB)."""
-DUPLICATE_KEY = 11000
-_AUTH_ERROR_CODES = {11, 13, 18}  # UserNotFound, Unauthorized, AuthenticationFailed
-_INDEX_ERRORS_TO_TOLERATE = {13, 85, 86}  # Unauthorized, IndexOptionsConflict, IndexKeySpecsConflict
 
-T = TypeVar("T")
-
-# Indexes already ensured in this process for clients made from a URI: (uri, database, collection).
-_ENSURED_INDEXES: set[tuple[str, str, str]] = set()
-_ENSURED_LOCK = threading.Lock()
-
-
-def _chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-def _utc(value: Any) -> dt.datetime:
-    """BSON datetimes come back naive (UTC, millisecond precision); strings are ISO-8601."""
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if not isinstance(value, dt.datetime):
-        return utcnow()
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
-
-
-def _bson_time(value: dt.datetime) -> dt.datetime:
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
-
-
-def _sort_key(record: Mapping[str, Any]) -> tuple[str, str]:
-    created = record.get("created")
-    if isinstance(created, dt.datetime):
-        text = _bson_time(created).isoformat(timespec="microseconds")
-    else:
-        text = "" if created is None else str(created)
-    return (text, str(record.get("_id")))
-
-
-def _userinfo_and_hosts(uri: str) -> tuple[str, str]:
-    """Split a ``mongodb://user:password@host1,host2/db?options`` URI as pymongo reads it, but
-    tolerating an unescaped ``/`` in the password: the credentials end at the LAST ``@`` before
-    the options."""
-    rest = uri.split("://", 1)[-1].split("?", 1)[0]
-    userinfo, at, hosts = rest.rpartition("@")
-    if not at:
-        userinfo, hosts = "", rest
-    return userinfo, hosts.split("/", 1)[0]
-
-
-def uri_hosts(uri: str) -> str:
-    """The host list of a ``mongodb://`` / ``mongodb+srv://`` URI, without any credentials."""
-    return _userinfo_and_hosts(uri)[1] or "localhost"
-
-
-def _uri_secrets(uri: str) -> set[str]:
-    """The password of ``uri`` in the forms it may appear in (as written, escaped, unescaped)."""
-    secrets: set[str] = set()
-    try:
-        password = urlsplit(uri).password
-        if password:
-            secrets.add(password)
-    except ValueError:
-        pass
-    userinfo = _userinfo_and_hosts(uri)[0]
-    if ":" in userinfo:
-        secrets.add(userinfo.split(":", 1)[1])
-    for secret in list(secrets):
-        secrets.update({quote(secret, safe=""), unquote(secret)})
-    return {secret for secret in secrets if secret}
-
-
-class MongoStore(Store):
-    """Job registry and record store in MongoDB / AWS DocumentDB."""
+class MongoStore(MongoConnection, Store):
+    """Job registry, records and leases in MongoDB / AWS DocumentDB."""
 
     analysis_field = "analysis_wrapper.analysis"
     """Record field holding the analysis name; used (and indexed) only when all analyses share one
@@ -145,157 +71,23 @@ class MongoStore(Store):
         tls_ca_file: str | None = None,
         server_selection_timeout_ms: int = 10000,
     ):
-        if client is None and not uri:
-            raise ValueError("MongoRecordStore needs a mongodb:// URI or a client")
-        self._uri = uri
-        self.database_name = database
+        super().__init__(
+            uri,
+            database=database,
+            client=client,
+            tls=tls,
+            tls_ca_file=tls_ca_file,
+            server_selection_timeout_ms=server_selection_timeout_ms,
+        )
         self.collection = collection
         self.jobs_collection = jobs_collection
         self.leases_collection = leases_collection
-        self.tls = tls
-        self.tls_ca_file = tls_ca_file
-        self.server_selection_timeout_ms = int(server_selection_timeout_ms)
-        self.query_count = 0
-        self._client = client
-        self._owns_client = client is None
-        self._client_lock = threading.Lock()
-        self._ensured: set[tuple[str, str, str]] = set()  # for a client given by the caller
-        self._secrets = _uri_secrets(uri) if uri else set()
-
-    @property
-    def uri(self) -> str | None:
-        """The URI with the password replaced by ``***`` (safe to show)."""
-        return self._scrub(redact_uri(self._uri)) if self._uri else None
 
     def __repr__(self) -> str:
         where = self.uri or "given client"
         return f"MongoStore({where!r}, database={self.database_name!r})"
 
-    # ---- connection and errors ----------------------------------------------------------------
-    def _where(self) -> str:
-        if self._uri:
-            hosts = self._scrub(uri_hosts(self._uri))
-            return f"MongoDB at {hosts} (database {self.database_name!r}, uri {self.uri})"
-        return f"MongoDB (given client, database {self.database_name!r})"
-
-    def _scrub(self, text: str) -> str:
-        """``text`` without the URI's password in any form."""
-        for secret in sorted(self._secrets, key=len, reverse=True):
-            text = text.replace(secret, "***")
-        return text
-
-    def _store_error(self, action: str, exc: BaseException) -> StoreError:
-        reason = str(exc).split(", Timeout:", 1)[0].strip()
-        if isinstance(exc, ServerSelectionTimeoutError):
-            message = f"cannot reach {self._where()} to {action}: {reason}"
-        elif isinstance(exc, ConnectionFailure):
-            message = f"lost the connection to {self._where()} while trying to {action}: {reason}"
-        elif isinstance(exc, OperationFailure) and exc.code in _AUTH_ERROR_CODES:
-            message = (
-                f"authentication or authorization failed on {self._where()} while trying to {action} "
-                f"(check the user, password and authSource in the URI): {reason}"
-            )
-        elif isinstance(exc, OperationFailure):
-            message = f"{self._where()} refused to {action} (code {exc.code}): {reason}"
-        else:
-            message = f"{self._where()}: cannot {action}: {type(exc).__name__}: {reason}"
-        return StoreError(self._scrub(message))
-
-    def _run(self, action: str, call: Callable[[], T]) -> T:
-        """One round trip: counted, and with pymongo failures turned into credential-free
-        :class:`StoreError` raised outside the ``except`` block, so no original is kept as context."""
-        self.query_count += 1
-        try:
-            return call()
-        except (DuplicateKeyError, BulkWriteError):
-            raise  # the callers handle these
-        except PyMongoError as exc:
-            error = self._store_error(action, exc)
-        raise error from None
-
-    def _find(
-        self,
-        action: str,
-        collection: Any,
-        query: Mapping[str, Any],
-        projection: Mapping[str, Any] | None = None,
-        *,
-        sort: list[tuple[str, int]] | None = None,
-        batch_size: int = 0,
-    ) -> list[dict[str, Any]]:
-        """A ``find`` read to the end in one round trip (``batch_size`` = the expected count)."""
-
-        def read() -> list[dict[str, Any]]:
-            cursor = collection.find(query, projection)
-            if sort:
-                cursor = cursor.sort(sort)
-            if batch_size:
-                cursor = cursor.batch_size(batch_size)
-            return [dict(doc) for doc in cursor]
-
-        return self._run(action, read)
-
-    def _find_ids(
-        self, action: str, collection: Any, ids: Sequence[str], projection: Mapping[str, Any] | None
-    ) -> list[dict[str, Any]]:
-        return self._find(action, collection, {"_id": {"$in": list(ids)}}, projection, batch_size=len(ids))
-
-    def _find_one(self, action: str, collection: Any, doc_id: str) -> dict[str, Any] | None:
-        doc = self._run(action, lambda: collection.find_one({"_id": doc_id}))
-        return None if doc is None else dict(doc)
-
-    def _get_client(self) -> Any:
-        if self._client is not None:
-            return self._client
-        with self._client_lock:
-            if self._client is None:
-                self._client = self._make_client()
-        return self._client
-
-    def _make_client(self) -> Any:
-        import pymongo
-
-        options: dict[str, Any] = {
-            "retryWrites": False,  # DocumentDB does not support retryable writes
-            "serverSelectionTimeoutMS": self.server_selection_timeout_ms,
-        }
-        if self.tls is not None:
-            options["tls"] = self.tls
-        if self.tls_ca_file is not None:
-            options["tlsCAFile"] = self.tls_ca_file
-        log.debug("connecting to %s", self._where())
-        try:
-            return pymongo.MongoClient(self._uri, **options)
-        except PyMongoError as exc:  # ConfigurationError / InvalidURI: the URI itself is wrong
-            error = self._store_error("connect", exc)
-        except (TypeError, ValueError) as exc:
-            error = StoreError(self._scrub(f"{self._where()}: invalid connection options: {exc}"))
-        raise error from None
-
-    def _db(self) -> Any:
-        return self._get_client()[self.database_name]
-
-    def _ensure_indexes(self, name: str, indexes: list[IndexModel]) -> None:
-        key = (self._uri or "", self.database_name, name)
-        ensured = _ENSURED_INDEXES if self._owns_client else self._ensured
-        if key in ensured:
-            return
-        collection = self._db()[name]
-
-        def create() -> None:
-            try:
-                collection.create_indexes(indexes)
-            except OperationFailure as exc:
-                # A read-only user, or an index already there under another name or options, must
-                # not stop the store from working: the indexes only make the queries fast.
-                if exc.code not in _INDEX_ERRORS_TO_TOLERATE:
-                    raise
-                log.warning("%s: indexes on %r not created (%s)", self._where(), name, self._scrub(str(exc)))
-
-        self._run(f"create indexes on {name!r}", create)
-        with _ENSURED_LOCK:
-            ensured.add(key)
-
+    # ---- collections --------------------------------------------------------------------------
     def _jobs(self) -> Any:
         self._ensure_indexes(
             self.jobs_collection,
@@ -330,11 +122,6 @@ class MongoStore(Store):
         self._ensure_indexes(name, indexes)
         return self._db()[name]
 
-    def close(self) -> None:
-        if self._owns_client and self._client is not None:
-            client, self._client = self._client, None
-            client.close()
-
     # ---- job registry -------------------------------------------------------------------------
     @staticmethod
     def _job_id(analysis: str, partition_key: str) -> str:
@@ -352,8 +139,8 @@ class MongoStore(Store):
             "run_id": entry.run_id,
             "attempts": int(entry.attempts),
             "last_error": entry.last_error,
-            "created_at": _bson_time(entry.created_at),
-            "updated_at": _bson_time(entry.updated_at),
+            "created_at": bson_time(entry.created_at),
+            "updated_at": bson_time(entry.updated_at),
         }
 
     @staticmethod
@@ -368,8 +155,8 @@ class MongoStore(Store):
             run_id=doc.get("run_id"),
             attempts=int(doc.get("attempts") or 0),
             last_error=doc.get("last_error"),
-            created_at=_utc(doc.get("created_at")),
-            updated_at=_utc(doc.get("updated_at")),
+            created_at=as_utc(doc.get("created_at")),
+            updated_at=as_utc(doc.get("updated_at")),
         )
 
     def insert_jobs(self, entries: Sequence[JobEntry]) -> set[tuple[str, str]]:
@@ -380,7 +167,7 @@ class MongoStore(Store):
             return set()
         jobs = self._jobs()
         inserted: set[tuple[str, str]] = set()
-        for chunk in _chunks(list(wanted), ID_CHUNK):
+        for chunk in chunks(list(wanted), ID_CHUNK):
             found = self._find_ids("look up jobs", jobs, chunk, {"_id": 1})
             known = {doc["_id"] for doc in found}
             new = [doc_id for doc_id in chunk if doc_id not in known]
@@ -423,7 +210,7 @@ class MongoStore(Store):
             return {}
         jobs = self._jobs()
         found: dict[str, JobEntry] = {}
-        for chunk in _chunks(ids, ID_CHUNK):
+        for chunk in chunks(ids, ID_CHUNK):
             docs = self._find_ids("look up jobs", jobs, chunk, None)
             for doc in docs:
                 entry = self._job_from_doc(doc)
@@ -485,12 +272,12 @@ class MongoStore(Store):
         if match.fingerprint is not None:
             query["fingerprint"] = match.fingerprint
         if match.updated_before is not None:
-            query["updated_at"] = {"$lt": _bson_time(match.updated_before)}
+            query["updated_at"] = {"$lt": bson_time(match.updated_before)}
         return query
 
     @staticmethod
     def _change_update(change: JobChange) -> dict[str, Any]:
-        changes: dict[str, Any] = {"state": JobState(change.state).value, "updated_at": _bson_time(utcnow())}
+        changes: dict[str, Any] = {"state": JobState(change.state).value, "updated_at": bson_time(utcnow())}
         if change.run_id is not KEEP:
             changes["run_id"] = change.run_id
         if change.error is not KEEP:
@@ -516,7 +303,7 @@ class MongoStore(Store):
         condition = self._match_query(match)
         update = self._change_update(change)
         changed = 0
-        for chunk in _chunks(ids, ID_CHUNK):
+        for chunk in chunks(ids, ID_CHUNK):
             query = {**condition, "_id": chunk[0] if len(chunk) == 1 else {"$in": list(chunk)}}
             result: Any = self._run("update jobs", lambda q=query: jobs.update_many(q, update))  # type: ignore[misc]
             changed += int(result.modified_count)
@@ -534,7 +321,7 @@ class MongoStore(Store):
             for key, match, change in updates
         ]
         changed = 0
-        for chunk in _chunks(operations, ID_CHUNK):
+        for chunk in chunks(operations, ID_CHUNK):
             result: Any = self._run(
                 "update jobs",
                 lambda c=chunk: jobs.bulk_write(list(c), ordered=False),  # type: ignore[misc]
@@ -549,7 +336,7 @@ class MongoStore(Store):
             return set()
         records = self._records(analysis)
         found: set[str] = set()
-        for chunk in _chunks(ids, ID_CHUNK):
+        for chunk in chunks(ids, ID_CHUNK):
             docs = self._find_ids("look up records", records, chunk, {"_id": 1})
             found.update(doc["_id"] for doc in docs)
         return found
@@ -637,7 +424,7 @@ class MongoStore(Store):
                 self._find("read records", records, query, sort=[("created", ASCENDING), ("_id", ASCENDING)])
             )
         if len(names) > 1:
-            found.sort(key=_sort_key)
+            found.sort(key=record_sort_key)
         return found
 
     # ---- leases -------------------------------------------------------------------------------
@@ -652,7 +439,7 @@ class MongoStore(Store):
             host=doc["host"],
             pid=int(doc["pid"]),
             token=doc["token"],
-            expires_at=_utc(doc["expires_at"]),
+            expires_at=as_utc(doc["expires_at"]),
         )
 
     def claim_lease(self, lease: Lease, now: dt.datetime, *, replacing_token: str | None = None) -> bool:
@@ -660,7 +447,7 @@ class MongoStore(Store):
         tokens = list(dict.fromkeys([lease.token, replacing_token or lease.token]))
         query = {
             "_id": lease.key,
-            "$or": [{"expires_at": {"$lt": _bson_time(now)}}, {"token": {"$in": tokens}}],
+            "$or": [{"expires_at": {"$lt": bson_time(now)}}, {"token": {"$in": tokens}}],
         }
         update = {
             "$set": {
@@ -668,7 +455,7 @@ class MongoStore(Store):
                 "host": lease.host,
                 "pid": int(lease.pid),
                 "token": lease.token,
-                "expires_at": _bson_time(lease.expires_at),
+                "expires_at": bson_time(lease.expires_at),
             }
         }
         try:
@@ -687,7 +474,7 @@ class MongoStore(Store):
         result: Any = self._run(
             "renew a lease",
             lambda: leases.update_one(
-                {"_id": key, "token": token}, {"$set": {"expires_at": _bson_time(expires_at)}}
+                {"_id": key, "token": token}, {"$set": {"expires_at": bson_time(expires_at)}}
             ),
         )
         return int(result.matched_count) > 0

@@ -29,7 +29,8 @@ from analysis_wrapper.store.base import (
     Store,
     StoreError,
 )
-from analysis_wrapper.store.mongo import MongoStore, uri_hosts
+from analysis_wrapper.store.mongo import MongoStore
+from analysis_wrapper.store.mongo_connection import uri_hosts
 from analysis_wrapper.store.sqlite import SCHEMA_VERSION, SqliteStore
 from analysis_wrapper_tests.job_states import register_entries, set_state, set_states
 from analysis_wrapper_tests.mongo_server import MongoServer, fresh_database_name
