@@ -22,6 +22,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -107,6 +108,15 @@ class Claim:
     def key(self) -> str:
         return self.lease.key
 
+    def held_for(self, seconds: float) -> bool:
+        """True when the lease is certainly ours for ``seconds`` more: from its expiry as the last
+        renewal left it (no round trip: until then nobody else may claim it), else renewed now."""
+        if self.lost or self.released:
+            return False
+        if self.lease.expires_at - utcnow() > dt.timedelta(seconds=seconds):
+            return True
+        return self.renew()
+
     def renew(self) -> bool:
         """Extend the lease now; False (and ``lost``) when it is no longer ours: someone else holds
         it, or it is gone (taken over after it expired and given back meanwhile: re-creating it
@@ -156,13 +166,19 @@ class _Renewer:
             self.claims.pop(claim.key + "\0" + claim.lease.token, None)
 
     def _loop(self) -> None:
+        last_round = time.monotonic()
         while True:
             with self.lock:
                 claims = list(self.claims.values())
-            interval = min((c.ttl_s for c in claims), default=DEFAULT_TTL_S) / 3
-            if self.wake.wait(max(interval, 0.05)):
+            interval = max(min((c.ttl_s for c in claims), default=DEFAULT_TTL_S) / 3, 0.05)
+            # A wake (a new claim, maybe with a shorter ttl) recomputes the interval but never postpones
+            # the round that is due: claims added more often than the interval (a batch run's
+            # fingerprints) would otherwise keep every lease, the run's heartbeat too, from renewal.
+            remaining = last_round + interval - time.monotonic()
+            if remaining > 0 and self.wake.wait(remaining):
                 self.wake.clear()
                 continue
+            last_round = time.monotonic()
             for claim in claims:
                 try:
                     claim.renew()

@@ -422,6 +422,27 @@ def test_an_expired_claim_nobody_took_is_still_ours(store: Store) -> None:  # no
     assert stored(store) is None
 
 
+def test_held_for_costs_no_round_trip_while_the_lease_is_fresh(store: Store) -> None:  # noqa: F811
+    """The IO manager asks before each write; a lease the renewer keeps fresh answers from memory."""
+    with releasing() as claims:
+        mine = claimed(claim(store, KEY, "r1", ttl_s=30))
+        claims.append(mine)
+        before = store.query_count
+        assert mine.held_for(10) is True
+        assert store.query_count == before
+        assert mine.held_for(40) is True  # more than is left: renewed now, one statement
+        assert store.query_count == before + 1
+
+
+def test_held_for_is_false_once_another_run_took_the_lease(store: Store) -> None:  # noqa: F811
+    mine = _stalled_claim(store, 0.2)
+    time.sleep(0.25)
+    with releasing() as claims:
+        claims.append(claimed(claim(store, KEY, "r2", ttl_s=30)))
+        assert mine.held_for(0.1) is False
+        assert mine.lost
+
+
 # ---- a race of processes ------------------------------------------------------------------------
 RACERS = 6
 RACE_KEYS = 4

@@ -110,10 +110,10 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             if obj.scratch is not None:
                 shutil.rmtree(obj.scratch, ignore_errors=True)
 
-    @staticmethod
-    def _check_claim(obj: AnalysisResult) -> None:
-        """Renew the run's claim now; refuse to write when another run took it over."""
-        if obj.claim is not None and not obj.claim.renew():
+    def _check_claim(self, obj: AnalysisResult) -> None:
+        """Make sure the run still holds its claim for the next write (half a lease's life, renewed
+        now if less is left); refuse to write when another run took it over."""
+        if obj.claim is not None and not obj.claim.held_for(self.store.lease_ttl_s / 2):
             raise ClaimLostError(
                 f"{obj.job.fingerprint}: this run's claim expired and another run took it over; this "
                 "run's result is discarded (that run records it). Raise LEASE_TTL_S if runs stall this long."
@@ -195,10 +195,34 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             )
         materialization = records[0].asset_materialization
         assert materialization is not None
-        location = str(materialization.metadata[LOCATION_METADATA_KEY].value)
+        location = self._input_location(upstream.definition_metadata, materialization.metadata)
         storage, name = self.results.at_location(location)
         data = json.loads(storage.read_bytes(name, OUTPUTS_FILE))
         return outputs_model(upstream.definition_metadata).model_validate(data)
+
+    def _input_location(self, definition_metadata: Any, metadata: Any) -> str:
+        """The folder of the partition whose latest materialization has ``metadata``: its own
+        location, unless that run skipped the partition. Then the record's, by fingerprint: a run
+        that skipped because another run was computing the fingerprint has no location (and its
+        materialization may well be stored after that run's own, which names the folder)."""
+
+        def value(entry: Any) -> str:
+            return str(getattr(entry, "value", entry) or "")
+
+        status = value(metadata.get("status"))
+        if not status.startswith("skipped"):
+            return value(metadata[LOCATION_METADATA_KEY])
+        analysis = value((definition_metadata or {}).get("analysis"))
+        fingerprint = value(metadata.get("fingerprint"))
+        record = (
+            self.store.get_store().get_record(analysis, fingerprint) if analysis and fingerprint else None
+        )
+        if record is None:
+            raise FileNotFoundError(
+                f"fingerprint {fingerprint or '?'} of {analysis or 'this analysis'} is not recorded: the "
+                f"partition's latest materialization was {status!r}"
+            )
+        return str(record["location"])
 
 
 OUTPUTS_MODEL_METADATA_KEY = "outputs_model"
