@@ -443,6 +443,22 @@ def test_held_for_is_false_once_another_run_took_the_lease(store: Store) -> None
         assert mine.lost
 
 
+def test_new_claims_never_starve_the_renewal_of_a_heartbeat(store: Store) -> None:  # noqa: F811
+    """A batch run claims a fingerprint every fraction of a second; each claim wakes the renewer. Its
+    rounds must still come, or the run's heartbeat expires while the run lives (and it is taken for lost)."""
+    run_id = f"batch-{os.getpid()}-{time.time_ns()}"
+    heartbeat(store, run_id, ttl_s=1.2)
+    try:
+        for i in range(10):  # 1.5 s of claims, longer than the heartbeat's ttl
+            made = claimed(claim(store, f"fingerprint:starve-{i}", run_id, ttl_s=1.2))
+            time.sleep(0.15)
+            release(made)
+        lease = store.get_leases([f"run:{run_id}"])[f"run:{run_id}"]
+        assert lease_dead(lease) is None, "the heartbeat was not renewed while claims came and went"
+    finally:
+        end_heartbeat(run_id)
+
+
 # ---- a race of processes ------------------------------------------------------------------------
 RACERS = 6
 RACE_KEYS = 4
