@@ -95,7 +95,7 @@ def _register_paths(
     ctx: Context, paths: Sequence[str], analysis: str | None, out: TextIO
 ) -> tuple[list[Any], int]:
     """Validate and register job files; return (jobs registered or known, number rejected)."""
-    from analysis_wrapper.registration import find_job_files, prepare_files, register
+    from analysis_wrapper.registration import find_job_files, prepare_files, register_jobs
 
     if analysis and analysis not in ctx.analyses:
         raise SystemExit(
@@ -108,7 +108,9 @@ def _register_paths(
         print(f"REJECTED {item.message}", file=out)
     jobs = []
     for name, analysis_jobs in prepared.jobs.items():
-        outcome = register(analysis_jobs, ctx.analyses[name], ctx.store, ctx.instance).outcome
+        registration = register_jobs(analysis_jobs, ctx.store)
+        _add_partitions(ctx, ctx.analyses[name].partitions_name, registration.keys)
+        outcome = registration.outcome
         for job in analysis_jobs:
             verb = (
                 "registered"
@@ -118,6 +120,26 @@ def _register_paths(
             log.info("%s %s %s (%s)", verb, name, job.partition_key, job.source)
         jobs.extend(analysis_jobs)
     return jobs, len(rejected)
+
+
+def _add_partitions(ctx: Context, partitions_name: str, keys: Sequence[str]) -> None:
+    """Add the jobs' dynamic partitions (as :func:`~analysis_wrapper.registration.register` does),
+    also while another process adds the same new keys: Dagster reads which keys exist, then inserts
+    the others, so two processes may both insert a key and the second fails on Dagster's unique
+    index. Adding again finds that key there and inserts only what is still missing."""
+    from sqlalchemy.exc import IntegrityError
+
+    from analysis_wrapper.registration import add_partitions
+
+    attempts = 5
+    for attempt in range(1, attempts + 1):
+        try:
+            add_partitions(ctx.instance, partitions_name, keys)
+            return
+        except IntegrityError:
+            if attempt == attempts:
+                raise
+            log.info("another process added some of these partitions at the same time; adding the rest")
 
 
 def _pending_registered(ctx: Context, analysis: str | None) -> list[Any]:
@@ -277,7 +299,7 @@ def _materialize(
         elif status.startswith("dry run"):
             outcomes[job.partition_key] = ("dry run", "(nothing posted; DRY_RUN=0 to post)")
         elif status.startswith("skipped"):
-            outcomes[job.partition_key] = _wait_for_other_run(ctx, job, status)
+            outcomes[job.partition_key] = _wait_for_other_run(ctx, job, status, bool(args.force))
         else:
             entry = ctx.store.get_job(analysis, job.partition_key)
             ours = entry is not None and entry.run_id == result.run_id and entry.last_error
@@ -305,27 +327,34 @@ def _statuses(result: Any) -> dict[str, tuple[str, str]]:
     return found
 
 
-def _wait_for_other_run(ctx: Context, job: Any, status: str) -> tuple[str, str]:
+def _wait_for_other_run(ctx: Context, job: Any, status: str, force: bool = False) -> tuple[str, str]:
     """A job skipped because another run holds its fingerprint: wait while that run's claim lives,
-    then say whether it was recorded (by whom) or not."""
+    then say whether it was recorded (by whom) or not.
+
+    Without ``force`` a record ends the wait (the other run committed it). Under ``force`` the record
+    being replaced is there all along: the wait lasts while a claim lives, and only a record of a run
+    seen holding the claim counts. The record is read once the claim is gone (a run commits before it
+    releases), so a record committed just before the release is not missed."""
     import time
 
     from analysis_wrapper.ownership import fingerprint_key, lease_dead
 
+    holders: set[str] = set()
     if "being computed" in status:
         key = fingerprint_key(job.fingerprint)
-        while True:
-            if ctx.store.existing_fingerprints(job.analysis, [job.fingerprint]):
-                break
+        holders.add(status.rsplit(" ", 1)[-1])
+        while force or not ctx.store.existing_fingerprints(job.analysis, [job.fingerprint]):
             lease = ctx.store.get_leases([key]).get(key)
             if lease is None or lease_dead(lease):
-                return ("elsewhere", f"{status}; that run ended without a record (it is retried there)")
+                break
+            holders.add(lease.run_id)
             time.sleep(0.2)
     record = ctx.store.get_record(job.analysis, job.fingerprint)
-    if record is None:
-        return ("elsewhere", status)
-    by = record.get("analysis_wrapper", {}).get("run_id", "?")
-    return ("already done", f"{record.get('location')} (recorded by run {str(by)[:8]})")
+    by = str((record or {}).get("analysis_wrapper", {}).get("run_id", "?"))
+    if record is None or (force and holders and by not in holders):
+        ended = "; that run ended without a record (it is retried there)" if holders else ""
+        return ("elsewhere", f"{status}{ended}")
+    return ("already done", f"{record.get('location')} (recorded by run {by[:8]})")
 
 
 def _first_failure(result: Any) -> str:

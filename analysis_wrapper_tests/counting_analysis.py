@@ -1,11 +1,12 @@
 """A test analysis that counts its computations, for the concurrency tests (``test_concurrency``).
 
-Served by the CLI and ``dagster`` subprocesses through ``ANALYSIS_MODULES=analysis_wrapper_tests.counting_analysis``.
-Each computation appends one line ``<fingerprint> <pid> <token>`` to the file named by ``COUNTING_LOG``
-(opened with ``O_APPEND`` and written with one ``write``, so lines of concurrent processes never mix), then
-sleeps ``sleep_s`` to widen the race window, and writes two result files. ``token`` is new for every
-computation and goes into a result file and into the outputs (hence the record), so a record can be
-matched to the folder and to the log line of the very computation that produced it.
+Served by the CLI and ``dagster`` subprocesses through
+``ANALYSIS_MODULES=analysis_wrapper_tests.counting_analysis``. Each computation appends one line
+``<fingerprint> <pid> <token>`` to the file named by ``COUNTING_LOG`` (opened with ``O_APPEND`` and
+written with one ``write``, so lines of concurrent processes never mix), then sleeps ``sleep_s`` to
+widen the race window, and writes two result files. ``token`` is new for every computation and goes
+into a result file and into the outputs (hence the record), so a record can be matched to the folder
+and to the log line of the very computation that produced it.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ def log_computation(fingerprint: str, token: str) -> None:
         os.close(fd)
 
 
-def run_counting(job: Any, params: CountingParams, results_dir: Path, logger: logging.Logger) -> CountingOutputs:
+def run_counting(
+    job: Any, params: CountingParams, results_dir: Path, logger: logging.Logger
+) -> CountingOutputs:
     token = uuid.uuid4().hex
     log_computation(job.fingerprint, token)
     time.sleep(params.sleep_s)

@@ -17,10 +17,13 @@ STATUSES = {"ok", "pending", "not installed", "error"}
 RATIO_KINDS = {"speed-up", "reduction", "time ratio", "value ratio"}
 BENCHMARKS = {
     "sensor_tick",
+    "sensor_tick_mongo",
     "skip_check",
+    "skip_check_mongo",
     "overhead_trivial",
     "overhead_isi",
     "daemon",
+    "daemon_postgres",
     "upload",
     "memory_run",
 }

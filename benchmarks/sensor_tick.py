@@ -7,8 +7,20 @@ evaluated as the sensor daemon evaluates it (``build_sensor_context`` with the i
 resources, a cursor as left by earlier ticks), then its dynamic-partition requests applied to the
 instance as the daemon applies them. The registry grows 1,000 -> 10,000 -> 100,000 between ticks.
 
-Each tick runs in its own process (``python -m benchmarks.sensor_tick ROOT``), so its peak RSS is its
-own: the peak is reset (``/proc/self/clear_refs``) just before the tick and read (``VmHWM``) after it.
+Each tick runs in its own process (``python -m benchmarks.sensor_tick ROOT STORE INBOX [URI DB]``), so
+its peak RSS is its own: the peak is reset (``/proc/self/clear_refs``) just before the tick and read
+(``VmHWM``) after it.
+
+``run``: the store in SQLite (the embedded default). ``run_mongo`` (``sensor_tick_mongo``): the store on a
+real MongoDB wire-protocol server, SecantusDB on 127.0.0.1 (``StoreResource(backend="mongodb")``, as with
+``DOCDB_URI`` set; Dagster's own storage stays SQLite). Its registry is written with the store's own
+``JobLifecycle.register`` (one ``find`` + one ``insert_many`` per 10,000 jobs) and the records with
+``insert_many`` in chunks, the store's indexes created first. SecantusDB 0.7.0b3 plans
+``{analysis, state: {$in: [...]}, updated_at: {$lt: t}}`` (the sensor's queries for retries and stale
+runs) as a collection scan: the shipped tick grows with the registry there. The what-if (not shipped;
+the tick process patches ``MongoStore`` when ``BENCH_TICK_WHATIF=1``) sends one state per query as a bare
+equality, several states as one query each, merged, with an extra index (analysis, state, updated_at)
+created before that tick and dropped after it: those queries then ride the index.
 """
 
 from __future__ import annotations
@@ -22,12 +34,34 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import trivial
-from benchmarks.common import REPO_ROOT, Entry, RunOptions, compared, entry, failed
+from benchmarks.common import (
+    REPO_ROOT,
+    Entry,
+    RunOptions,
+    ServerMissing,
+    compared,
+    entry,
+    failed,
+    secantus_server,
+    server_missing,
+)
 from benchmarks.records import fingerprint
 
 TICK_TARGET_S = 5.0
 SCALE_TARGET = 1.5
 REGISTRY_BATCH = 10_000
+MONGO_DATABASE = "benchmark_tick"
+MONGO_INSERT_CHUNK = 5_000
+SECANTUS = "SecantusDB"
+MONGO_TICK_BUDGET_S = 20.0
+"""On MongoDB no further tick at a size once its ticks took this long (the shipped tick at 100,000 jobs
+takes about 30 s on SecantusDB: one is enough to see it)."""
+SCAN_NOTE = (
+    "on SecantusDB 0.7.0b3 the sensor's bounded queries for retries and stale runs (find_jobs with "
+    "state {$in: [...]} and updated_at < t, sorted by updated_at) are collection scans (explain: "
+    "COLLSCAN): its planner does not use a compound index for $in followed by a range, so each costs "
+    "time in proportion to the registry"
+)
 
 
 def _status_kb(field: str) -> int | None:
@@ -49,16 +83,33 @@ def _reset_peak_rss() -> bool:
 
 
 class Setup:
-    """The on-disk state of the tick benchmark: Dagster home, record store, inbox, one input file."""
+    """The state of the tick benchmark: Dagster home, record store (a SQLite file, or a database on a
+    MongoDB server when ``uri`` is given), inbox, one input file."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, uri: str | None = None, database: str = MONGO_DATABASE):
         self.root = root
         self.home = root / "dagster_home"
         self.store_path = self.home / "analysis_records.sqlite"
+        self.uri = uri
+        self.database = database
         self.inbox = root / "inbox"
         self.input = root / "inputs" / "asset.txt"
         self.size = 0
         self.batch = 0
+
+    def open_store(self) -> Any:
+        if self.uri:
+            from analysis_wrapper.store.mongo import MongoStore
+
+            return MongoStore(self.uri, database=self.database)
+        from analysis_wrapper.store.sqlite import SqliteStore
+
+        return SqliteStore(self.store_path)
+
+    def tick_args(self) -> list[str]:
+        """The arguments of the tick process (``tick_main``)."""
+        args = [str(self.root), str(self.store_path), str(self.inbox)]
+        return [*args, self.uri, self.database] if self.uri else args
 
     def environ(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in {"DOCDB_URI", "ANALYSIS_BUCKET"}}
@@ -81,13 +132,12 @@ class Setup:
         from analysis_wrapper.lifecycle import JobLifecycle
         from analysis_wrapper.registration import add_partitions
         from analysis_wrapper.store.base import JobEntry, JobState
-        from analysis_wrapper.store.sqlite import SqliteStore
 
         if size <= self.size:
             return 0.0
         start = time.perf_counter()
         log(f"    registry: {self.size:,} -> {size:,} jobs")
-        store = SqliteStore(self.store_path)
+        store = self.open_store()
         instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(self.home)))
         try:
             for lo in range(self.size, size, REGISTRY_BATCH):
@@ -106,15 +156,49 @@ class Setup:
                             state=JobState.DONE,
                         )
                     )
-                JobLifecycle(store).register(entries)
-                for e in entries:
-                    store.insert_record(trivial.NAME, _small_record(e.fingerprint, e.partition_key))
+                JobLifecycle(store).register(entries)  # one find + one insert_many per 10,000 on MongoDB
+                records = [_small_record(e.fingerprint, e.partition_key) for e in entries]
+                if self.uri:
+                    self._insert_many(store, records)
+                else:
+                    for rec in records:
+                        store.insert_record(trivial.NAME, rec)
                 add_partitions(instance, trivial.analysis.partitions_name, [e.partition_key for e in entries])
         finally:
             store.close()
             instance.dispose()
         self.size = size
         return time.perf_counter() - start
+
+    def _insert_many(self, store: Any, records: list[dict[str, Any]]) -> None:
+        """Records into the store's collection with ``insert_many`` (one ``insert_record`` round trip
+        each would dominate the set-up); the store's indexes are made first, as the product makes them."""
+        import pymongo
+
+        store.existing_fingerprints(trivial.NAME, ["warm-up"])  # MongoStore creates its indexes
+        client: Any = pymongo.MongoClient(self.uri, retryWrites=False)
+        try:
+            collection = client[self.database][store.collection or trivial.NAME]
+            for lo in range(0, len(records), MONGO_INSERT_CHUNK):
+                collection.insert_many(records[lo : lo + MONGO_INSERT_CHUNK], ordered=False)
+        finally:
+            client.close()
+
+    def whatif_index(self, create: bool) -> None:
+        """Create (or drop) the what-if's index on the jobs collection, outside the timed tick."""
+        import pymongo
+
+        from analysis_wrapper.store.mongo import MongoStore
+
+        client: Any = pymongo.MongoClient(self.uri, retryWrites=False)
+        try:
+            jobs = client[self.database][MongoStore(self.uri).jobs_collection]
+            if create:
+                jobs.create_index(WHATIF_INDEX, name="whatif_analysis_state_updated")
+            else:
+                jobs.drop_index("whatif_analysis_state_updated")
+        finally:
+            client.close()
 
     def drop_files(self, count: int) -> None:
         self.batch += 1
@@ -126,9 +210,8 @@ class Setup:
     def settle(self) -> None:
         """After a tick: its registered jobs count as done (so every tick starts alike)."""
         from analysis_wrapper.store.base import JobChange, JobMatch, JobState
-        from analysis_wrapper.store.sqlite import SqliteStore
 
-        store = SqliteStore(self.store_path)
+        store = self.open_store()
         try:
             pending = store.find_jobs(trivial.NAME, states=[JobState.PENDING], limit=1_000_000)
             store.update_jobs(
@@ -168,8 +251,53 @@ def _small_record(fp: str, key: str) -> dict[str, Any]:
     }
 
 
+# ---- the what-if on MongoDB (not shipped) --------------------------------------------------------------
+WHATIF_ENV = "BENCH_TICK_WHATIF"
+WHATIF_INDEX = [("analysis", 1), ("state", 1), ("updated_at", 1)]
+WHATIF = (
+    "what-if (not shipped): one state per query as a bare equality (several states: a query each, "
+    "merged) and an index (analysis, state, updated_at)"
+)
+
+
+def _patch_state_equality() -> None:
+    """The what-if, in the tick process: ``MongoStore`` sends ``state: <one value>`` instead of
+    ``state: {$in: [<one value>]}``, and a ``find_jobs`` over several states as one query per state,
+    merged in the same order. SecantusDB plans ``$in`` followed by a range (``updated_at < t``) as a
+    collection scan, a bare equality on the compound index; the merged results are the same."""
+    from analysis_wrapper.store.mongo import MongoStore
+
+    match_query = MongoStore._match_query
+
+    def eq_match_query(match: Any) -> dict[str, Any]:
+        query = match_query(match)
+        state = query.get("state")
+        if isinstance(state, dict) and list(state) == ["$in"] and len(state["$in"]) == 1:
+            query["state"] = state["$in"][0]
+        return query
+
+    find_jobs = MongoStore.find_jobs
+    sort_keys = {
+        "created": lambda e: (e.created_at, e.partition_key),
+        "updated": lambda e: (e.updated_at, e.partition_key),
+        "key": lambda e: e.partition_key,
+    }
+
+    def split_find_jobs(self: Any, analysis: str, *, limit: int, states: Any = None, **kw: Any) -> Any:
+        wanted = None if states is None else list(dict.fromkeys(states))
+        if wanted is None or len(wanted) <= 1:
+            return find_jobs(self, analysis, limit=limit, states=wanted, **kw)
+        found = [e for state in wanted for e in find_jobs(self, analysis, limit=limit, states=[state], **kw)]
+        return sorted(found, key=sort_keys[kw.get("order", "created")])[:limit]
+
+    MongoStore._match_query = staticmethod(eq_match_query)  # type: ignore[method-assign]
+    MongoStore.find_jobs = split_find_jobs  # type: ignore[method-assign]
+
+
 # ---- the tick, in its own process ----------------------------------------------------------------------
-def tick_main(root: Path, store_path: Path, inbox: Path) -> dict[str, Any]:
+def tick_main(
+    root: Path, store_path: Path, inbox: Path, uri: str | None = None, database: str = MONGO_DATABASE
+) -> dict[str, Any]:
     from dagster import DagsterInstance, SensorResult, build_sensor_context
     from dagster_aws.s3 import S3Resource
 
@@ -177,12 +305,18 @@ def tick_main(root: Path, store_path: Path, inbox: Path) -> dict[str, Any]:
     from analysis_wrapper.resources.store import StoreResource
     from analysis_wrapper.sensors import InboxCursor, SensorSettings, build_inbox_sensor
 
+    if uri and os.environ.get(WHATIF_ENV) == "1":
+        _patch_state_equality()
     instance = DagsterInstance.get()
     built = build_analysis_set([trivial.analysis])
     sensor_def = build_inbox_sensor(
         built[trivial.NAME], {trivial.NAME: trivial.analysis}, SensorSettings(inbox=str(inbox))
     )
-    store_resource = StoreResource(backend="sqlite", sqlite_path=str(store_path))
+    store_resource = (
+        StoreResource(backend="mongodb", uri=uri, database=database)
+        if uri
+        else StoreResource(backend="sqlite", sqlite_path=str(store_path))
+    )
     resources = {"store": store_resource, "s3": S3Resource()}
     # The cursor of a sensor that has run before: the registry is reconciled with this version.
     cursor = InboxCursor(version=trivial.analysis.version).dump()
@@ -216,17 +350,11 @@ def tick_main(root: Path, store_path: Path, inbox: Path) -> dict[str, Any]:
     }
 
 
-def _tick_subprocess(setup: Setup) -> dict[str, Any]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "benchmarks.sensor_tick",
-        str(setup.root),
-        str(setup.store_path),
-        str(setup.inbox),
-    ]
+def _tick_subprocess(setup: Setup, whatif: bool = False) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "benchmarks.sensor_tick", *setup.tick_args()]
+    env = {**setup.environ(), WHATIF_ENV: "1" if whatif else "0"}
     done = subprocess.run(
-        cmd, env=setup.environ(), cwd=setup.root, capture_output=True, text=True, timeout=600, check=False
+        cmd, env=env, cwd=setup.root, capture_output=True, text=True, timeout=600, check=False
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
     if done.returncode != 0 or not lines:
@@ -242,76 +370,158 @@ def _median_tick(ticks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(options: RunOptions) -> list[Entry]:
-    sizes = options.sizes
+    """The tick with the embedded store (SQLite), peak RSS included."""
     setup = Setup(Path(options.workdir) / "sensor_tick")
+    return _run_ticks(options, setup, "sensor tick", rss=True)
+
+
+def run_mongo(options: RunOptions) -> list[Entry]:
+    """The tick with the store on a real MongoDB wire-protocol server (SecantusDB on 127.0.0.1), as with
+    ``DOCDB_URI`` set: every store query a TCP round trip to the server."""
+    sizes = options.sizes
+    label = f"sensor tick, {SECANTUS}: registry {max(sizes.sensor_registry):,} jobs"
+    root = Path(options.workdir) / "sensor_tick_mongo"
+    try:
+        with secantus_server(root / "secantus") as server:
+            setup = Setup(root, uri=server.uri)
+            return _run_ticks(options, setup, f"sensor tick, {SECANTUS}", rss=False)
+    except ServerMissing as exc:
+        return [server_missing(label, exc)]
+
+
+def _ticks(
+    options: RunOptions,
+    setup: Setup,
+    label: str,
+    repeats: int,
+    whatif: bool = False,
+    budget_s: float | None = None,
+) -> list[Any]:
+    """``repeats`` ticks, each over ``sensor_new_files`` new files, the registry settled after each;
+    with ``budget_s``, no further tick once the ticks took that long in all."""
+    new = options.sizes.sensor_new_files
+    ticks: list[Any] = []
+    for repeat in range(repeats):
+        if budget_s is not None and ticks and sum(_seconds(t) for t in ticks) > budget_s:
+            break
+        setup.drop_files(new)
+        options.log(f"  {label} (tick {repeat + 1}/{repeats})")
+        tick = _tick_subprocess(setup, whatif)
+        setup.settle()
+        if tick["files_taken"] != new:
+            raise RuntimeError(f"the tick took {tick['files_taken']} of {new} new files")
+        ticks.append(tick)
+    return ticks
+
+
+def _seconds(tick: dict[str, Any]) -> float:
+    return float(tick["evaluate_s"] + tick["apply_s"])
+
+
+def _run_ticks(options: RunOptions, setup: Setup, prefix: str, rss: bool) -> list[Entry]:
+    sizes = options.sizes
     setup.start()
     new = sizes.sensor_new_files
+    smallest, largest = min(sizes.sensor_registry), max(sizes.sensor_registry)
     results: dict[int, dict[str, Any]] = {}
+    whatifs: dict[int, dict[str, Any]] = {}
     entries: list[Entry] = []
+    grown_s = 0.0
     for size in sizes.sensor_registry:
-        label = f"sensor tick: registry {size:,} jobs + {new:,} new files"
-        ticks = []
+        label = f"{prefix}: registry {size:,} jobs + {new:,} new files"
         try:
-            setup.grow(size, options.log)
-            for repeat in range(sizes.sensor_repeats):
-                setup.drop_files(new)
-                options.log(f"  {label} (tick {repeat + 1}/{sizes.sensor_repeats})")
-                tick = _tick_subprocess(setup)
-                setup.settle()
-                if tick["files_taken"] != new:
-                    raise RuntimeError(f"the tick took {tick['files_taken']} of {new} new files")
-                ticks.append(tick)
+            grown_s += setup.grow(size, options.log)
+            budget = MONGO_TICK_BUDGET_S if setup.uri else None
+            ticks = _ticks(options, setup, label, sizes.sensor_repeats, budget_s=budget)
         except Exception as exc:
             entries.append(failed(label, exc))
             continue
         result = results[size] = _median_tick(ticks)
-        seconds = result["evaluate_s"] + result["apply_s"]
+        seeded = f"; registry (jobs, records, partitions) written in {grown_s:.1f} s" if setup.uri else ""
         entries.append(
             entry(
                 label,
-                seconds,
+                _seconds(result),
                 "s",
                 target=f"< {TICK_TARGET_S:g} s",
-                met=max(t["evaluate_s"] + t["apply_s"] for t in ticks) < TICK_TARGET_S,
+                met=max(_seconds(t) for t in ticks) < TICK_TARGET_S,
                 note=(
                     f"median of {len(ticks)}: evaluate {result['evaluate_s']:.2f} s + add partitions "
                     f"{result['apply_s']:.2f} s; {result['store_queries']} store queries, "
                     f"{result['run_requests']} runs requested (creating them is the daemon's, not timed)"
+                    f"{seeded}"
                 ),
             )
         )
         peaks = [t["peak_rss_kb"] for t in ticks if t.get("peak_rss_kb")]
-        if peaks:
+        if rss and peaks:
             grew = max(t["peak_rss_kb"] - (t["rss_before_kb"] or 0) for t in ticks if t.get("peak_rss_kb"))
             entries.append(
                 entry(
-                    f"sensor tick: registry {size:,} jobs, peak RSS",
+                    f"{prefix}: registry {size:,} jobs, peak RSS",
                     max(peaks) / 1024,
                     "MB",
                     note=f"tick process; +{grew / 1024:.0f} MB during the tick"
                     + ("" if all(t["peak_reset"] for t in ticks) else " (peak not reset: includes start-up)"),
                 )
             )
-    smallest, largest = min(sizes.sensor_registry), max(sizes.sensor_registry)
+        # The what-if at the smallest and the largest registry (quick: the largest only, to keep it short).
+        if setup.uri and size in ({largest} if options.quick else {smallest, largest}):
+            whatif_label = f"{prefix}: registry {size:,} jobs + {new:,} new files, what-if"
+            try:
+                setup.whatif_index(True)
+                try:
+                    whatif = whatifs[size] = _ticks(options, setup, whatif_label, 1, whatif=True)[0]
+                finally:
+                    setup.whatif_index(False)
+            except Exception as exc:
+                entries.append(failed(whatif_label, exc))
+            else:
+                entries.append(
+                    compared(
+                        f"{whatif_label} (not shipped)",
+                        _seconds(whatif),
+                        "s",
+                        f"shipped tick at {size:,} jobs",
+                        _seconds(result),
+                        "time ratio",
+                        note=f"{WHATIF}; one tick; {whatif['store_queries']} store queries",
+                    )
+                )
     if smallest in results and largest in results and largest != smallest:
-
-        def total(r: dict[str, Any]) -> float:
-            return float(r["evaluate_s"] + r["apply_s"])
-
+        small, large = results[smallest], results[largest]
         entries.append(
             compared(
-                f"sensor tick: registry {largest:,} vs {smallest:,} jobs",
-                total(results[largest]),
+                f"{prefix}: registry {largest:,} vs {smallest:,} jobs",
+                _seconds(large),
                 "s",
                 f"tick at {smallest:,} jobs",
-                total(results[smallest]),
+                _seconds(small),
                 "time ratio",
                 target=f"≤ {SCALE_TARGET:g}x",
                 met=lambda r: r <= SCALE_TARGET,
+                note=f"store queries: {large['store_queries']} at {largest:,}, {small['store_queries']} at "
+                f"{smallest:,}" + (f"; {SCAN_NOTE}" if setup.uri else ""),
+            )
+        )
+    if smallest in whatifs and largest in whatifs:
+        small, large = whatifs[smallest], whatifs[largest]
+        entries.append(
+            compared(
+                f"{prefix}: registry {largest:,} vs {smallest:,} jobs, what-if (not shipped)",
+                _seconds(large),
+                "s",
+                f"the what-if's tick at {smallest:,} jobs",
+                _seconds(small),
+                "time ratio",
+                target=f"≤ {SCALE_TARGET:g}x",
+                met=lambda r: r <= SCALE_TARGET,
+                note=f"{WHATIF}; one tick each",
             )
         )
     return entries
 
 
 if __name__ == "__main__":
-    print(json.dumps(tick_main(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))))
+    paths = [Path(arg) for arg in sys.argv[1:4]]
+    print(json.dumps(tick_main(paths[0], paths[1], paths[2], *sys.argv[4:6])))

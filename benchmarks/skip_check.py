@@ -1,14 +1,18 @@
 """Item 2: the skip check (is this job's record already there?) for N jobs against a store of N records.
 
 Half of the checked fingerprints are recorded. Every way runs on the same store file / server in the
-same process and must find the same recorded jobs.
+same process and must find the same recorded jobs. ``run``: SQLite (the embedded store); ``run_mongo``
+(``skip_check_mongo``): a real MongoDB wire-protocol server, SecantusDB (``secantusd-py``, a dev
+dependency) started on 127.0.0.1 as the tests start it, so every query is a TCP round trip to a server
+process that plans and executes it (it replaced the mongomock variant, whose in-process Python scans
+said little about a server).
 
 **Ours**: one batched ``store.existing_fingerprints(analysis, fingerprints)`` call on a store whose
 connection is open already: the product keeps one store per process
 (``analysis_wrapper/resources/records.py``, ``StoreResource.get_store``), so a sensor tick or a
 CLI run does not connect for its check.
 
-**The capsule's way** (the headline comparison, target ≥ 50x on SQLite), as analysis-pipeline-utils
+**The capsule's way** (the headline comparison, target ≥ 50x), as analysis-pipeline-utils
 0.2.8 does it (installed in the dev virtualenv, ``site-packages/analysis_pipeline_utils/``):
 
 * ``utils_analysis_dispatch.py``, the dispatcher's filter (``if filter_processed and
@@ -30,10 +34,11 @@ CLI run does not connect for its check.
   nothing matches, two when a record does.
 
 Here each job does the same against our stores: open a new client (SQLite: ``SqliteStore(path)``,
-which is a new sqlite3 connection with the store's setup statements; mongomock: a new
-``MongoClient`` on the same in-memory server), fetch the full matching records (SQLite:
-``get_record``, by the key, which is the name; mongomock: ``find({"name": fp})`` read to the end, as the
-capsule's filter does), count them, close the client. Not reproduced, which favours the capsule: the
+which is a new sqlite3 connection with the store's setup statements; MongoDB: a new
+``pymongo.MongoClient(uri)``, which discovers the replica set and opens its own TCP connection), fetch
+the full matching records (SQLite: ``get_record``, by the key, which is the name; MongoDB:
+``find({"name": fp})`` read to the end, as the capsule's filter does, on the store's ``name`` index),
+count them, close the client. Not reproduced, which favours the capsule: the
 new HTTPS connection and the API gateway in front of the database, the second (empty) page request,
 and hashing the code model. Both sides start with the fingerprints already computed (ours are
 computed before the check too).
@@ -46,27 +51,51 @@ the full record read, without the store's connection setup.
 Counted for each way: lookups (statements that look up records), statements in all (SQLite: the
 store's ``query_count``, which includes the connection setup), and clients opened: none during our
 check (the process's one store connection is reported as 1), one per job on the capsule's way.
+
+**What-if on MongoDB** (not shipped): ours with ``existing_fingerprints`` sending 100 ids per ``$in``
+(``analysis_wrapper.store.mongo.ID_CHUNK``, patched for the call; the package sends 10,000). SecantusDB
+0.7.0b3 looks ``{_id: {$in: [...]}}`` up by ``_id``, then checks every document found against the
+``$in`` list candidate by candidate (``secantus/query.py``: ``any(... for candidate in arg)``), so a query
+of k ids of which half are recorded costs about k²/4 comparisons in Python: 10,000 ids take tens of
+seconds, 10,000 absent ids milliseconds. On SecantusDB ours is timed once when a pass takes longer than
+``BATCHED_BUDGET_S``, and the per-job ways once (a pass over 10,000 jobs is its own average).
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
-from benchmarks.common import Entry, RunOptions, compared, median, stopwatch
+from benchmarks.common import (
+    Entry,
+    RunOptions,
+    ServerMissing,
+    compared,
+    median,
+    secantus_server,
+    server_missing,
+    stopwatch,
+)
 from benchmarks.records import fingerprint, record
 
 ANALYSIS = "bench_skip"
 DATABASE = "benchmark"
 BATCHED_REPEATS = 11
 """Our side takes milliseconds: timed more often than the per-job ways, for a steadier median."""
-MONGOMOCK_SAMPLE = 500
-"""mongomock answers each query by scanning its documents in Python (about 20 ms per query at 10,000
-records), so the per-job ways are timed on an evenly spaced sample of this many jobs and scaled up."""
+BATCHED_BUDGET_S = 10.0
+"""On SecantusDB ours is timed again only while its passes took less than this in all."""
+TARGET = "≥ 50x speed-up"
+SECANTUS = "SecantusDB"
+FILL_CHUNK = 1_000
+"""Records per ``insert_many`` when filling the server (about 8 MB per command)."""
+CANDIDATE_ID_CHUNK = 100
+"""The what-if: ids per ``$in`` in ``existing_fingerprints`` (the package ships ``ID_CHUNK`` = 10,000)."""
 
 CAPSULE = "capsule: new client + full records per job"
 WARM_RECORD = "get_record per job, warm connection"
@@ -116,7 +145,8 @@ def _fill(store: Any, n: int) -> None:
         )
 
 
-def _timed(way: Way, fps: list[str], repeats: int) -> Measured:
+def _timed(way: Way, fps: list[str], repeats: int, budget_s: float | None = None) -> Measured:
+    """The median of ``repeats`` passes; with ``budget_s``, no further pass once that much time went."""
     times: list[float] = []
     tally, found = Tally(), 0
     for _ in range(repeats):
@@ -124,6 +154,8 @@ def _timed(way: Way, fps: list[str], repeats: int) -> Measured:
         with stopwatch() as t:
             found = way(fps, tally)
         times.append(t[0])
+        if budget_s is not None and sum(times) > budget_s:
+            break
     return Measured(median(times), tally.lookups, tally.statements, tally.clients, found)
 
 
@@ -133,11 +165,13 @@ def _measure(
     checked: list[str],
     repeats: tuple[int, int],
     sample: int | None,
+    budget_s: float | None = None,
 ) -> dict[str, Measured]:
     """``batched`` on all of ``checked`` (``repeats[0]`` times); each of ``ways`` (``repeats[1]``
-    times) on all of them, or on an evenly spaced ``sample`` of them, scaled up to all."""
+    times) on all of them, or on an evenly spaced ``sample`` of them, scaled up to all. ``budget_s``:
+    ours is not timed again once that much time went (SecantusDB's batched check takes seconds)."""
     batched(checked[:10], Tally())  # the process's connection and indexes: not part of the check
-    results = {"batched": _timed(batched, checked, repeats[0])}
+    results = {"batched": _timed(batched, checked, repeats[0], budget_s)}
     subset, scale = checked, 1.0
     if sample and sample < len(checked):
         step = len(checked) / sample
@@ -215,24 +249,29 @@ def _sqlite_capsule_ways(path: Path) -> dict[str, Way]:
     }
 
 
-def _mongomock_capsule_way(server: Any, store: Any) -> dict[str, Way]:
-    import mongomock
-
-    collection = store.collection or ANALYSIS  # where MongoStore keeps this analysis's records
+def _mongo_capsule_way(uri: str, collection: str) -> dict[str, Way]:
+    """On the real server: a new ``pymongo.MongoClient`` per job (the replica set discovered, a new TCP
+    connection, the server's handshake), the full records by ``name``, read to the end, the client
+    closed. Not a new MongoStore: that would also create its indexes, which the capsule never does."""
+    import pymongo
 
     def full_records(client: Any, fp: str) -> list[dict[str, Any]]:
         return list(client[DATABASE][collection].find({"name": fp}))
 
-    # A new client per job on the same in-memory server (mongomock's ``_store``). Not a new
-    # MongoStore: that would also create its indexes, which the capsule never does.
-    return {CAPSULE: _client_per_job(lambda: mongomock.MongoClient(_store=server._store), full_records)}
+    return {
+        CAPSULE: _client_per_job(
+            lambda: pymongo.MongoClient(uri, retryWrites=False, serverSelectionTimeoutMS=10_000), full_records
+        )
+    }
 
 
 def _per_fp(seconds: float, n: int) -> str:
     return f"{seconds / n * 1e6:,.1f} µs"
 
 
-def _entries(backend: str, n: int, results: dict[str, Measured], note: str | None) -> list[Entry]:
+def _entries(
+    backend: str, n: int, results: dict[str, Measured], note: str | None, target: str | None = None
+) -> list[Entry]:
     ours = results["batched"]
     wrong = {name: m.found for name, m in results.items() if m.found != n // 2}
     if wrong:
@@ -241,7 +280,6 @@ def _entries(backend: str, n: int, results: dict[str, Measured], note: str | Non
         )
     capsule = results[CAPSULE]
     prefix = f"skip check {n:,} fps, {backend}"
-    target = "≥ 50x speed-up" if backend == "SQLite" else None
 
     def against(name: str, label: str, target: str | None = None) -> Entry:
         other = results[name]
@@ -303,13 +341,11 @@ def _entries(backend: str, n: int, results: dict[str, Measured], note: str | Non
 
 
 def run(options: RunOptions) -> list[Entry]:
+    """The skip check on SQLite (the embedded store)."""
     from analysis_wrapper.store.sqlite import SqliteStore
 
     n = options.sizes.fingerprints
     repeats = options.sizes.skip_repeats
-    checked = [fingerprint(i) for i in range(n // 2, n // 2 + n)]  # the first half is recorded
-    entries: list[Entry] = []
-
     options.log(f"  SQLite: filling a store with {n:,} records")
     path = Path(options.workdir) / "skip_check.sqlite"
     sqlite = SqliteStore(path)
@@ -320,42 +356,129 @@ def run(options: RunOptions) -> list[Entry]:
         )
         batched, ways = _warm_ways(sqlite)
         ways = {**_sqlite_capsule_ways(path), **ways}
-        measured = _measure(ways, batched, checked, (max(repeats, BATCHED_REPEATS), repeats), None)
-        entries += _entries("SQLite", n, measured, None)
+        measured = _measure(ways, batched, _checked(n), (max(repeats, BATCHED_REPEATS), repeats), None)
+        return _entries("SQLite", n, measured, None, TARGET)
     finally:
         sqlite.close()
 
+
+def _checked(n: int) -> list[str]:
+    return [fingerprint(i) for i in range(n // 2, n // 2 + n)]  # the first half is recorded
+
+
+def _fill_mongo(uri: str, store: Any, n: int) -> float:
+    """``n`` records into the store's collection with ``insert_many`` in chunks (one ``insert_record``
+    round trip each would take as long as the benchmark); the store's indexes first, as the product
+    makes them. Returns the seconds."""
+    import pymongo
+
+    start = time.perf_counter()
+    store.existing_fingerprints(ANALYSIS, ["warm-up"])  # MongoStore creates its indexes (name, created)
+    client: Any = pymongo.MongoClient(uri, retryWrites=False)
     try:
-        import mongomock
-    except ImportError:
-        entries.append(
-            Entry(
-                name=f"skip check {n:,} fps, mongomock",
-                value=None,
-                unit="s",
-                status="not installed",
-                note="mongomock not installed (pip install mongomock)",
-            )
-        )
-        return entries
+        collection = client[DATABASE][store.collection or ANALYSIS]
+        for lo in range(0, n, FILL_CHUNK):
+            docs = []
+            for i in range(lo, min(n, lo + FILL_CHUNK)):
+                fp = fingerprint(i)
+                params = {"analysis_name": ANALYSIS, "i": i}
+                docs.append(record(fp, ANALYSIS, f"/results/{fp}", params, {"value": i}))
+            collection.insert_many(docs, ordered=False)
+    finally:
+        client.close()
+    return time.perf_counter() - start
+
+
+def _chunked(store: Any, chunk: int) -> Way:
+    """Ours with ``existing_fingerprints`` sending ``chunk`` ids per ``$in`` (``ID_CHUNK``) instead of the
+    shipped 10,000: a what-if, not what the package does."""
+    import analysis_wrapper.store.mongo as mongo_module
+
+    def way(fps: list[str], tally: Tally) -> int:
+        before = store.query_count
+        with mock.patch.object(mongo_module, "ID_CHUNK", chunk):
+            found = len(store.existing_fingerprints(ANALYSIS, fps))
+        tally.lookups += store.query_count - before
+        tally.statements += store.query_count - before
+        return found
+
+    return way
+
+
+def _measure_mongo(
+    options: RunOptions, uri: str, n: int, checked: list[str]
+) -> tuple[float, dict[str, Measured], Measured]:
     from analysis_wrapper.store.mongo import MongoStore
 
-    options.log(f"  mongomock: filling a store with {n:,} records")
-    server: Any = mongomock.MongoClient()
-    mongo = MongoStore(client=server, database=DATABASE)
-    _fill(mongo, n)
-    sample = MONGOMOCK_SAMPLE if n > MONGOMOCK_SAMPLE else None
+    mongo = MongoStore(uri, database=DATABASE)
+    try:
+        options.log(f"  {SECANTUS}: filling a store with {n:,} records (insert_many)")
+        fill_s = _fill_mongo(uri, mongo, n)
+        options.log(
+            f"  {SECANTUS}: checking {n:,} fingerprints: batched (budget {BATCHED_BUDGET_S:g} s), "
+            "the capsule's way (a client per job) and the warm per-job ways, once each"
+        )
+        batched, ways = _warm_ways(mongo)
+        ways = {**_mongo_capsule_way(uri, mongo.collection or ANALYSIS), **ways}
+        measured = _measure(ways, batched, checked, (BATCHED_REPEATS, 1), None, BATCHED_BUDGET_S)
+        options.log(f"  {SECANTUS}: what-if, existing_fingerprints with ID_CHUNK={CANDIDATE_ID_CHUNK}")
+        way = _chunked(mongo, CANDIDATE_ID_CHUNK)
+        candidate = _timed(way, checked, BATCHED_REPEATS, BATCHED_BUDGET_S)
+    finally:
+        mongo.close()
+    return fill_s, measured, candidate
+
+
+def run_mongo(options: RunOptions) -> list[Entry]:
+    """The skip check on a real MongoDB wire-protocol server: SecantusDB on 127.0.0.1 (TCP round trips)."""
+    from analysis_wrapper.store.mongo import ID_CHUNK
+
+    n = options.sizes.mongo_fingerprints
+    checked = _checked(n)
+    prefix = f"skip check {n:,} fps, {SECANTUS}"
+    try:
+        with secantus_server(Path(options.workdir) / "skip_check_secantus") as server:
+            fill_s, measured, candidate = _measure_mongo(options, server.uri, n, checked)
+    except ServerMissing as exc:
+        return [server_missing(prefix, exc)]
+    version = _version("SecantusDB")
     note = (
-        f"per-job ways timed on {MONGOMOCK_SAMPLE} of {n:,} jobs and scaled; mongomock scans in Python"
-        if sample
-        else "mongomock scans its documents in Python: no server, no network round trip"
+        f"SecantusDB {version} on 127.0.0.1 (TCP, one-node replica set): every query a real round trip; "
+        f"filled in {fill_s:.1f} s"
     )
-    options.log(
-        f"  mongomock: checking {n:,} fingerprints: batched, and the capsule's way and others per job"
+    entries = _entries(SECANTUS, n, measured, note, TARGET)
+    ours, capsule = measured["batched"], measured[CAPSULE]
+    if candidate.found != n // 2:
+        raise AssertionError(f"ID_CHUNK={CANDIDATE_ID_CHUNK}: found {candidate.found:,}, not {n // 2:,}")
+    entries.insert(
+        1,
+        compared(
+            f"{prefix}: what-if, batched in $in chunks of {CANDIDATE_ID_CHUNK} (ID_CHUNK; ships "
+            f"{ID_CHUNK:,}) vs capsule",
+            candidate.seconds,
+            "s",
+            CAPSULE,
+            capsule.seconds,
+            "speed-up",
+            target=TARGET,
+            met=lambda r: r >= 50,
+            note=(
+                f"not shipped; {candidate.lookups:,} queries, {_per_fp(candidate.seconds, n)}/fp, "
+                f"{ours.seconds / candidate.seconds:.3g}x faster than the shipped chunk of {ID_CHUNK:,} on "
+                "this server: SecantusDB looks the $in ids up by _id, then matches every document it found "
+                "against the $in list one candidate after another (secantus/query.py, `any(...)` over "
+                "the list), so one query of k ids costs about k²/4 comparisons in Python; 10,000 ids that "
+                "are all absent take milliseconds"
+            ),
+        ),
     )
-    batched, ways = _warm_ways(mongo)
-    ways = {**_mongomock_capsule_way(server, mongo), **ways}
-    mongo_repeats = 1 if sample else repeats  # mongomock's batched query alone takes seconds
-    measured = _measure(ways, batched, checked, (mongo_repeats, mongo_repeats), sample)
-    entries += _entries("mongomock", n, measured, note)
     return entries
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "?"
