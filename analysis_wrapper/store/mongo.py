@@ -41,6 +41,7 @@ from analysis_wrapper.store.base import (
 from analysis_wrapper.store.mongo_connection import (
     DUPLICATE_KEY,
     ID_CHUNK,
+    WRITE_CHUNK,
     MongoConnection,
     as_utc,
     bson_time,
@@ -49,6 +50,13 @@ from analysis_wrapper.store.mongo_connection import (
 )
 
 log = logging.getLogger(__name__)
+
+_ORDER_KEYS: dict[str, Any] = {
+    "created": lambda entry: (entry.created_at, entry.partition_key),
+    "updated": lambda entry: (entry.updated_at, entry.partition_key),
+    "key": lambda entry: entry.partition_key,
+}
+"""``find_jobs``'s orders, in Python: merging one query per state gives the server's order."""
 
 
 class MongoStore(MongoConnection, Store):
@@ -104,6 +112,8 @@ class MongoStore(MongoConnection, Store):
                         ("updated_at", ASCENDING),
                     ]
                 ),
+                # Stale in-flight jobs (the run audit: one state at a time, oldest update first).
+                IndexModel([("analysis", ASCENDING), ("state", ASCENDING), ("updated_at", ASCENDING)]),
                 IndexModel([("analysis", ASCENDING), ("partition_key", ASCENDING)]),
             ],
         )
@@ -166,19 +176,18 @@ class MongoStore(MongoConnection, Store):
         if not wanted:
             return set()
         jobs = self._jobs()
-        inserted: set[tuple[str, str]] = set()
+        known: set[str] = set()
         for chunk in chunks(list(wanted), ID_CHUNK):
-            found = self._find_ids("look up jobs", jobs, chunk, {"_id": 1})
-            known = {doc["_id"] for doc in found}
-            new = [doc_id for doc_id in chunk if doc_id not in known]
-            if not new:
-                continue
+            known.update(doc["_id"] for doc in self._find_ids("look up jobs", jobs, chunk, {"_id": 1}))
+        new = [doc_id for doc_id in wanted if doc_id not in known]
+        inserted: set[tuple[str, str]] = set()
+        for chunk in chunks(new, WRITE_CHUNK):
             # Another process may register the same ids between our find and our insert: the
             # server's unique _id index decides, and those ids are left as that process wrote them.
-            lost = self._insert_new_jobs(jobs, [self._job_doc(wanted[doc_id]) for doc_id in new])
+            lost = self._insert_new_jobs(jobs, [self._job_doc(wanted[doc_id]) for doc_id in chunk])
             inserted.update(
                 (wanted[doc_id].analysis, wanted[doc_id].partition_key)
-                for doc_id in new
+                for doc_id in chunk
                 if doc_id not in lost
             )
         return inserted
@@ -240,8 +249,27 @@ class MongoStore(MongoConnection, Store):
     ) -> list[JobEntry]:
         if limit <= 0:
             return []
+        wanted = None if states is None else sorted(frozenset(JobState(state) for state in states))
+        if wanted is not None and len(wanted) > 1:
+            # One query per state, merged: a bare ``state`` equality uses the (analysis, state, …)
+            # indexes on every server, where ``$in`` followed by a range or a sort may be planned as
+            # a collection scan (SecantusDB does), which grows with the registry.
+            found = [
+                entry
+                for state in wanted
+                for entry in self.find_jobs(
+                    analysis,
+                    limit=limit,
+                    states=[state],
+                    order=order,
+                    after_key=after_key,
+                    updated_before=updated_before,
+                    attempts=attempts,
+                )
+            ]
+            return sorted(found, key=_ORDER_KEYS[order])[:limit]
         match = JobMatch(
-            states=None if states is None else frozenset(states),
+            states=None if wanted is None else frozenset(wanted),
             attempts=attempts,
             updated_before=updated_before,
         )
@@ -264,7 +292,9 @@ class MongoStore(MongoConnection, Store):
     def _match_query(match: JobMatch) -> dict[str, Any]:
         query: dict[str, Any] = {}
         if match.states is not None:
-            query["state"] = {"$in": sorted(JobState(state).value for state in match.states)}
+            values = sorted(JobState(state).value for state in match.states)
+            # A single state as a bare equality: servers plan it on the (analysis, state, …) indexes.
+            query["state"] = values[0] if len(values) == 1 else {"$in": values}
         if match.run_id is not ANY:
             query["run_id"] = match.run_id  # None matches null (the field is always written)
         if match.attempts is not None:
@@ -321,7 +351,7 @@ class MongoStore(MongoConnection, Store):
             for key, match, change in updates
         ]
         changed = 0
-        for chunk in chunks(operations, ID_CHUNK):
+        for chunk in chunks(operations, WRITE_CHUNK):
             result: Any = self._run(
                 "update jobs",
                 lambda c=chunk: jobs.bulk_write(list(c), ordered=False),  # type: ignore[misc]
