@@ -17,8 +17,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from analysis_wrapper.resources.results_io import AnalysisResult
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.s3_storage import S3InputCache
 from analysis_wrapper.resources.store import StoreResource
+from analysis_wrapper.scratch import make_scratch, remove_scratch
 from analysis_wrapper.store.base import JobEntry, StoreError
 
 
@@ -223,8 +222,11 @@ def _run_claimed(
     log = where.log
     key = job.partition_key
     source = job.source
-    scratch = Path(
-        tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir())
+    # Under this process's folder of the host's scratch root, swept of killed processes' folders
+    # (analysis_wrapper.scratch); named after the run and the fingerprint, for whoever looks in there.
+    scratch = make_scratch(
+        Path(runtime.scratch_root) if runtime.scratch_root else None,
+        f"{analysis.name}-{job.fingerprint[:12]}-{where.run_id[:8]}-",
     )
     cache: S3InputCache | None = None
     try:
@@ -262,9 +264,9 @@ def _run_claimed(
             if figure is not None:
                 metadata["figure"] = figure
     except Exception as exc:  # nothing half-done is kept: the scratch folder goes, the job is failed
-        shutil.rmtree(scratch, ignore_errors=True)
         if cache is not None:
             cache.cleanup()
+        remove_scratch(scratch)
         reason = f"{type(exc).__name__}: {exc}"
         try:
             store.lifecycle().failed(analysis.name, key, where.run_id, reason)
@@ -275,7 +277,9 @@ def _run_claimed(
             raise Failure(str(exc)) from None
         raise
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if cache is not None:
+            cache.cleanup()
+        remove_scratch(scratch)
         release(made)
         raise
     log.info(f"{analysis.name} finished {key} in {duration:.2f} s.")

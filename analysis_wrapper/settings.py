@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_core import PydanticUseDefault
@@ -97,6 +98,20 @@ class Settings(BaseSettings):
     SENSOR_AUDIT_AFTER_S: float = Field(
         60.0, ge=0, description="Queued/running jobs unchanged this long are checked against their run"
     )
+    # ---- S3 requests (results, S3 inputs, the S3 inbox): every wait is bounded ----
+    S3_CONNECT_TIMEOUT_S: float = Field(10.0, gt=0, description="Seconds to open a connection to S3")
+    S3_READ_TIMEOUT_S: float = Field(
+        30.0, gt=0, description="Seconds to wait for S3 to answer on an open connection, per attempt"
+    )
+    S3_MAX_ATTEMPTS: int = Field(3, ge=1, description="Tries of one S3 request (the first included)")
+    S3_RETRY_MODE: Literal["standard", "adaptive", "legacy"] = Field(
+        "standard", description="botocore's retry mode for S3 requests"
+    )
+    SCRATCH_ROOT: Path | None = Field(
+        None,
+        description="Where analyses write before results are stored (inside an analysis-wrapper-scratch "
+        "folder); default: the temp folder (TMPDIR)",
+    )
     LEASE_TTL_S: float = Field(
         60.0,
         gt=0,
@@ -111,6 +126,7 @@ class Settings(BaseSettings):
         "SENSOR_START_STOPPED",
         "RERUN_ON_NEW_VERSION",
         "RUN_MAX_RUNTIME_S",
+        "SCRATCH_ROOT",
         mode="before",
     )
     @classmethod

@@ -298,3 +298,75 @@ def s3_server(request: pytest.FixtureRequest) -> S3Endpoint:
     """Each S3 server in turn (for the tests that must hold on both)."""
     endpoint: S3Endpoint = request.getfixturevalue(f"{request.param}_s3")
     return endpoint
+
+
+@dataclass
+class S3Process:
+    """An S3 server in a process of its own (``moto_server``), so a test can freeze it (SIGSTOP), thaw
+    it (SIGCONT), kill it and start it again on the same port, as an outage would; state is in memory,
+    so a restarted server is empty."""
+
+    port: int
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> S3Endpoint:
+        return S3Endpoint("moto_server", f"http://127.0.0.1:{self.port}")
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> S3Endpoint:
+        exe = Path(sys.executable).parent / "moto_server"
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        probe = self.endpoint.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"moto_server exited with {self.proc.returncode}:\n{_log_tail(self.log_path)}"
+                )
+            try:
+                probe.list_buckets()
+                return self.endpoint
+            except Exception:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"moto_server did not answer in {timeout_s:.0f} s") from None
+                time.sleep(0.1)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None and self.proc.poll() is None, "the server is not running"
+        os.killpg(self.proc.pid, sig)
+
+    def freeze(self) -> None:
+        self.signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self.signal(signal.SIGCONT)
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGCONT)  # a stopped process dies only once continued
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=15)
+        self.proc = None
+
+
+@pytest.fixture
+def s3_process(aws_env: None, tmp_path: Path) -> Iterator[S3Process]:
+    """A ``moto_server`` process of this test's own (freeze, thaw, kill, start again)."""
+    server = S3Process(free_port(), tmp_path / "moto_server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()

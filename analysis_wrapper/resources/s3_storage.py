@@ -14,6 +14,12 @@ without flexible checksums, which reports none, the ETag must be the MD5 of what
 multipart upload: each part's, then the MD5 of the part MD5s with ``-<parts>``). A file whose size or
 modification time changes while it is read fails too. Any mismatch raises :class:`ResultsStorageError`
 before ``outputs.json`` and ``metadata.nd.json`` are written, so the IO manager writes no record.
+
+Unfinished multipart uploads are never left to pile up: a failed upload aborts its own, and before a
+folder is (re)written every unfinished upload under its prefix is aborted (those of a run killed
+mid-upload; only the fingerprint's claimant writes there). A server that stops answering fails the
+request within the client's timeouts (:mod:`~analysis_wrapper.resources.s3_client`) with an
+:class:`~analysis_wrapper.resources.s3_client.S3EndpointError` naming the endpoint and the object.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from analysis_wrapper.resources.results_storage import (
     json_bytes,
     result_files,
 )
+from analysis_wrapper.resources.s3_client import S3EndpointError, s3_answering
 
 MB = 1024 * 1024
 # Uploads split files like awscli (8 MiB threshold and parts, 10 requests at a time); each request's bytes
@@ -166,19 +173,50 @@ class S3ResultsStorage(ResultsStorage):
         return f"s3://{self.bucket}/{self._key(fingerprint).rstrip('/')}"
 
     # ---- writing -----------------------------------------------------------------------------
+    def _answering(self, doing: str, key: str) -> Any:
+        """Requests ``doing`` something to ``key``; a server that does not answer raises
+        :class:`S3EndpointError` naming the endpoint and ``s3://bucket/key``."""
+        return s3_answering(self.client, f"{doing} s3://{self.bucket}/{key}")
+
     def _objects(self, key_prefix: str) -> list[dict[str, Any]]:
         paginator = self.client.get_paginator("list_objects_v2")
         found: list[dict[str, Any]] = []
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=key_prefix):
-            found.extend(page.get("Contents", []))
+        with self._answering("listing", key_prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=key_prefix):
+                found.extend(page.get("Contents", []))
         return found
+
+    def unfinished_uploads(self, key_prefix: str) -> list[dict[str, Any]]:
+        """The multipart uploads begun and neither completed nor aborted under ``key_prefix``."""
+        paginator = self.client.get_paginator("list_multipart_uploads")
+        found: list[dict[str, Any]] = []
+        with self._answering("listing unfinished uploads under", key_prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=key_prefix):
+                found.extend(u for u in page.get("Uploads", []) if u["Key"].startswith(key_prefix))
+        return found
+
+    def abort_unfinished(self, key_prefix: str) -> int:
+        """Abort every unfinished multipart upload under ``key_prefix`` (left by a run killed
+        mid-upload: S3 keeps, and bills, their parts until aborted); returns how many."""
+        uploads = self.unfinished_uploads(key_prefix)
+        for upload in uploads:
+            # NoSuchUpload: completed or aborted meanwhile.
+            with (
+                self._answering("aborting an unfinished upload of", upload["Key"]),
+                contextlib.suppress(self.client.exceptions.NoSuchUpload),
+            ):
+                self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+        return len(uploads)
 
     def _delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": k} for k in keys[start : start + 1000]]
-            response = self.client.delete_objects(
-                Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-            )
+            with self._answering("deleting", batch[0]["Key"]):
+                response = self.client.delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
             if response.get("Errors"):
                 first = response["Errors"][0]
                 raise ResultsStorageError(
@@ -191,7 +229,8 @@ class S3ResultsStorage(ResultsStorage):
         files = result_files(source)
         folder = self._key(fingerprint)
         # A folder without a record (a run that died, or one being replaced under force) is cleared first,
-        # so no stale file survives next to the new ones.
+        # so no stale file survives next to the new ones, nor an unfinished upload of a killed run.
+        self.abort_unfinished(folder)
         leftovers = [o["Key"] for o in self._objects(folder)]
         if leftovers:
             self._delete(leftovers)
@@ -234,9 +273,10 @@ class S3ResultsStorage(ResultsStorage):
             try:
                 # Parts of large files first (the longest tasks), then the small files.
                 for upload in multipart:
-                    upload.upload_id = self.client.create_multipart_upload(
-                        Bucket=self.bucket, Key=upload.key, ChecksumAlgorithm="CRC32"
-                    )["UploadId"]
+                    with self._answering("starting the upload of", upload.key):
+                        upload.upload_id = self.client.create_multipart_upload(
+                            Bucket=self.bucket, Key=upload.key, ChecksumAlgorithm="CRC32"
+                        )["UploadId"]
                     assert upload.part_size is not None
                     upload.parts_left = -(-upload.size // upload.part_size)
                     upload.parts = [{} for _ in range(upload.parts_left)]
@@ -249,13 +289,16 @@ class S3ResultsStorage(ResultsStorage):
                 done, _ = wait(futures, return_when=FIRST_EXCEPTION)
                 for future in done:
                     future.result()  # raises the first error
-            except BaseException:
+            except BaseException as exc:
                 for future in futures:
                     future.cancel()
                 pool.shutdown(wait=True)
-                for upload in multipart:
-                    if upload.upload_id and upload.parts_left >= 0:
-                        self._abort(upload)
+                # A server that did not answer would not answer the aborts either (each would wait the
+                # full timeouts again): the next write of this folder aborts what is left.
+                if not isinstance(exc, S3EndpointError):
+                    for upload in multipart:
+                        if upload.upload_id and upload.parts_left >= 0:
+                            self._abort(upload)
                 raise
         return [StoredFile(u.name, u.size) for u in uploads]
 
@@ -310,12 +353,13 @@ class S3ResultsStorage(ResultsStorage):
             self._complete(upload)
 
     def _complete(self, upload: _FileUpload) -> None:
-        response = self.client.complete_multipart_upload(
-            Bucket=self.bucket,
-            Key=upload.key,
-            UploadId=upload.upload_id,
-            MultipartUpload={"Parts": upload.parts},
-        )
+        with self._answering("completing the upload of", upload.key):
+            response = self.client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=upload.key,
+                UploadId=upload.upload_id,
+                MultipartUpload={"Parts": upload.parts},
+            )
         upload.parts_left = -1  # completed: nothing left to abort
         # Each part was verified as it went up; the object must be made of exactly those parts.
         reported = response.get("ChecksumCRC32")
@@ -351,7 +395,8 @@ class S3ResultsStorage(ResultsStorage):
         a server, the MD5 of ``data``.
         """
         checksum = crc32(data)
-        response = call(Bucket=self.bucket, Body=data, ChecksumCRC32=checksum, **params)
+        with s3_answering(self.client, f"uploading s3://{self.bucket}/{what}"):
+            response = call(Bucket=self.bucket, Body=data, ChecksumCRC32=checksum, **params)
         reported = response.get("ChecksumCRC32")
         if reported is not None:
             if reported != checksum:
@@ -368,7 +413,8 @@ class S3ResultsStorage(ResultsStorage):
 
     def _verify_size(self, key: str, size: int) -> str:
         """The stored object must have ``size`` bytes; returns its ETag."""
-        head = self.client.head_object(Bucket=self.bucket, Key=key)
+        with self._answering("checking", key):
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
         if int(head["ContentLength"]) != size:
             raise ResultsStorageError(
                 f"s3://{self.bucket}/{key}: stored {head['ContentLength']} bytes, expected {size}"
@@ -384,7 +430,8 @@ class S3ResultsStorage(ResultsStorage):
     def read_bytes(self, fingerprint: str, name: str) -> bytes:
         key = self._key(fingerprint, name)
         try:
-            return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+            with self._answering("reading", key):
+                return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
         except self.client.exceptions.NoSuchKey:
             raise ResultsStorageError(f"s3://{self.bucket}/{key} does not exist") from None
 
@@ -399,12 +446,13 @@ class S3ResultsStorage(ResultsStorage):
             return None
         target = self._key(f"{fingerprint}{suffix}")
         for obj in objects:
-            self.client.copy(
-                {"Bucket": self.bucket, "Key": obj["Key"]},
-                self.bucket,
-                target + obj["Key"][len(folder) :],
-                Config=self.transfer,
-            )
+            with self._answering("copying", obj["Key"]):
+                self.client.copy(
+                    {"Bucket": self.bucket, "Key": obj["Key"]},
+                    self.bucket,
+                    target + obj["Key"][len(folder) :],
+                    Config=self.transfer,
+                )
         self._delete([o["Key"] for o in objects])
         return self.uri(f"{fingerprint}{suffix}")
 
@@ -429,6 +477,11 @@ class S3InputCache:
         return self._client
 
     def local_path(self, uri: str) -> Path:
+        """The local copy of ``uri``; a server that does not answer raises :class:`S3EndpointError`."""
+        with s3_answering(self.client, f"downloading the input {uri}"):
+            return self._local_path(uri)
+
+    def _local_path(self, uri: str) -> Path:
         if uri in self._fetched:
             return self._fetched[uri]
         bucket, key = split_s3_uri(uri)
