@@ -19,8 +19,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetKey,
     AssetMaterialization,
+    AssetObservation,
     Config,
     DagsterRun,
     Failure,
@@ -34,6 +36,7 @@ from dagster import (
 from pydantic import Field
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.checks import evaluate_checks
 from analysis_wrapper.ownership import end_heartbeat, heartbeat
 from analysis_wrapper.partition_run import PartitionContext, compute_partition
 from analysis_wrapper.resources.results_io import ResultsIOManager
@@ -112,7 +115,7 @@ def build_batch_job(
         store: StoreResource,
         runtime: AnalysisRuntime,
         results_io_manager: ResourceParam[ResultsIOManager],
-    ) -> Iterator[AssetMaterialization]:
+    ) -> Iterator[AssetMaterialization | AssetObservation | AssetCheckEvaluation]:
         heartbeat(store.get_store(), context.run_id, store.lease_ttl_s)
         try:
             yield from _run_partitions(context, config, store, runtime, results_io_manager)
@@ -125,7 +128,7 @@ def build_batch_job(
         store: StoreResource,
         runtime: AnalysisRuntime,
         results_io_manager: ResultsIOManager,
-    ) -> Iterator[AssetMaterialization]:
+    ) -> Iterator[AssetMaterialization | AssetObservation | AssetCheckEvaluation]:
         keys = list(dict.fromkeys(config.partition_keys))
         partition_config = config_class(force=config.force, dry_run=config.dry_run)
         where = PartitionContext(context.run_id, asset_key.to_user_string(), context.log)
@@ -145,12 +148,19 @@ def build_batch_job(
                 failures.append(f"{key}: {message.splitlines()[0] if message else type(exc).__name__}")
                 continue
             fingerprint = outcome.result.job.fingerprint
+            if outcome.result.skipped or outcome.result.dry_run:  # no new result: see factory.compute
+                yield AssetObservation(
+                    asset_key=asset_key, partition=key, metadata={**outcome.metadata, **stored}
+                )
+                continue
             yield AssetMaterialization(
                 asset_key=asset_key,
                 partition=key,
                 metadata={**outcome.metadata, **stored},
                 tags={DATA_VERSION_TAG: fingerprint, CODE_VERSION_TAG: analysis.version},
             )
+            for checked in evaluate_checks(analysis, fingerprint, store, results_io_manager.results):
+                yield checked.evaluation(asset_key, key)
         context.log.info(
             f"{analysis.name} batch: {len(keys) - len(failures)} of {len(keys)} partition(s) ok."
         )

@@ -314,9 +314,12 @@ def _statuses(result: Any) -> dict[str, tuple[str, str]]:
 
     found: dict[str, tuple[str, str]] = {}
     for event in result.all_events:
-        if not event.is_step_materialization:
+        if event.is_step_materialization:
+            materialization = event.step_materialization_data.materialization
+        elif event.is_asset_observation:  # a skip or a dry run: reported as an observation
+            materialization = event.asset_observation_data.asset_observation
+        else:
             continue
-        materialization = event.step_materialization_data.materialization
         metadata = materialization.metadata
         status = metadata.get("status")
         location = metadata.get(LOCATION_METADATA_KEY)

@@ -13,11 +13,16 @@ Each registered :class:`~analysis_wrapper.analysis.Analysis` gets
 
 import inspect
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from dagster import (
+    AssetCheckResult,
     AssetExecutionContext,
+    AssetKey,
+    AssetObservation,
+    AssetOut,
     AssetsDefinition,
     BetaWarning,
     Config,
@@ -25,17 +30,19 @@ from dagster import (
     DynamicPartitionsDefinition,
     JobDefinition,
     Output,
-    asset,
+    ResourceParam,
     define_asset_job,
     in_process_executor,
+    multi_asset,
 )
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.batch import build_batch_job
+from analysis_wrapper.checks import check_specs, evaluate_checks
 from analysis_wrapper.config import build_config_class
 from analysis_wrapper.ownership import end_heartbeat, heartbeat
-from analysis_wrapper.partition_run import PartitionContext, compute_partition
-from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, AnalysisResult
+from analysis_wrapper.partition_run import PartitionContext, compute_partition, load_job
+from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, AnalysisResult, ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.tags import ANALYSIS_TAG, FINGERPRINT_TAG
@@ -47,6 +54,7 @@ __all__ = ["ANALYSIS_TAG", "FINGERPRINT_TAG", "AnalysisDefinitions", "build_anal
 warnings.filterwarnings("ignore", message=r".*`data_version`.*", category=BetaWarning)
 
 RESULTS_IO_MANAGER_KEY = "results_io_manager"
+RESULT_OUTPUT = "result"
 
 
 @dataclass(frozen=True)
@@ -67,44 +75,81 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
     config_class = build_config_class(analysis)
     run_script = inspect.getsourcefile(analysis.run) or analysis.name
     outputs_ref = f"{analysis.outputs.__module__}:{analysis.outputs.__qualname__}"
+    asset_key = AssetKey(analysis.asset_name)
 
     def compute(
         context: AssetExecutionContext,
         config: Any,
         store: StoreResource,
         runtime: AnalysisRuntime,
-    ) -> Output[AnalysisResult]:
+        results_io_manager: ResourceParam[ResultsIOManager],
+    ) -> Iterator[Output[AnalysisResult] | AssetObservation | AssetCheckResult]:
         run_id = context.run.run_id
-        where = PartitionContext(run_id, context.asset_key.to_user_string(), context.log)
+        key = context.partition_key
+        selected = {check.name for check in context.selected_asset_check_keys}
+        if RESULT_OUTPUT not in context.selected_output_names:
+            # Only checks selected (the UI's "Execute" on a check): check the recorded result, run nothing.
+            _entry, job = load_job(analysis, store, key, config, context.log)
+            for checked in evaluate_checks(analysis, job.fingerprint, store, results_io_manager.results):
+                if checked.name in selected:
+                    yield checked.result()
+            return
+        where = PartitionContext(run_id, asset_key.to_user_string(), context.log)
         # The run's heartbeat, until the IO manager has stored the result (or the step failed).
         heartbeat(store.get_store(), run_id, store.lease_ttl_s)
         try:
-            outcome = compute_partition(
-                analysis, context.partition_key, config, store, runtime, where, run_script
-            )
+            outcome = compute_partition(analysis, key, config, store, runtime, where, run_script)
         except BaseException:
             end_heartbeat(run_id)
             raise
-        return Output(
-            outcome.result,
-            data_version=DataVersion(outcome.result.job.fingerprint),
+        result = outcome.result
+        if result.skipped or result.dry_run:
+            # No materialization: a skip or a dry run is no new result, so the partition keeps showing
+            # its recorded one. An observation says what this run did (and where a dry run wrote).
+            try:
+                stored = results_io_manager.store_result(result, run_id, context.log)
+            finally:
+                end_heartbeat(run_id)
+            yield AssetObservation(
+                asset_key=asset_key, partition=key, metadata={**outcome.metadata, **stored}
+            )
+            return
+        yield Output(
+            result,
+            output_name=RESULT_OUTPUT,
+            data_version=DataVersion(result.job.fingerprint),
             metadata=outcome.metadata,
         )
+        # The IO manager committed the result when the Output was handed on: check what it stored.
+        for checked in evaluate_checks(analysis, result.job.fingerprint, store, results_io_manager.results):
+            if checked.name in selected:
+                yield checked.result()
 
     # Dagster reads the config class from the annotation of the `config` parameter.
     compute.__annotations__["config"] = config_class
-    compute.__annotations__["return"] = Output[AnalysisResult]
+    compute.__annotations__["return"] = Iterator[Output[AnalysisResult] | AssetObservation | AssetCheckResult]
 
-    result_asset = asset(
+    result_asset = multi_asset(
         name=analysis.asset_name,
         partitions_def=partitions,
-        code_version=analysis.version,
-        io_manager_key=RESULTS_IO_MANAGER_KEY,
-        group_name="analyses",
-        description=analysis.description
-        or f"Results of the {analysis.name} analysis, one partition per job.",
-        metadata={OUTPUTS_MODEL_METADATA_KEY: outputs_ref, "analysis": analysis.name},
-        tags={"analysis": analysis.name},
+        outs={
+            RESULT_OUTPUT: AssetOut(
+                key=asset_key,
+                code_version=analysis.version,
+                io_manager_key=RESULTS_IO_MANAGER_KEY,
+                group_name="analyses",
+                description=analysis.description
+                or f"Results of the {analysis.name} analysis, one partition per job.",
+                metadata={OUTPUTS_MODEL_METADATA_KEY: outputs_ref, "analysis": analysis.name},
+                tags={"analysis": analysis.name},
+                # Optional: a skip or a dry run yields no output, so no materialization (see compute).
+                is_required=False,
+            )
+        },
+        check_specs=check_specs(asset_key, partitions),
+        # Checks can run alone (re-checking a stored result computes nothing), so their outputs are
+        # optional too: a skip or a dry run reports none.
+        can_subset=True,
     )(compute)
     job = define_asset_job(
         analysis.job_name,

@@ -30,6 +30,7 @@ class JobEvent(StrEnum):
     REQUESTED = "requested"
     SENT_BACK = "sent back"
     STARTED = "started"
+    DRY_RUN_STARTED = "dry run started"
     RECORDED = "recorded"
     FOUND_RECORDED = "found recorded"
     DRY_RAN = "dry ran"
@@ -56,6 +57,8 @@ def _t(sources: Iterable[JobState], target: JobState, guard: str, why: str) -> T
 UNFINISHED = frozenset({S.PENDING, S.QUEUED, S.FAILED, S.DRY_RUN})
 """Jobs without a record that a run may start (``running`` only via its lease: see STARTED)."""
 ALL_STATES = frozenset(JobState)
+RECORDED_STATES = frozenset({S.DONE, S.SKIPPED})
+"""Jobs whose fingerprint is recorded: a dry run of one leaves its state alone (it is no result)."""
 
 TRANSITIONS: dict[JobEvent, Transition] = {
     JobEvent.REGISTERED: _t((), S.PENDING, "key not registered", "a new job file (submit, run, inbox)"),
@@ -83,6 +86,12 @@ TRANSITIONS: dict[JobEvent, Transition] = {
         S.RUNNING,
         "state, run id and attempts = those read; the run holds the fingerprint's lease",
         "a run claimed the fingerprint and starts the analysis (attempts + 1)",
+    ),
+    JobEvent.DRY_RUN_STARTED: _t(
+        ALL_STATES - RECORDED_STATES,
+        S.RUNNING,
+        "state, run id and attempts = those read; the run holds the fingerprint's lease",
+        "a dry run starts the analysis (attempts + 1); a recorded job (done, skipped) keeps its state",
     ),
     JobEvent.RECORDED: _t(
         (S.RUNNING,), S.DONE, "run id = this run", "its run committed the record (folder complete)"
@@ -303,13 +312,17 @@ class JobLifecycle:
         return self._one(JobEvent.RETRY_ASKED, entry, match, self._to(JobEvent.RETRY_ASKED))
 
     # ---- a run's own events -------------------------------------------------------------------
-    def started(self, entry: JobEntry, run_id: str) -> bool:
+    def started(self, entry: JobEntry, run_id: str, dry_run: bool = False) -> bool:
         """STARTED: the run holding the fingerprint's lease starts the analysis (attempts + 1).
-        Refused when the job changed since ``entry`` was read."""
-        match = JobMatch(states=frozenset({entry.state}), run_id=entry.run_id, attempts=entry.attempts)
-        return self._one(
-            JobEvent.STARTED, entry, match, self._to(JobEvent.STARTED, run_id=run_id, attempts="increment")
+        Refused when the job changed since ``entry`` was read. A dry run is DRY_RUN_STARTED, refused
+        for a recorded job: a dry run is no result, so a ``done`` job stays ``done``."""
+        event = JobEvent.DRY_RUN_STARTED if dry_run else JobEvent.STARTED
+        match = JobMatch(
+            states=frozenset({entry.state}) & TRANSITIONS[event].sources,
+            run_id=entry.run_id,
+            attempts=entry.attempts,
         )
+        return self._one(event, entry, match, self._to(event, run_id=run_id, attempts="increment"))
 
     def recorded(self, analysis: str, key: str, run_id: str) -> bool:
         match = self._match(JobEvent.RECORDED, run_id=run_id)

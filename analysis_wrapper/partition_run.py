@@ -14,31 +14,32 @@ records the job once its record is committed, and releases the claim.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import math
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import Config, Failure, MetadataValue, TableColumn, TableRecord, TableSchema
-from pydantic import BaseModel, ValidationError
+from dagster import Config, Failure, MetadataValue
+from pydantic import ValidationError
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.config import overrides_from_config
 from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError
 from analysis_wrapper.inputs import InputNotFoundError, resolve_inputs
-from analysis_wrapper.lifecycle import JobLifecycle
+from analysis_wrapper.lifecycle import RECORDED_STATES, JobLifecycle
 from analysis_wrapper.make_job import build_analysis_job
 from analysis_wrapper.ownership import Claim, Held, claim, fingerprint_key, release
 from analysis_wrapper.provenance import CodeState, DirtyTreeError, build_record, check_may_post
 from analysis_wrapper.resources.results_io import AnalysisResult
+from analysis_wrapper.resources.results_storage import result_files
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.s3_storage import S3InputCache
 from analysis_wrapper.resources.store import StoreResource
-from analysis_wrapper.scratch import make_scratch, remove_scratch
+from analysis_wrapper.result_metadata import figure_from_file, inputs_table, outputs_table
 from analysis_wrapper.store.base import JobEntry, StoreError
 
 
@@ -55,26 +56,6 @@ class PartitionContext:
 class PartitionOutcome:
     result: AnalysisResult
     metadata: dict[str, Any]
-
-
-def json_scalar(value: Any) -> str:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value if isinstance(value, str) else repr(value) if value is None else str(value)
-
-
-def _outputs_table(outputs: BaseModel) -> MetadataValue:
-    values = outputs.model_dump(mode="json")
-    rows = [TableRecord({"output": name, "value": json_scalar(value)}) for name, value in values.items()]
-    schema = TableSchema(columns=[TableColumn("output", "string"), TableColumn("value", "string")])
-    return MetadataValue.table(rows, schema=schema)
-
-
-def _figure_markdown(path: Path) -> MetadataValue | None:
-    if not path.is_file() or path.stat().st_size > 4_000_000:
-        return None
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return MetadataValue.md(f"![{path.name}](data:image/png;base64,{data})")
 
 
 def job_of_entry(
@@ -110,11 +91,16 @@ def load_job(
     return entry, job
 
 
-def _start(lifecycle: JobLifecycle, store: StoreResource, entry: JobEntry, run_id: str) -> bool:
+def _start(
+    lifecycle: JobLifecycle, store: StoreResource, entry: JobEntry, run_id: str, dry_run: bool = False
+) -> bool:
     """STARTED, re-reading the job when another writer changed it between our read and our update
-    (e.g. the inbox sensor marking it queued); False when the job is gone."""
+    (e.g. the inbox sensor marking it queued); False when the job is gone. A dry run of a recorded
+    job (``done``, ``skipped``) changes nothing: it runs, and the job keeps its state."""
     for _ in range(5):
-        if lifecycle.started(entry, run_id):
+        if dry_run and entry.state in RECORDED_STATES:
+            return True
+        if lifecycle.started(entry, run_id, dry_run=dry_run):
             return True
         fresh = store.get_store().get_job(entry.analysis, entry.partition_key)
         if fresh is None:
@@ -153,7 +139,7 @@ def compute_partition(
     )
     common_metadata: dict[str, Any] = {
         "fingerprint": job.fingerprint,
-        "inputs": MetadataValue.json({"locations": job.inputs}),
+        "inputs": inputs_table(list(job.inputs)),
         "parameters": MetadataValue.json(job.parameters),
         "analysis_version": analysis.version,
         "job_source": source,
@@ -194,7 +180,7 @@ def compute_partition(
         if recorded_already():  # committed by another run between our first look and our claim
             release(made)
             return skip("already recorded")
-        if not _start(lifecycle, store, entry, where.run_id):
+        if not _start(lifecycle, store, entry, where.run_id, dry_run):
             release(made)
             raise Failure(f"Partition {key} of {analysis.name} left the job registry while starting.")
     except BaseException:
@@ -222,11 +208,8 @@ def _run_claimed(
     log = where.log
     key = job.partition_key
     source = job.source
-    # Under this process's folder of the host's scratch root, swept of killed processes' folders
-    # (analysis_wrapper.scratch); named after the run and the fingerprint, for whoever looks in there.
-    scratch = make_scratch(
-        Path(runtime.scratch_root) if runtime.scratch_root else None,
-        f"{analysis.name}-{job.fingerprint[:12]}-{where.run_id[:8]}-",
+    scratch = Path(
+        tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir())
     )
     cache: S3InputCache | None = None
     try:
@@ -250,23 +233,24 @@ def _run_claimed(
             run_script=run_script,
             experimenters=runtime.people(),
             dry_run=dry_run,
+            files=[(p.relative_to(scratch).as_posix(), p.stat().st_size) for p in result_files(scratch)],
         )
         metadata: dict[str, Any] = {
             **common_metadata,
             "git_commit": code.commit or "unknown",
             "git_dirty": code.dirty,
             "duration_s": round(duration, 3),
-            "outputs": _outputs_table(outputs),
+            "outputs": outputs_table(outputs.model_dump(mode="json")),
             "dry_run": dry_run,
         }
         if analysis.figure:
-            figure = _figure_markdown(scratch / analysis.figure)
+            figure = figure_from_file(scratch / analysis.figure)
             if figure is not None:
                 metadata["figure"] = figure
     except Exception as exc:  # nothing half-done is kept: the scratch folder goes, the job is failed
+        shutil.rmtree(scratch, ignore_errors=True)
         if cache is not None:
             cache.cleanup()
-        remove_scratch(scratch)
         reason = f"{type(exc).__name__}: {exc}"
         try:
             store.lifecycle().failed(analysis.name, key, where.run_id, reason)
@@ -277,9 +261,7 @@ def _run_claimed(
             raise Failure(str(exc)) from None
         raise
     except BaseException:
-        if cache is not None:
-            cache.cleanup()
-        remove_scratch(scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
         release(made)
         raise
     log.info(f"{analysis.name} finished {key} in {duration:.2f} s.")

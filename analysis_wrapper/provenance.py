@@ -154,8 +154,12 @@ def build_record(
     run_script: str,
     experimenters: list[str],
     dry_run: bool,
+    files: list[tuple[str, int]] | None = None,
 ) -> dict[str, Any]:
     """The provenance record of one completed job (``_id`` = ``name`` = fingerprint).
+
+    ``files`` are the analysis's result files (path in the folder, size in bytes): the record lists
+    them so the folder can be checked against it (the ``folder_complete`` asset check).
 
     ``code.parameters`` is ``job.parameters`` as is: the ``Params`` model's JSON dump, so its keys are
     in the model's field order (see the module docstring: readers match the object whole).
@@ -231,5 +235,6 @@ def build_record(
             "duration_s": round((finished - started).total_seconds(), 6),
             "environment": environment_description(),
             "superseded_by": None,
+            "files": [{"name": name, "size": size} for name, size in files or []],
         },
     }

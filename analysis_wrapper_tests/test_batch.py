@@ -65,8 +65,15 @@ def test_a_batch_runs_each_partition_like_the_asset_and_fails_only_at_the_end(
     assert batch_materialization.tags["dagster/code_version"] == echo.version
     assert batch_materialization.metadata["fingerprint"].value == ok.fingerprint
     assert batch_materialization.metadata["status"].value == "recorded"
-    assert found[recorded.partition_key].run_id == result.run_id  # the skip is materialized too
-    assert found[recorded.partition_key].asset_materialization.metadata["status"].value.startswith("skipped")
+    # the skip is an observation: the partition still shows the run that recorded it
+    assert found[recorded.partition_key].run_id != result.run_id
+    assert found[recorded.partition_key].asset_materialization.metadata["status"].value == "recorded"
+    (skip,) = h.instance.fetch_observations(
+        AssetRecordsFilter(asset_key=AssetKey(echo.asset_name), asset_partitions=[recorded.partition_key]),
+        limit=1,
+    ).records
+    assert skip.run_id == result.run_id
+    assert skip.asset_observation.metadata["status"].value == "skipped: already recorded"
 
     run = h.instance.get_run_by_id(result.run_id)
     assert run.status == DagsterRunStatus.FAILURE

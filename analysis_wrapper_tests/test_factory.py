@@ -54,6 +54,8 @@ def test_isi_jobs_become_partitions_results_and_records(
         meta = mat.metadata
         assert meta["fingerprint"].value == job.fingerprint
         assert meta["results_location"].value == record["location"]
+        assert meta["results_link"].value == Path(record["location"]).as_uri()
+        assert [r.data["input"] for r in meta["inputs"].value.records] == job.inputs
         assert meta["parameters"].value == job.parameters
         assert meta["git_commit"].value == record["analysis_wrapper"]["git_commit"]
         assert meta["figure"].value.startswith("![isi_violations.png](data:image/png;base64,")
@@ -61,6 +63,14 @@ def test_isi_jobs_become_partitions_results_and_records(
         assert table["n_units"] == str(outputs["n_units"])
         assert mat.tags["dagster/data_version"] == job.fingerprint
         assert mat.tags["dagster/code_version"] == isi.version
+
+
+def latest_observation(h: Harness, asset_name: str, key: str) -> Any:
+    records = h.instance.fetch_observations(
+        AssetRecordsFilter(asset_key=AssetKey(asset_name), asset_partitions=[key]), limit=1
+    ).records
+    assert records, f"no observation of {asset_name} {key}"
+    return records[0].asset_observation
 
 
 def test_recorded_fingerprint_is_skipped_unless_forced(harness_factory: Any, tmp_path: Path) -> None:
@@ -74,11 +84,16 @@ def test_recorded_fingerprint_is_skipped_unless_forced(harness_factory: Any, tmp
     logs = [e.message for e in h.instance.all_logs(result.run_id) if e.user_message]
     assert any("Skipping" in m and "already recorded" in m for m in logs)
     assert h.store.get_record("echo", job.fingerprint) == first
-    assert (
-        latest_materialization(h, echo.asset_name, job.partition_key)
-        .metadata["status"]
-        .value.startswith("skipped")
-    )
+    # The skip is an observation; the partition's latest materialization is still the recorded result.
+    latest = latest_materialization(h, echo.asset_name, job.partition_key)
+    assert latest.metadata["status"].value == "recorded"
+    assert latest.metadata["fingerprint"].value == job.fingerprint
+    assert "outputs" in latest.metadata
+    assert latest.metadata["results_link"].value == Path(first["location"]).as_uri()
+    skip = latest_observation(h, echo.asset_name, job.partition_key)
+    assert skip.metadata["status"].value == "skipped: already recorded"
+    assert skip.metadata["git_commit"].value == first["analysis_wrapper"]["git_commit"]
+    assert skip.metadata["recorded_by_run"].value == first["analysis_wrapper"]["run_id"]
 
     forced = h.materialize("echo", job.partition_key, force=True)
     assert forced.success
@@ -107,6 +122,31 @@ def test_dry_run_posts_nothing(harness_factory: Any, tmp_path: Path) -> None:
     assert h.store.get_job("echo", job.partition_key).state == JobState.DRY_RUN
     logs = [e.message for e in h.instance.all_logs(result.run_id) if e.user_message]
     assert any("DRY RUN" in m and "nothing posted" in m for m in logs)
+    # A dry run is no result: an observation, never the partition's materialization.
+    assert not h.instance.fetch_materializations(AssetKey(echo.asset_name), limit=1).records
+    observed = latest_observation(h, echo.asset_name, job.partition_key)
+    assert observed.metadata["status"].value.startswith("dry run: not posted")
+    assert observed.metadata["results_location"].value == str(dry_folder.absolute())
+
+
+def test_dry_run_of_a_recorded_job_changes_neither_its_state_nor_its_result(
+    harness_factory: Any, tmp_path: Path
+) -> None:
+    h = harness_factory([echo])
+    (job,) = h.submit([write_job(tmp_path / "jobs", [tmp_path / "jobs"])])
+    assert h.materialize("echo", job.partition_key).success
+    recorded = latest_materialization(h, echo.asset_name, job.partition_key)
+    # As the Launchpad does: a dry run with an override (another fingerprint), and a forced dry run.
+    assert h.materialize("echo", job.partition_key, dry_run=True, scale=5.0).success
+    assert h.materialize("echo", job.partition_key, dry_run=True, force=True).success
+    entry = h.store.get_job("echo", job.partition_key)
+    assert entry.state == JobState.DONE and entry.attempts == 1
+    latest = latest_materialization(h, echo.asset_name, job.partition_key)
+    assert latest.metadata["status"].value == "recorded"
+    assert latest.metadata["fingerprint"].value == recorded.metadata["fingerprint"].value
+    assert [r["_id"] for r in h.store.find_records("echo")] == [job.fingerprint]
+    observed = latest_observation(h, echo.asset_name, job.partition_key)
+    assert observed.metadata["status"].value.startswith("dry run")
 
 
 def test_dry_run_is_the_default_setting(harness_factory: Any, tmp_path: Path) -> None:

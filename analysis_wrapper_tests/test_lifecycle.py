@@ -139,6 +139,10 @@ CASES: dict[JobEvent, Case] = {
         lambda lc, job: lc.started(job, "r-new"),
         lambda job: {"state": S.RUNNING, "run_id": "r-new", "attempts": job.attempts + 1},
     ),
+    E.DRY_RUN_STARTED: Case(
+        lambda lc, job: lc.started(job, "r-new", dry_run=True),
+        lambda job: {"state": S.RUNNING, "run_id": "r-new", "attempts": job.attempts + 1},
+    ),
     E.RECORDED: Case(
         lambda lc, job: lc.recorded(A, K, OLD_RUN), lambda job: {"state": S.DONE, "last_error": None}
     ),
@@ -428,6 +432,8 @@ def test_state_table_lists_every_event() -> None:
     assert by_event[E.STARTED.value][1] == "any"
     assert by_event[E.REGISTERED.value][1] == "—"
     assert by_event[E.SENT_BACK.value][1] == "queued, running"
+    # a dry run is no result: it never takes a recorded job out of done / skipped
+    assert by_event[E.DRY_RUN_STARTED.value][1] == "dry_run, failed, pending, queued, running"
 
 
 # ---- a race of processes ------------------------------------------------------------------------

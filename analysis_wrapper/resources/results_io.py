@@ -17,6 +17,7 @@ analysis's ``Outputs`` read back from the stored ``outputs.json``.
 import datetime as dt
 import importlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from analysis_wrapper.ownership import Claim, end_heartbeat, release
 from analysis_wrapper.resources.results_location import ResultsStorageResource
 from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, ResultsStorage
 from analysis_wrapper.resources.store import StoreResource
-from analysis_wrapper.scratch import remove_scratch
+from analysis_wrapper.result_metadata import location_link, record_metadata
 from analysis_wrapper.store.base import RecordExistsError, StoreError
 
 LOCATION_METADATA_KEY = "results_location"
@@ -85,8 +86,11 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         job = obj.job
         try:
             if obj.skipped:
+                # Reported as an observation, never as a materialization: the partition keeps showing
+                # its recorded result. What the observation shows is read from the record.
                 existing = self.store.get_store().get_record(job.analysis, job.fingerprint) or {}
                 return {
+                    **(record_metadata(existing) if existing else {}),
                     LOCATION_METADATA_KEY: existing.get("location", ""),
                     "status": f"skipped: {obj.skipped}",
                 }
@@ -108,7 +112,7 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             if obj.claim is not None:
                 release(obj.claim)
             if obj.scratch is not None:
-                remove_scratch(obj.scratch)
+                shutil.rmtree(obj.scratch, ignore_errors=True)
 
     def _check_claim(self, obj: AnalysisResult) -> None:
         """Make sure the run still holds its claim for the next write (half a lease's life, renewed
@@ -129,7 +133,11 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             f"DRY RUN: results written to {record['location']}; nothing posted to the results root or the "
             "record store. Set DRY_RUN=0 (or dry_run: false in run config) to post."
         )
-        return {LOCATION_METADATA_KEY: record["location"], "status": "dry run: not posted"}
+        return {
+            LOCATION_METADATA_KEY: record["location"],
+            "results_link": location_link(record["location"]),
+            "status": "dry run: not posted (a dry run is no result: an observation, not a materialization)",
+        }
 
     def _commit(self, obj: AnalysisResult, run_id: str, log: Any) -> dict[str, Any]:
         store = self.store.get_store()
@@ -166,7 +174,12 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         log.info(
             f"Stored {len(stored)} files in {record['location']} and recorded fingerprint {job.fingerprint}."
         )
-        return {LOCATION_METADATA_KEY: record["location"], "status": "recorded", "stored_files": len(stored)}
+        return {
+            LOCATION_METADATA_KEY: record["location"],
+            "results_link": location_link(record["location"]),
+            "status": "recorded",
+            "stored_files": len(stored),
+        }
 
     def _supersede(self, storage: ResultsStorage, old: dict[str, Any], new: dict[str, Any], log: Any) -> None:
         """Under ``force``: keep the old folder and record, renamed, with a link to the successor."""

@@ -1,0 +1,120 @@
+"""The asset checks of each partition: evaluated with every materialization (one-partition runs and batch
+runs), re-run alone without computing, and red with the reason when the result is not what its record says."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from dagster import AssetCheckEvaluation
+
+from analysis_wrapper.checks import CHECK_NAMES
+from analysis_wrapper_tests.conftest import Harness, write_job
+from analysis_wrapper_tests.sample_analyses import echo
+
+
+def by_name(evaluations: list[AssetCheckEvaluation]) -> dict[str, AssetCheckEvaluation]:
+    return {e.check_name: e for e in evaluations}
+
+
+def run_checks_only(h: Harness, key: str) -> dict[str, AssetCheckEvaluation]:
+    """What the UI's "Execute" on the checks does: the checks of one partition, no materialization."""
+    asset = h.built["echo"].asset
+    job = h.defs.resolve_job_def(echo.job_name).get_subset(
+        asset_selection=set(), asset_check_selection=set(asset.check_keys)
+    )
+    result = job.execute_in_process(instance=h.instance, partition_key=key)
+    assert result.success
+    assert not result.get_asset_materialization_events()
+    return by_name(list(result.get_asset_check_evaluations()))
+
+
+def recorded(h: Harness, tmp_path: Path) -> tuple[Any, Path]:
+    (job,) = h.submit([write_job(tmp_path / "jobs", [tmp_path / "jobs"])])
+    result = h.materialize("echo", job.partition_key)
+    checks = by_name(list(result.get_asset_check_evaluations()))
+    assert set(checks) == set(CHECK_NAMES)
+    assert all(c.passed and c.partition == job.partition_key for c in checks.values()), checks
+    return job, h.settings.RESULTS_ROOT.absolute() / job.fingerprint
+
+
+def test_every_materialization_is_checked_and_checks_rerun_alone(
+    harness_factory: Any, tmp_path: Path
+) -> None:
+    h = harness_factory([echo])
+    job, folder = recorded(h, tmp_path)
+    record = h.store.get_record("echo", job.fingerprint)
+    assert {f["name"]: f["size"] for f in record["analysis_wrapper"]["files"]} == {
+        "echo.txt": (folder / "echo.txt").stat().st_size,
+        "sub/sizes.txt": (folder / "sub" / "sizes.txt").stat().st_size,
+    }
+    again = run_checks_only(h, job.partition_key)
+    assert all(c.passed for c in again.values())
+    assert h.store.get_record("echo", job.fingerprint) == record  # nothing ran
+
+
+def test_a_missing_or_changed_file_fails_folder_complete(harness_factory: Any, tmp_path: Path) -> None:
+    h = harness_factory([echo])
+    job, folder = recorded(h, tmp_path)
+    (folder / "sub" / "sizes.txt").unlink()
+    (folder / "echo.txt").write_text("x")
+    checks = run_checks_only(h, job.partition_key)
+    failed = checks["folder_complete"]
+    assert not failed.passed and failed.severity.value == "ERROR"
+    assert "sub/sizes.txt missing" in (failed.description or "")
+    assert "echo.txt has 1 bytes, the record says" in (failed.description or "")
+    assert checks["record_in_store"].passed and checks["outputs_valid"].passed
+
+
+def test_outputs_that_do_not_validate_fail_outputs_valid(harness_factory: Any, tmp_path: Path) -> None:
+    h = harness_factory([echo])
+    job, folder = recorded(h, tmp_path)
+    (folder / "outputs.json").write_text(json.dumps({"n_inputs": "many", "total_bytes": 1.0}))
+    checks = run_checks_only(h, job.partition_key)
+    failed = checks["outputs_valid"]
+    assert not failed.passed
+    assert "does not validate against EchoOutputs: n_inputs:" in (failed.description or "")
+
+    (folder / "outputs.json").write_text(json.dumps({"n_inputs": 7, "total_bytes": 1.0}))
+    differs = run_checks_only(h, job.partition_key)["outputs_valid"]
+    assert not differs.passed and "differs from the record's output_parameters" in (differs.description or "")
+
+
+def test_no_record_fails_every_check_with_the_fingerprint(harness_factory: Any, tmp_path: Path) -> None:
+    h = harness_factory([echo])
+    (job,) = h.submit([write_job(tmp_path / "jobs", [tmp_path / "jobs"])])
+    checks = run_checks_only(h, job.partition_key)
+    assert set(checks) == set(CHECK_NAMES)
+    for check in checks.values():
+        assert not check.passed
+        assert f"no record of echo under fingerprint {job.fingerprint}" in (check.description or "")
+
+
+def test_a_moved_folder_fails_the_folder_checks(harness_factory: Any, tmp_path: Path) -> None:
+    h = harness_factory([echo])
+    job, folder = recorded(h, tmp_path)
+    folder.rename(folder.with_name("elsewhere"))
+    checks = run_checks_only(h, job.partition_key)
+    assert checks["record_in_store"].passed
+    assert not checks["folder_complete"].passed and "outputs.json missing" in (
+        checks["folder_complete"].description or ""
+    )
+    assert not checks["outputs_valid"].passed
+
+
+def test_batch_runs_check_each_partition(harness_factory: Any, tmp_path: Path) -> None:
+    h = harness_factory([echo])
+    jobs = h.submit([write_job(tmp_path / f"jobs{i}", [tmp_path / "jobs0"], scale=i + 1.0) for i in range(3)])
+    result = h.run_batch("echo", [j.partition_key for j in jobs])
+    assert result.success
+    evaluations = list(result.get_asset_check_evaluations())
+    assert len(evaluations) == 3 * len(jobs)
+    assert {(e.partition, e.check_name) for e in evaluations} == {
+        (j.partition_key, name) for j in jobs for name in CHECK_NAMES
+    }
+    assert all(e.passed for e in evaluations)
+    # a batch that skips them all (recorded) reports observations only: no materialization, no checks
+    again = h.run_batch("echo", [j.partition_key for j in jobs])
+    assert again.success
+    assert not again.get_asset_materialization_events() and not list(again.get_asset_check_evaluations())
