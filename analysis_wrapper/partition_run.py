@@ -15,8 +15,6 @@ records the job once its record is committed, and releases the claim.
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +38,7 @@ from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.s3_storage import S3InputCache
 from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.result_metadata import figure_from_file, inputs_table, outputs_table
+from analysis_wrapper.scratch import make_scratch, remove_scratch
 from analysis_wrapper.store.base import JobEntry, StoreError
 
 
@@ -208,8 +207,11 @@ def _run_claimed(
     log = where.log
     key = job.partition_key
     source = job.source
-    scratch = Path(
-        tempfile.mkdtemp(prefix=f"{analysis.name}-{job.fingerprint[:12]}-", dir=runtime.scratch_dir())
+    # Under this process's folder of the host's scratch root, swept of killed processes' folders
+    # (analysis_wrapper.scratch); named after the run and the fingerprint, for whoever looks in there.
+    scratch = make_scratch(
+        Path(runtime.scratch_root) if runtime.scratch_root else None,
+        f"{analysis.name}-{job.fingerprint[:12]}-{where.run_id[:8]}-",
     )
     cache: S3InputCache | None = None
     try:
@@ -248,9 +250,9 @@ def _run_claimed(
             if figure is not None:
                 metadata["figure"] = figure
     except Exception as exc:  # nothing half-done is kept: the scratch folder goes, the job is failed
-        shutil.rmtree(scratch, ignore_errors=True)
         if cache is not None:
             cache.cleanup()
+        remove_scratch(scratch)
         reason = f"{type(exc).__name__}: {exc}"
         try:
             store.lifecycle().failed(analysis.name, key, where.run_id, reason)
@@ -261,7 +263,9 @@ def _run_claimed(
             raise Failure(str(exc)) from None
         raise
     except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
+        if cache is not None:
+            cache.cleanup()
+        remove_scratch(scratch)
         release(made)
         raise
     log.info(f"{analysis.name} finished {key} in {duration:.2f} s.")

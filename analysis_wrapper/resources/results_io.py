@@ -17,7 +17,6 @@ analysis's ``Outputs`` read back from the stored ``outputs.json``.
 import datetime as dt
 import importlib
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from analysis_wrapper.resources.results_location import ResultsStorageResource
 from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, ResultsStorage
 from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.result_metadata import location_link, record_metadata
+from analysis_wrapper.scratch import remove_scratch
 from analysis_wrapper.store.base import RecordExistsError, StoreError
 
 LOCATION_METADATA_KEY = "results_location"
@@ -112,7 +112,7 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
             if obj.claim is not None:
                 release(obj.claim)
             if obj.scratch is not None:
-                shutil.rmtree(obj.scratch, ignore_errors=True)
+                remove_scratch(obj.scratch)
 
     def _check_claim(self, obj: AnalysisResult) -> None:
         """Make sure the run still holds its claim for the next write (half a lease's life, renewed
