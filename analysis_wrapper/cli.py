@@ -5,6 +5,10 @@
   ``--batch-size`` jobs (1: one run of the result asset per job); exits non-zero only when a job
   failed or a file was rejected, after processing all the rest;
 * ``status`` / ``results``: the job registry and the records, as a table or ``--json``.
+
+The terminal gets one line per job and per error: Dagster's own event log (every step event and stack
+trace) goes to the run's log in the Dagster instance, and a failed job's line names its reason (the root
+cause) and where that log is. ``--verbose`` prints Dagster's log and full traces here too.
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from analysis_wrapper.settings import Settings
+from analysis_wrapper.settings import Settings, SettingsError, load_settings
 from analysis_wrapper.tags import BATCH_SIZE_TAG, HOST_TAG, PID_TAG, SOURCE_TAG
 
 log = logging.getLogger("analysis_wrapper.cli")
 
 DEFAULT_BATCH_SIZE = 20
 """Jobs per in-process run of ``run``: a Dagster run costs about 0.2 s of its own."""
+OUTPUTS_WIDTH = 70
+"""Characters of a record's outputs ``results`` shows (then an ellipsis; ``--full``: all of them)."""
+ERROR_WIDTH = 60
+"""Characters of a job's last error ``status`` shows (then an ellipsis; ``--full``: all of it)."""
 
 
 @dataclass
@@ -43,12 +51,12 @@ class Context:
 def _open(args: argparse.Namespace) -> Context:
     # The CLI keeps its Dagster instance in ./.dagster_home unless DAGSTER_HOME says otherwise.
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").absolute()
+    settings = load_settings()  # first: importing the definitions reads the settings too
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
 
     from analysis_wrapper.definitions import build_analysis_set, build_definitions
 
-    settings = Settings()
     built = build_analysis_set(settings=settings)
     defs = build_definitions(settings, built=built)
     assert defs.resources is not None
@@ -260,7 +268,7 @@ def _materialize(
     from analysis_wrapper.ownership import end_heartbeat, heartbeat, this_host
 
     spec = ctx.built[analysis].analysis
-    loggers = {"console": {"config": {"log_level": "INFO" if args.verbose else "ERROR"}}}
+    loggers = run_loggers(args.verbose)
     run_id = str(uuid.uuid4())
     # Host and pid say where this in-process run lives; its heartbeat lease says it is alive. Killed,
     # it is failed by the lost-run check of any daemon, and its slot in the run queue is freed.
@@ -292,6 +300,7 @@ def _materialize(
         end_heartbeat(run_id)
     statuses = _statuses(result)
     outcomes: dict[str, tuple[str, str]] = {}
+    where = log_location(ctx.instance, result.run_id)
     for job in jobs:
         status, location = statuses.get(job.partition_key, ("", ""))
         if status == "recorded":
@@ -301,11 +310,75 @@ def _materialize(
         elif status.startswith("skipped"):
             outcomes[job.partition_key] = _wait_for_other_run(ctx, job, status, bool(args.force))
         else:
-            entry = ctx.store.get_job(analysis, job.partition_key)
-            ours = entry is not None and entry.run_id == result.run_id and entry.last_error
-            error = entry.last_error if ours and entry else _first_failure(result)
-            outcomes[job.partition_key] = ("failed", f"run {result.run_id[:8]}: {error}")
+            reason = _failure_reason(ctx, analysis, job.partition_key, result)
+            outcomes[job.partition_key] = ("failed", f"{reason} [{where}]")
     return outcomes
+
+
+def run_loggers(verbose: bool) -> dict[str, Any]:
+    """Run config of an in-process run's loggers: Dagster's console logger prints only under
+    ``--verbose``. Every event (stack traces included) is stored in the run's event log in the
+    instance either way (the Dagster UI and ``log_location`` show it); the CLI prints its own lines."""
+    return {"console": {"config": {"log_level": "DEBUG" if verbose else "CRITICAL"}}}
+
+
+def log_location(instance: Any, run_id: str) -> str:
+    """Where the full log of run ``run_id`` is: its run page in the Dagster UI (``dagster dev`` on the
+    same DAGSTER_HOME) and, for local compute logs, the folder of its captured output."""
+    where = f"full log: Dagster run {run_id}, UI /runs/{run_id}"
+    folder = Path(instance.storage_directory()) / run_id / "compute_logs"
+    return f"{where}, output {folder}" if folder.is_dir() else where
+
+
+def error_line(error: Any) -> str:
+    """The root cause of a Dagster error (a ``SerializableErrorInfo``) in one line: the innermost
+    ``cause`` (Dagster wraps a failing IO manager in DagsterExecutionHandleOutputError, a failing step
+    in DagsterExecutionStepExecutionError), as ``ClassName: first line of its message``."""
+    while error.cause is not None:
+        error = error.cause
+    text = (error.message or "").strip()
+    head, sep, rest = text.partition(": ")
+    if sep and head.rsplit(".", 1)[-1] == error.cls_name:  # "module.Class: message"
+        text = f"{error.cls_name}: {rest}"
+    elif error.cls_name and not text.startswith(error.cls_name):
+        text = f"{error.cls_name}: {text}"
+    return text.splitlines()[0] if text else (error.cls_name or "unknown error")
+
+
+def _failure_reason(ctx: Context, analysis: str, key: str, result: Any) -> str:
+    """Why ``key`` failed in ``result``'s run: its registry entry's error when this run wrote it, else
+    the run's root cause. A job the run left ``running`` (its failure could not be written, e.g. the
+    store was locked) is failed now, through the lifecycle, with that cause; if the store still does not
+    answer, the line says so and the inbox sensor's lost-run check fails it later."""
+    from analysis_wrapper.lifecycle import JobLifecycle
+    from analysis_wrapper.store.base import JobState, StoreError
+
+    cause = _root_failure(result)
+    try:
+        entry = ctx.store.get_job(analysis, key)
+        if entry is not None and entry.run_id == result.run_id:
+            if entry.state == JobState.RUNNING:
+                JobLifecycle(ctx.store).failed(analysis, key, result.run_id, cause)
+                return cause
+            if entry.last_error:
+                return entry.last_error.splitlines()[0]
+    except StoreError as exc:
+        return (
+            f"{cause}; the job could not be marked failed ({exc}): once the store answers, the inbox "
+            "sensor fails it as lost (or `analysis-wrapper retry` re-queues it)"
+        )
+    return cause
+
+
+def _root_failure(result: Any) -> str:
+    """The root cause of the first failed step of ``result``'s run, in one line."""
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
+            return error_line(event.step_failure_data.error)
+    for event in result.all_events:
+        if event.is_run_failure and event.job_failure_data and event.job_failure_data.error:
+            return error_line(event.job_failure_data.error)
+    return "run failed (see the Dagster run log)"
 
 
 def _statuses(result: Any) -> dict[str, tuple[str, str]]:
@@ -360,11 +433,14 @@ def _wait_for_other_run(ctx: Context, job: Any, status: str, force: bool = False
     return ("already done", f"{record.get('location')} (recorded by run {by[:8]})")
 
 
-def _first_failure(result: Any) -> str:
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            return event.step_failure_data.error.message.strip().splitlines()[0]
-    return "run failed (see the Dagster run log)"
+ELLIPSIS = "…"
+
+
+def cut(text: str, width: int | None) -> str:
+    """``text`` whole when it fits in ``width`` (None: no limit), else cut with an ellipsis."""
+    if width is None or len(text) <= width:
+        return text
+    return text[: max(width - 1, 0)] + ELLIPSIS
 
 
 def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
@@ -383,9 +459,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    width = None if args.full else ERROR_WIDTH
     for row in rows:
         row["fingerprint"] = row["fingerprint"][:16]
-        row["last_error"] = (row["last_error"] or "")[:60]
+        row["last_error"] = cut((row["last_error"] or "").replace("\n", " "), width)
     _print_table(
         rows, ["analysis", "partition_key", "state", "attempts", "fingerprint", "run_id", "last_error"]
     )
@@ -461,9 +538,10 @@ def cmd_results(args: argparse.Namespace) -> int:
         print(json.dumps(records, indent=2, default=str))
         return 0
     rows = [result_summary(r) for r in records]
+    width = None if args.full else OUTPUTS_WIDTH
     for row in rows:
         row["fingerprint"] = row["fingerprint"][:16]
-        row["outputs"] = json.dumps(row["outputs"])[:70]
+        row["outputs"] = cut(json.dumps(row["outputs"]), width)
     _print_table(
         rows, ["analysis", "version", "partition_key", "fingerprint", "finished", "location", "outputs"]
     )
@@ -521,7 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="analysis-wrapper",
         description="Run dispatched analysis jobs as Dagster partitions, record provenance, never run twice.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens to each job")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log what happens to each job, with Dagster's own log and full stack traces",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     submit = sub.add_parser("submit", help="validate job files and register them as partitions")
@@ -550,6 +633,7 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show every registered job and its state")
     status.add_argument("--analysis", help="only this analysis")
     status.add_argument("--json", action="store_true", help="print a JSON list")
+    status.add_argument("--full", action="store_true", help="show every error whole (no ellipsis)")
     status.set_defaults(func=cmd_status)
 
     retry = sub.add_parser("retry", help="re-queue failed jobs for the inbox sensor to run again")
@@ -559,7 +643,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     results = sub.add_parser("results", help="show the provenance records")
     results.add_argument("--analysis", help="only this analysis")
-    results.add_argument("--json", action="store_true", help="print a JSON list")
+    results.add_argument("--json", action="store_true", help="print a JSON list (whole records)")
+    results.add_argument(
+        "--full", action="store_true", help="show long values whole (default: cut with an ellipsis)"
+    )
     results.add_argument(
         "--param",
         action="append",
@@ -574,23 +661,64 @@ def build_parser() -> argparse.ArgumentParser:
         "--include-superseded", action="store_true", help="also records replaced under force"
     )
     results.set_defaults(func=cmd_results)
+
+    from analysis_wrapper.dispatching.cli import add_dispatch_parser
+
+    add_dispatch_parser(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; its exit code. 0: fine; 1: a job failed or a file was rejected (the others
+    were processed); 2: the command could not run (bad setting, store unreachable, dirty tree, ...),
+    said in one line on stderr (``--verbose``: with the full trace)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        _quiet_dagster_warnings()
     from analysis_wrapper.provenance import DirtyTreeError
     from analysis_wrapper.store.base import StoreError
 
     try:
         return int(args.func(args))
-    except (StoreError, DirtyTreeError) as exc:
+    except (StoreError, DirtyTreeError, SettingsError) as exc:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # anything else: one line (what and where), the trace under --verbose
+        if args.verbose:
+            raise
+        print(
+            f"error: {_exception_line(exc)} (`analysis-wrapper --verbose ...` shows the full trace)",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _exception_line(exc: BaseException) -> str:
+    """``Class: message`` of ``exc``'s root cause (its explicit ``__cause__`` chain), with the
+    outermost exception named when it adds something."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    text = f"{type(root).__name__}: {str(root).strip().splitlines()[0] if str(root).strip() else ''}"
+    return text if root is exc else f"{type(exc).__name__}: {str(exc).strip()[:200]} ({text})"
+
+
+def _quiet_dagster_warnings() -> None:
+    """Dagster's beta/preview notices about its own API are for developers, not for each command."""
+    import warnings
+
+    from dagster import BetaWarning, PreviewWarning
+
+    warnings.filterwarnings("ignore", category=BetaWarning)
+    warnings.filterwarnings("ignore", category=PreviewWarning)
 
 
 if __name__ == "__main__":

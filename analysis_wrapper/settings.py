@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     METADATA_DOCDB_DATABASE: str = Field("metadata_index", description="Database of input metadata records")
     METADATA_DOCDB_COLLECTION: str = Field("data_assets", description="Collection of input metadata records")
     DISPATCH_INBOX: str = Field("dispatch_inbox", description="Folder or s3:// prefix the sensor watches")
+    DISPATCH_QUERIES: str = Field(
+        "dispatch_queries", description="Folder of saved dispatch queries (*.yaml), one sensor each"
+    )
+    DISPATCH_INTERVAL_S: int = Field(300, ge=1, description="Seconds between two runs of a saved query")
     DRY_RUN: bool = Field(True, description="1: write results locally only, post nothing")
     ALLOW_DIRTY: bool = Field(False, description="1: allow posting results from a dirty git tree")
     GIT_COMMIT: str | None = Field(None, description="Commit of the code where there is no .git")
@@ -82,6 +86,9 @@ class Settings(BaseSettings):
     INBOX_SETTLE_S: float = Field(
         10.0, ge=0, description="A broken inbox file younger than this may be half-written: kept for later"
     )
+    MAX_JOB_FILE_BYTES: int = Field(
+        1 << 20, ge=1, description="A job file larger than this is rejected without being read (CLI, inbox)"
+    )
     MAX_ATTEMPTS: int = Field(3, ge=1, description="Runs a failing job gets before it stays failed")
     RETRY_DELAY_S: float = Field(
         60.0, ge=0, description="Delay before the first retry; it doubles with every further attempt"
@@ -111,6 +118,12 @@ class Settings(BaseSettings):
         None,
         description="Where analyses write before results are stored (inside an analysis-wrapper-scratch "
         "folder); default: the temp folder (TMPDIR)",
+    )
+    STORE_BUSY_TIMEOUT_S: float = Field(
+        30.0,
+        gt=0,
+        description="Seconds a write to the SQLite store waits for another process's lock before it fails "
+        "with 'database is locked'",
     )
     LEASE_TTL_S: float = Field(
         60.0,
@@ -146,6 +159,39 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.dagster_home / "analysis_records.sqlite"
+
+
+BOOL_VALUES = "1, 0, true, false, yes, no, on, off"
+
+
+class SettingsError(ValueError):
+    """A setting (environment variable or ``settings.env`` / ``.env`` line) holds a value it cannot take.
+
+    The message names every bad variable, the value given (never for a secret) and what is allowed,
+    in one line each, so the CLI shows it instead of pydantic's traceback."""
+
+
+def load_settings(**values: Any) -> Settings:
+    """:class:`Settings` from the environment and the settings files, or a :class:`SettingsError`."""
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per bad setting: its name, the value given (``***`` for a secret) and what is allowed."""
+    lines = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "?"
+        field = Settings.model_fields.get(name)
+        secret = field is not None and "SecretStr" in str(field.annotation)
+        given = "***" if secret else repr(error.get("input"))
+        allowed = (
+            f" (allowed: {BOOL_VALUES}, or empty for the default)" if error["type"] == "bool_parsing" else ""
+        )
+        lines.append(f"setting {name}={given} is invalid: {error['msg']}{allowed}")
+    return "; ".join(lines) + " (from the environment, settings.env or .env)"
 
 
 def redact_uri(uri: str) -> str:

@@ -277,3 +277,149 @@ def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
     lines.step("done a")
     lines.step("done b")
     assert pipe.getvalue() == "done a\ndone b\n"
+
+
+# ---- one line per failure, no Dagster stack traces (issue 11 item 11, issue 12 item 6) -------------
+
+
+def _with_missing_input(workdir: Path, example_jobs: list[Path]) -> tuple[Path, Path]:
+    inbox = workdir / "inbox"
+    shutil.copytree(example_jobs[0].parent, inbox)
+    first = sorted(inbox.glob("*.json"))[0]
+    job = json.loads(first.read_text())
+    missing = workdir / "gone.nwb"
+    job["file_location"] = [str(missing)]
+    first.write_text(json.dumps(job))
+    return inbox, missing
+
+
+@pytest.mark.parametrize("batch_size", ["1", "20"], ids=["one-run-per-job", "batch"])
+def test_a_failed_job_is_one_line_with_its_reason_and_its_log_and_no_stack_trace(
+    workdir: Path, example_jobs: list[Path], capfd: pytest.CaptureFixture[str], batch_size: str
+) -> None:
+    from dagster import DagsterEventType, DagsterInstance
+
+    inbox, missing = _with_missing_input(workdir, example_jobs)
+    code = main(["run", "--batch-size", batch_size, str(inbox)])
+    close_all_stores()
+    out, err = capfd.readouterr()
+    assert code == 1
+    assert "2 done" in out and "1 failed" in out
+    (line,) = [line for line in out.splitlines() if line.startswith("failed")]
+    assert "InputNotFoundError: " in line, line
+    assert f"input [0] {missing} does not exist" in line
+    run_id = line.split("full log: Dagster run ", 1)[1].split(",", 1)[0]
+    assert f"UI /runs/{run_id}" in line
+    for noise in ("Traceback", "Stack Trace", "STEP_FAILURE", "dagster - ERROR", "BetaWarning"):
+        assert noise not in out + err, (noise, err[-2000:])
+    assert err.strip() == "", err
+    # The full story is in the run's event log in the instance (the Dagster UI shows it there).
+    instance = DagsterInstance.from_config(str(workdir / ".dagster_home"))
+    try:
+        failures = [
+            e
+            for e in instance.all_logs(run_id)
+            if e.dagster_event is not None and e.dagster_event.event_type == DagsterEventType.STEP_FAILURE
+        ]
+        assert failures and failures[0].dagster_event is not None
+        error = failures[0].dagster_event.step_failure_data.error
+        assert error is not None and error.stack
+    finally:
+        instance.dispose()
+
+
+def test_verbose_shows_dagster_log_and_the_full_trace(
+    workdir: Path, example_jobs: list[Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    inbox, _missing = _with_missing_input(workdir, example_jobs)
+    code = main(["--verbose", "run", "--batch-size", "1", str(inbox)])
+    close_all_stores()
+    _out, err = capfd.readouterr()
+    assert code == 1
+    assert "STEP_FAILURE" in err and "Stack Trace" in err
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable_and_the_allowed_values(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DRY_RUN", "maybe")
+    assert main(["status"]) == 2
+    out, err = capfd.readouterr()
+    assert out == ""
+    (line,) = err.splitlines()
+    assert line.startswith("error: setting DRY_RUN='maybe' is invalid: ")
+    assert "allowed: 1, 0, true, false, yes, no, on, off" in line
+    monkeypatch.setenv("DRY_RUN", "0")
+    monkeypatch.setenv("SENSOR_BATCH_SIZE", "0")
+    monkeypatch.setenv("DOCDB_URI", "not a uri")
+    monkeypatch.setenv("STORE_BUSY_TIMEOUT_S", "-1")
+    assert main(["status"]) == 2
+    (line,) = capfd.readouterr().err.splitlines()
+    assert "setting SENSOR_BATCH_SIZE='0' is invalid: Input should be greater than or equal to 1" in line
+    assert "setting STORE_BUSY_TIMEOUT_S='-1' is invalid" in line
+    assert not (workdir / ".dagster_home").exists()  # nothing was created
+
+
+LOCKER = """
+import sqlite3, sys, time
+path, key, hold_s, ready = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
+deadline = time.monotonic() + 120
+while True:  # until the CLI's run has started the job (state running), then lock the store
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None)
+    try:
+        row = conn.execute("SELECT state FROM jobs WHERE partition_key = ?", (key,)).fetchone()
+    except sqlite3.OperationalError:
+        row = None
+    if row and row[0] == "running":
+        break
+    conn.close()
+    assert time.monotonic() < deadline, "the job never started"
+    time.sleep(0.02)
+conn.execute("BEGIN EXCLUSIVE")
+open(ready, "w").close()
+time.sleep(hold_s)
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.parametrize("batch_size", ["1", "20"], ids=["one-run-per-job", "batch"])
+def test_store_locked_mid_run_shows_the_cause_and_the_job_ends_failed(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], batch_size: str
+) -> None:
+    """Another process holds the SQLite store locked (BEGIN EXCLUSIVE) beyond the busy timeout while the
+    job runs: the job's line says "database is locked", and the job ends ``failed`` (not ``running``)."""
+    from analysis_wrapper.store.base import JobState
+    from analysis_wrapper.store.sqlite import SqliteStore
+    from analysis_wrapper_tests.conftest import write_job
+
+    monkeypatch.setenv("ANALYSIS_MODULES", "analysis_wrapper_tests.counting_analysis")
+    monkeypatch.setenv("STORE_BUSY_TIMEOUT_S", "1")
+    source = workdir / "input.txt"
+    source.write_text("x\n")
+    job_file = write_job(workdir / "jobs", [source], analysis="counting", sleep_s=1.5)
+    assert main(["submit", str(job_file)]) == 0
+    close_all_stores()
+    capfd.readouterr()
+    store_path = workdir / ".dagster_home" / "analysis_records.sqlite"
+    store = SqliteStore(store_path)
+    (entry,) = store.list_jobs("counting")
+    ready = workdir / "locked"
+    locker = subprocess.Popen(
+        [sys.executable, "-c", LOCKER, str(store_path), entry.partition_key, "3.5", str(ready)]
+    )
+    try:
+        code = main(["run", "--batch-size", batch_size])
+        close_all_stores()
+    finally:
+        assert locker.wait(timeout=60) == 0
+    out, err = capfd.readouterr()
+    assert ready.exists(), "the store was never locked"
+    assert code == 1, out
+    (line,) = [line for line in out.splitlines() if line.startswith("failed")]
+    assert "database is locked" in line, out
+    assert "full log: Dagster run" in line
+    assert "Traceback" not in err and "Stack Trace" not in err and "HandleOutputError" not in out, err
+    (after,) = store.list_jobs("counting")
+    assert after.state == JobState.FAILED, after
+    assert "database is locked" in (after.last_error or "")
+    store.close()

@@ -33,6 +33,9 @@ class StoreResource(ConfigurableResource):  # type: ignore[misc]
     tls: bool | None = Field(default=None, description="Use TLS (DocumentDB); unset: as the URI says")
     tls_ca_file: str | None = Field(default=None, description="CA bundle for TLS (DocumentDB)")
     timeout_ms: int = Field(default=10_000, description="Server selection timeout in milliseconds")
+    busy_timeout_s: float = Field(
+        default=30.0, description="SQLite: seconds a write waits for another process's lock"
+    )
 
     def _cache_key(self) -> tuple[object, ...]:
         return (
@@ -44,6 +47,7 @@ class StoreResource(ConfigurableResource):  # type: ignore[misc]
             self.tls,
             self.tls_ca_file,
             self.timeout_ms,
+            self.busy_timeout_s,
         )
 
     lease_ttl_s: float = Field(
@@ -74,7 +78,7 @@ def _open_store(config: StoreResource) -> Store:
 
         if not config.sqlite_path:
             raise ValueError("StoreResource(backend='sqlite') needs sqlite_path")
-        return SqliteStore(Path(config.sqlite_path))
+        return SqliteStore(Path(config.sqlite_path), busy_timeout_s=config.busy_timeout_s)
     from analysis_wrapper.store.mongo import MongoStore
 
     # Inside a Dagster run the EnvVar is resolved already; used directly (CLI, sensors' helpers) it is not.
