@@ -16,6 +16,7 @@ from dagster_aws.s3 import S3Resource
 
 from analysis_wrapper.analyses import discover_analyses
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.dispatching.definitions import build_dispatch_definitions
 from analysis_wrapper.factory import RESULTS_IO_MANAGER_KEY, AnalysisDefinitions, build_analysis_definitions
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.results_location import (
@@ -98,10 +99,11 @@ def build_definitions(
     the analyses already ``built``. The code location, the CLI and the tests all come through here."""
     settings = settings or Settings()
     built = built if built is not None else build_analysis_set(analyses, settings)
+    dispatch = build_dispatch_definitions(built, settings)
     return Definitions(
-        assets=[d.asset for d in built.values()],
-        jobs=[j for d in built.values() for j in (d.job, d.batch_job)],
-        sensors=build_sensors(built, settings),
+        assets=[d.asset for d in built.values()] + dispatch.assets,
+        jobs=[j for d in built.values() for j in (d.job, d.batch_job)] + dispatch.jobs,
+        sensors=build_sensors(built, settings) + dispatch.sensors,
         resources=build_resources(settings),
     )
 

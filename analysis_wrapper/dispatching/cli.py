@@ -1,0 +1,199 @@
+"""``analysis-wrapper dispatch``: a query (or a saved query) against the metadata database, as jobs.
+
+Hooked into :mod:`analysis_wrapper.cli` by :func:`add_dispatch_parser`. It prints what the query
+found, how many jobs were already recorded or registered, how many it registered, and how many the
+cap (``--max-jobs``) left out; with ``--dry-run`` it registers nothing and lists the jobs it would.
+The dispatch is recorded as a materialization of ``<analysis>_dispatches`` in the Dagster instance.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from analysis_wrapper.dispatching.settings import DEFAULT_MAX_TASKS
+
+
+def add_dispatch_parser(subparsers: Any) -> argparse.ArgumentParser:
+    dispatch = subparsers.add_parser(
+        "dispatch",
+        help="find assets in the metadata database and register them as jobs (the AIND dispatcher)",
+        description="Query the metadata collection (METADATA_DOCDB_URI/_DATABASE/_COLLECTION) and register "
+        "one job per asset, group or file as partitions of the analysis; jobs already recorded or "
+        "registered are skipped. The inbox sensor (or `analysis-wrapper run`) then runs them.",
+    )
+    what = dispatch.add_mutually_exclusive_group(required=True)
+    what.add_argument(
+        "--query", metavar="JSON_OR_FILE", help="docdb_query: a MongoDB filter, as JSON or a JSON file"
+    )
+    what.add_argument("--asset-csv", metavar="FILE", help="data_asset_csv: a CSV with an asset_id column")
+    what.add_argument("--saved", metavar="YAML", help="a saved query file (as the dispatch sensors run them)")
+    dispatch.add_argument("--analysis", help="the analysis the jobs are for (default: the only one served)")
+    dispatch.add_argument("--file-extension", metavar="EXT", help="file_extension: one job per matching file")
+    dispatch.add_argument(
+        "--split-files",
+        type=int,
+        metavar="N",
+        help="split_files: with --file-extension, N files per job (default 1); 0: one job per asset",
+    )
+    dispatch.add_argument("--group-by", nargs="+", action="extend", metavar="FIELD", help="group_by fields")
+    dispatch.add_argument(
+        "--filter-latest", metavar="FIELD", help="filter_latest: keep the newest record ..."
+    )
+    dispatch.add_argument(
+        "--filter-by", nargs="+", action="extend", metavar="FIELD", help="... per filter_by group"
+    )
+    dispatch.add_argument("--unwind", nargs="+", action="extend", metavar="FIELD", help="unwind_list_fields")
+    dispatch.add_argument(
+        "--keep-null-groups",
+        action="store_true",
+        help="drop_null_groups=0: keep records with null group fields",
+    )
+    dispatch.add_argument(
+        "--parameters",
+        metavar="FILE",
+        help="analysis_parameters.json: parameter sets every job is crossed with",
+    )
+    dispatch.add_argument(
+        "--max-jobs",
+        type=int,
+        metavar="N",
+        help=f"max_number_of_tasks_dispatched: most new jobs registered (default {DEFAULT_MAX_TASKS})",
+    )
+    dispatch.add_argument(
+        "--tasks-per-job", type=int, metavar="N", help="tasks_per_job: job files per folder"
+    )
+    dispatch.add_argument("--out", metavar="DIR_OR_S3", help="also write the jobs as files there")
+    dispatch.add_argument("--dry-run", action="store_true", help="register nothing: show what would be")
+    dispatch.add_argument("--json", action="store_true", help="print the report as JSON")
+    dispatch.set_defaults(func=cmd_dispatch)
+    return dispatch
+
+
+def settings_from_args(args: argparse.Namespace) -> tuple[str | None, Any]:
+    """(analysis, :class:`DispatchSettings`) from the command line, or from ``--saved`` with the
+    command line's options on top."""
+    from analysis_wrapper.dispatching.saved import load_saved_query
+    from analysis_wrapper.dispatching.settings import DispatchSettings
+
+    values: dict[str, Any] = {}
+    analysis = args.analysis
+    if args.saved:
+        saved = load_saved_query(Path(args.saved))
+        values = saved.settings.model_dump()
+        analysis = analysis or saved.analysis
+    options = {
+        "docdb_query": args.query,
+        "data_asset_csv": args.asset_csv,
+        "file_extension": args.file_extension,
+        "split_files": args.split_files,
+        "group_by": args.group_by,
+        "filter_latest": args.filter_latest,
+        "filter_by": args.filter_by,
+        "unwind_list_fields": args.unwind,
+        "drop_null_groups": False if args.keep_null_groups else None,
+        "parameters_file": args.parameters,
+        "max_number_of_tasks_dispatched": args.max_jobs,
+        "tasks_per_job": args.tasks_per_job,
+        "output_directory": args.out,
+        "dry_run": True if args.dry_run else None,
+    }
+    values.update({k: v for k, v in options.items() if v is not None})
+    return analysis, DispatchSettings.model_validate(values)
+
+
+def print_report(report: Any, out: Any = sys.stdout) -> None:
+    verb = "would register" if report.dry_run else "registered"
+    print(
+        f"found: {report.found} asset(s)/group(s) from {report.query_source}, {report.jobs} job(s)", file=out
+    )
+    print(f"already recorded: {report.already_recorded}", file=out)
+    print(f"already registered: {report.already_registered}", file=out)
+    print(
+        f"{verb}: {report.registered}"
+        + (f" (+{report.reregistered} re-registered)" if report.reregistered else ""),
+        file=out,
+    )
+    print(f"left out by the cap: {report.left_out}", file=out)
+    for reason in report.unusable:
+        print(f"UNUSABLE {reason}", file=out)
+    for reason in report.rejected:
+        print(f"REJECTED {reason}", file=out)
+    if report.dry_run:
+        for key in report.keys:
+            print(f"would register {report.analysis} {key}", file=out)
+    if report.written:
+        print(f"written: {len(report.written)} job file(s), e.g. {report.written[0]}", file=out)
+    print(report.summary(), file=out)
+
+
+def cmd_dispatch(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from analysis_wrapper.cli import _open
+    from analysis_wrapper.dispatching.dispatch_run import dispatch, parameter_sets, report_json, resolve_query
+    from analysis_wrapper.dispatching.metadata_db import MetadataDatabase, MetadataDatabaseNotConfigured
+    from analysis_wrapper.dispatching.query import DispatchQueryError
+    from analysis_wrapper.dispatching.record import dispatch_materialization
+    from analysis_wrapper.dispatching.saved import SavedQueryError
+    from analysis_wrapper.dispatching.settings import DispatchSettingsError
+    from analysis_wrapper.resources.s3_storage import cached_client
+
+    try:
+        name, settings = settings_from_args(args)
+        resolve_query(settings)  # a bad query or parameters file fails here, before anything is opened
+        parameter_sets(settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        print(f"error: {where}: {first['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
+    except (SavedQueryError, DispatchSettingsError, DispatchQueryError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ctx = _open(args)
+    if name is None:
+        if len(ctx.analyses) != 1:
+            print(
+                f"error: --analysis is needed (served here: {', '.join(sorted(ctx.analyses))})",
+                file=sys.stderr,
+            )
+            return 2
+        name = next(iter(ctx.analyses))
+    if name not in ctx.analyses:
+        print(
+            f"error: --analysis {name!r} is not served here (known: {', '.join(sorted(ctx.analyses))})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        metadata = MetadataDatabase.from_settings(ctx.settings)
+    except MetadataDatabaseNotConfigured as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    s3 = ctx.defs.resources["s3"]
+    try:
+        report = dispatch(
+            ctx.analyses[name],
+            settings,
+            ctx.store,
+            metadata,
+            ctx.instance,
+            s3_client=lambda: cached_client(s3),
+            origin=f"saved query {Path(args.saved).stem}" if args.saved else "cli",
+        )
+    except DispatchQueryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        metadata.close()
+    if not report.dry_run:
+        ctx.instance.report_runless_asset_event(dispatch_materialization(report))
+    if args.json:
+        print(json.dumps(report_json(report), indent=2, default=str))
+    else:
+        print_report(report)
+    return 1 if report.rejected else 0
