@@ -13,15 +13,19 @@ analysis: parameters merged and validated, inputs normalised, fingerprint and pa
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from analysis_wrapper.job_bytes import DEFAULT_MAX_JOB_FILE_BYTES, BadJobFileError, read_job_bytes
+from analysis_wrapper.safe_paths import bucket_problem, key_problem
+from analysis_wrapper.strict_json import StrictJSONError, loads_strict
 
 log = logging.getLogger(__name__)
 
@@ -139,32 +143,101 @@ def parse_job(data: Any, source: str) -> DispatchJob:
     if unknown:
         log.warning("%s: ignoring unknown job keys %s", source, ", ".join(unknown))
     try:
-        return DispatchJob.model_validate(data)
+        job = DispatchJob.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         extra = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
         raise JobFileError(source, field_path(first["loc"]), f"{first['msg']}{extra}") from None
+    check_assets(job, source)
+    return job
+
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):")
+LOCATION_FORMS = "s3://bucket/key, file:///absolute/path or a local path"
+
+
+def location_problem(location: str) -> str | None:
+    """Why ``location`` cannot be an input location (see :data:`LOCATION_FORMS`); None if it can."""
+    text = location.strip()
+    if not text:
+        return "is empty"
+    if "\x00" in text:
+        return "holds a NUL character"
+    match = _SCHEME.match(text)
+    if match is None:
+        return None  # a local path (absolute, or relative to the job file's folder)
+    scheme = match.group(1)
+    rest = text[len(scheme) + 1 :]
+    if scheme.lower() == "s3":
+        if scheme != "s3" or not rest.startswith("//"):
+            return f"{text!r} is not an s3:// URI: write s3://bucket/key"
+        bucket, _, key = rest[2:].partition("/")
+        return bucket_problem(bucket) or (
+            f"S3 key {key!r} {problem}" if (problem := key_problem(key)) else None
+        )
+    if scheme.lower() == "file":
+        parsed = urlparse(text)
+        if scheme != "file" or not rest.startswith("//"):
+            return f"{text!r} is not a file:// URI: write file:///absolute/path"
+        if parsed.netloc not in ("", "localhost"):
+            return f"file URI names the host {parsed.netloc!r}: only local files (file:///path)"
+        if not parsed.path:
+            return "file URI names no path"
+        return None
+    if rest.startswith("//"):
+        return f"scheme {scheme}:// is not supported: use {LOCATION_FORMS}"
+    return None  # e.g. "session:1.nwb", a relative path with a colon in its name
+
+
+def check_assets(job: DispatchJob, source: str) -> None:
+    """The per-asset lists of the AIND ``AnalysisDispatchModel`` are parallel: ``asset_name``,
+    ``docdb_record_id`` and ``file_location`` (when given) hold one entry per ``s3_location``.
+    A shorter list would record one input while the analysis reads two; refuse it, and refuse
+    locations that cannot be read (empty, an unsupported scheme, an S3 key leading out of a folder)."""
+    count = len(job.s3_location)
+    lists: dict[str, list[str]] = {"s3_location": job.s3_location}
+    for name in ("asset_name", "docdb_record_id", "file_location"):
+        values = getattr(job, name) or []
+        if values and len(values) != count:
+            raise JobFileError(
+                source,
+                name,
+                f"has {len(values)} entries but s3_location has {count}: each asset needs exactly one "
+                "(the lists are parallel, as in AIND's AnalysisDispatchModel)",
+            )
+        lists[name] = values
+    for name in ("s3_location", "file_location"):
+        for i, location in enumerate(lists[name]):
+            problem = location_problem(location)
+            if problem:
+                raise JobFileError(source, f"{name}[{i}]", problem)
+    for name in ("asset_name", "docdb_record_id"):
+        for i, value in enumerate(lists[name]):
+            if not value.strip():
+                raise JobFileError(source, f"{name}[{i}]", "is empty")
 
 
 def parse_job_text(text: str | bytes, source: str) -> DispatchJob:
-    """Parse job JSON text; broken JSON is reported with its line and column."""
+    """Parse job JSON text strictly (:func:`~analysis_wrapper.strict_json.loads_strict`); broken JSON
+    is reported with its line and column, NaN, duplicate keys and deep nesting with their field."""
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise JobFileError(
-            source, None, f"invalid JSON: {exc.msg} (column {exc.colno})", exc.lineno
-        ) from None
+        data = loads_strict(text)
+    except StrictJSONError as exc:
+        raise JobFileError(source, exc.field, exc.problem, exc.line) from None
     except UnicodeDecodeError as exc:
         raise JobFileError(source, None, f"not UTF-8 text: {exc.reason}") from None
     return parse_job(data, source)
 
 
-def load_job_file(path: Path) -> DispatchJob:
-    """Read and validate one job file. Relative local locations are resolved against its folder."""
+def load_job_file(path: Path, max_bytes: int = DEFAULT_MAX_JOB_FILE_BYTES) -> DispatchJob:
+    """Read (at most ``max_bytes``) and validate one job file. Relative local locations are resolved
+    against its folder."""
     try:
-        text = path.read_bytes()
+        text = read_job_bytes(path, max_bytes)
+    except BadJobFileError as exc:
+        raise JobFileError(str(path), None, str(exc)) from None
     except OSError as exc:
-        raise JobFileError(str(path), None, f"cannot read file: {exc.strerror}") from None
+        raise JobFileError(str(path), None, f"cannot read file: {exc.strerror or exc}") from None
     job = parse_job_text(text, str(path))
     return resolve_relative_locations(job, path.parent)
 

@@ -2,7 +2,8 @@
 
 Local paths are used in place. ``s3://`` objects (or prefixes) are fetched into a per-run cache
 (:class:`~analysis_wrapper.resources.s3_storage.S3InputCache`), reused within the run and removed
-after it.
+after it; every local path there is built by :func:`~analysis_wrapper.safe_paths.contained_path`, so
+no S3 key can place a file outside the cache.
 """
 
 from __future__ import annotations
@@ -11,12 +12,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from analysis_wrapper.safe_paths import UnsafePathError
+
 if TYPE_CHECKING:
     from analysis_wrapper.resources.s3_storage import S3InputCache
 
 
 class InputNotFoundError(FileNotFoundError):
     """An input location names nothing that exists (or cannot be fetched)."""
+
+
+class UnsafeInputError(InputNotFoundError):
+    """An S3 input whose key (or a key listed under its prefix) would be written outside the input
+    cache (``/tmp/x``, ``a/../../x``): refused before anything is downloaded to that place."""
 
 
 def resolve_inputs(locations: Sequence[str], source: str, cache: S3InputCache | None) -> list[Path]:
@@ -30,6 +38,8 @@ def resolve_inputs(locations: Sequence[str], source: str, cache: S3InputCache | 
                 )
             try:
                 paths.append(cache.local_path(location))
+            except UnsafePathError as exc:
+                raise UnsafeInputError(f"{source}: input [{i}] {location}: S3 key {exc}") from None
             except FileNotFoundError as exc:
                 raise InputNotFoundError(f"{source}: input [{i}] {exc}") from None
             continue

@@ -3,12 +3,14 @@
 job file -> DispatchJob -> AnalysisJob (fingerprint, partition key) -> job registry entry
 (:meth:`~analysis_wrapper.lifecycle.JobLifecycle.register`; those already recorded are marked
 skipped) -> dynamic partition (added by the CLI here, by the sensor through its ``SensorResult``).
-Bad files never stop the others: each is reported with its reason.
+Bad files never stop the others: each is reported with its reason, whatever went wrong with it
+(a job file is read through :func:`~analysis_wrapper.dispatch.load_job_file`: bounded, strict JSON).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from dagster import DagsterInstance
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError, load_job_file
+from analysis_wrapper.inbox import is_job_file_name
 from analysis_wrapper.lifecycle import JobLifecycle, RegisterOutcome
 from analysis_wrapper.make_job import build_analysis_job, select_analysis
 from analysis_wrapper.store.base import JobEntry, Store
@@ -48,13 +51,22 @@ class Prepared:
 
 
 def find_job_files(paths: Iterable[Path]) -> tuple[list[Path], list[Rejected]]:
-    """Expand files and folders (``*.json`` inside, recursively, sorted) into job files."""
+    """Expand files and folders (``*.json`` inside, recursively, sorted) into job files.
+
+    Entries of a folder named like job files that are not files (a FIFO, a symlink loop, a dangling
+    link) are returned as files too, so each is reported with its reason by :func:`prepare_files`
+    rather than skipped unseen; folders (even one named ``x.json``) are walked."""
     files: list[Path] = []
     missing: list[Rejected] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.rglob("*.json") if p.is_file() and "rejected" not in p.parts))
-        elif path.is_file():
+            found = (
+                p
+                for p in path.rglob("*.json")
+                if is_job_file_name(p.name) and "rejected" not in p.parts and not p.is_dir()
+            )
+            files.extend(sorted(found))
+        elif path.is_file() or os.path.lexists(path):
             files.append(path)
         else:
             missing.append(Rejected(str(path), f"{path}: no such file or folder"))
@@ -72,14 +84,27 @@ def prepare_job(
 
 
 def prepare_files(
-    files: Sequence[Path], analyses: Mapping[str, Analysis[Any, Any]], analysis_override: str | None = None
+    files: Sequence[Path],
+    analyses: Mapping[str, Analysis[Any, Any]],
+    analysis_override: str | None = None,
+    max_bytes: int | None = None,
 ) -> Prepared:
+    """Jobs of ``files``; files larger than ``max_bytes`` (default: the ``MAX_JOB_FILE_BYTES`` setting)
+    are rejected unread. A file failing in any way is rejected with the reason; the others go on."""
+    if max_bytes is None:
+        from analysis_wrapper.settings import Settings
+
+        max_bytes = Settings().MAX_JOB_FILE_BYTES
     prepared = Prepared()
     for path in files:
         try:
-            job = prepare_job(load_job_file(path), str(path), analyses, analysis_override)
+            job = prepare_job(load_job_file(path, max_bytes), str(path), analyses, analysis_override)
         except JobFileError as exc:
             prepared.rejected.append(Rejected(str(path), str(exc)))
+            continue
+        except Exception as exc:  # never let one file stop the others: report it, with the reason
+            reason = f"{path}: cannot be used as a job: {type(exc).__name__}: {exc}"
+            prepared.rejected.append(Rejected(str(path), reason))
             continue
         prepared.jobs.setdefault(job.analysis, []).append(job)
     return prepared

@@ -615,3 +615,184 @@ def test_select_missing_name_with_two_analyses_is_an_error() -> None:
     assert str(err).startswith("inbox/k.json")
     assert "missing" in str(err)
     assert "firing_rate" in str(err) and "isi_violations" in str(err)
+
+
+# ---- strict JSON and per-asset checks (issue 11, items 4, 7 and 9) ----------------------------------
+def _job_text(**changes: Any) -> dict[str, Any]:
+    job: dict[str, Any] = {
+        "s3_location": ["s3://bucket/asset"],
+        "asset_name": ["asset"],
+        "docdb_record_id": ["rec-1"],
+        "analysis_code": {"parameters": {"analysis_name": "isi_violations"}},
+    }
+    job.update(changes)
+    return job
+
+
+def _rejection(text: str | bytes) -> JobFileError:
+    with pytest.raises(JobFileError) as caught:
+        parse_job_text(text, "/inbox/job.json")
+    assert str(caught.value).startswith("/inbox/job.json")  # names the file
+    return caught.value
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "problem"),
+    [
+        ('{"s3_location": ["s3://b/k"], "group_metadata": {"x": NaN}}', "group_metadata.x", "NaN"),
+        ('{"s3_location": ["s3://b/k"], "distributed_parameters": {"v": -Infinity}}', None, "-Infinity"),
+        ('{"s3_location": ["s3://b/k"], "distributed_parameters": {"v": 1e999}}', None, "out of range"),
+        ('{"s3_location": ["s3://b/k"], "s3_location": ["s3://b/other"]}', "(top level)", "duplicate key"),
+        (
+            '{"s3_location": ["s3://b/k"], "query": "{}", "distributed_parameters": {"a": 1, "a": 2}}',
+            None,
+            "'a'",
+        ),
+        ('{"s3_location": ["s3://b/k"], "group_metadata": {"n": ' + "9" * 5000 + "}}", None, "5000 digits"),
+    ],
+)
+def test_values_plain_json_has_no_way_to_say_are_refused_naming_the_field(
+    text: str, field: str | None, problem: str
+) -> None:
+    error = _rejection(text)
+    assert problem in error.problem
+    if field:
+        assert error.field == field
+    else:
+        assert error.field  # always named
+
+
+def test_deep_nesting_is_a_clean_rejection_whatever_the_stack_depth() -> None:
+    # Written as text: json.dumps itself cannot go 990 levels deep under pytest.
+    nested = '{"a": ' * 990 + "1" + "}" * 990
+    text = json.dumps(_job_text(group_metadata="NESTED")).replace('"NESTED"', nested)
+    error = _rejection(text)
+    assert (
+        error.field is not None
+        and error.field.startswith("group_metadata.a")
+        and "64 levels" in error.problem
+    )
+
+    def deep(levels: int) -> JobFileError:  # the CLI's stack is deeper than the sensor's: same answer
+        return _rejection(text) if levels == 0 else deep(levels - 1)
+
+    assert deep(900).problem == error.problem
+    assert "nested" in _rejection("[" * 100_000 + "]" * 100_000).problem  # beyond json's own limit
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("\ufeff" + json.dumps(_job_text()), "byte order mark"),
+        (json.dumps(_job_text()).encode("utf-16"), "not UTF-8"),
+        (json.dumps(_job_text()).encode("utf-16-le"), "invalid JSON"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "not UTF-8"),
+    ],
+)
+def test_other_encodings_are_refused(content: str | bytes, problem: str) -> None:
+    if isinstance(content, str):
+        content = content.encode("utf-8")
+    assert problem in str(_rejection(content))
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "problem"),
+    [
+        # The issue's case: 3 asset names, 2 record ids, 1 s3_location, 2 file_location.
+        (
+            {"asset_name": ["a", "b", "c"], "docdb_record_id": ["r1", "r2"], "file_location": ["/x", "/y"]},
+            "asset_name",
+            "3 entries but s3_location has 1",
+        ),
+        ({"docdb_record_id": ["r1", "r2"]}, "docdb_record_id", "2 entries"),
+        (
+            {"file_location": ["s3://bucket/asset/a.nwb", "s3://bucket/asset/b.nwb"]},
+            "file_location",
+            "2 entries",
+        ),
+        ({"s3_location": ["http://example.org/a.nwb"]}, "s3_location[0]", "scheme http://"),
+        ({"s3_location": ["ftp://example.org/a.nwb"]}, "s3_location[0]", "scheme ftp://"),
+        ({"file_location": ["https://example.org/a.nwb"]}, "file_location[0]", "scheme https://"),
+        ({"s3_location": ["S3://bucket/a"]}, "s3_location[0]", "not an s3:// URI"),
+        ({"s3_location": ["s3:bucket/a"]}, "s3_location[0]", "not an s3:// URI"),
+        ({"s3_location": ["file://otherhost/data/a.nwb"]}, "s3_location[0]", "host 'otherhost'"),
+        ({"s3_location": [""]}, "s3_location[0]", "is empty"),
+        ({"s3_location": ["  "]}, "s3_location[0]", "is empty"),
+        ({"file_location": [""]}, "file_location[0]", "is empty"),
+        ({"asset_name": [""]}, "asset_name[0]", "is empty"),
+        ({"docdb_record_id": [" "]}, "docdb_record_id[0]", "is empty"),
+        ({"s3_location": ["s3://inputs//tmp/x/evil.nwb"]}, "s3_location[0]", "starts with '/'"),
+        ({"s3_location": ["s3://inputs/trav/../../../../tmp/x/evil.nwb"]}, "s3_location[0]", "'..'"),
+        ({"s3_location": ["s3://../x"]}, "s3_location[0]", "bucket name"),
+        ({"s3_location": ["s3:///key"]}, "s3_location[0]", "bucket name"),
+        ({"s3_location": ["/data/a\x00.nwb"]}, "s3_location[0]", "NUL"),
+    ],
+)
+def test_per_asset_lists_and_locations_are_checked(changes: dict[str, Any], field: str, problem: str) -> None:
+    error = _rejection(json.dumps(_job_text(**changes)))
+    assert error.field == field and problem in error.problem, str(error)
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "s3://bucket",
+        "s3://bucket/",
+        "s3://bucket/a/b.nwb",
+        "s3://bucket/prefix/",
+        "/abs/x.nwb",
+        "rel/x.nwb",
+        "../up/x.nwb",
+        "file:///abs/x.nwb",
+        "file://localhost/abs/x.nwb",
+        "session:1.nwb",
+    ],
+)
+def test_usable_locations_still_pass(location: str) -> None:
+    job = parse_job_text(json.dumps(_job_text(s3_location=[location])), "job.json")
+    assert job.s3_location == [location]
+
+
+def test_lists_may_be_left_empty_as_before() -> None:
+    job = parse_job_text(json.dumps(_job_text(asset_name=[], docdb_record_id=[], file_location=[])), "j")
+    assert job.asset_name == [] and job.file_location == []
+
+
+def test_a_job_file_over_the_size_limit_is_rejected_without_being_read(tmp_path: Path) -> None:
+    import tracemalloc
+
+    huge = tmp_path / "huge.json"
+    with huge.open("wb") as f:
+        f.truncate(1 << 30)  # 1 GiB, sparse: costs no disk
+    tracemalloc.start()
+    try:
+        with pytest.raises(JobFileError, match="larger than MAX_JOB_FILE_BYTES") as caught:
+            load_job_file(huge, max_bytes=1 << 20)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(caught.value).startswith(str(huge)) and "1,073,741,824 bytes" in str(caught.value)
+    assert peak < 1 << 20
+
+
+def test_entries_that_are_no_files_are_rejected_not_waited_on(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)  # no writer: a plain open() would block forever
+    loop = tmp_path / "loop.json"
+    loop.symlink_to(loop.name)
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "nowhere.json")
+    folder = tmp_path / "folder.json"
+    folder.mkdir()
+    expected = {
+        fifo: "FIFO",
+        loop: "symbolic link loop",
+        dangling: "symbolic link to nothing",
+        folder: "directory",
+    }
+    for path, problem in expected.items():
+        with pytest.raises(JobFileError, match=problem) as caught:
+            load_job_file(path)
+        assert str(caught.value).startswith(str(path))

@@ -4,6 +4,7 @@ moves that never lose or overwrite a file."""
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -164,3 +165,127 @@ def test_s3_moves_copy_then_remove(s3_inbox: tuple[S3Inbox, str, S3Endpoint]) ->
 def test_inbox_is_an_interface() -> None:
     with pytest.raises(TypeError):
         Inbox()  # type: ignore[abstract]
+
+
+# ---- bad entries (issue 11, items 3, 6, 7 and 8) ------------------------------------------------
+def test_entries_that_are_no_job_files_are_listed_and_refused_unread(tmp_path: Path) -> None:
+    from analysis_wrapper.job_bytes import BadJobFileError
+
+    root = tmp_path / "inbox"
+    inbox = LocalInbox(root, max_bytes=100)
+    _write(root / "ok.json", "{}")
+    (root / "loop.json").symlink_to("loop.json")  # ln -s loop.json loop.json
+    (root / "dangling.json").symlink_to(root / "nowhere")
+    (root / "dir.json").mkdir()
+    os.mkfifo(root / "fifo.json")
+    with (root / "big.json").open("wb") as f:
+        f.truncate(10_000)
+    files = {f.name: f for f in inbox.list_files("", 100)}
+    assert sorted(files) == ["big.json", "dangling.json", "dir.json", "fifo.json", "loop.json", "ok.json"]
+    assert inbox.read(files["ok.json"]) == b"{}"
+    expected = {
+        "loop.json": "symbolic link loop",
+        "dangling.json": "symbolic link to nothing",
+        "dir.json": "a directory, not a regular file",
+        "fifo.json": "a FIFO",
+        "big.json": "10,000 bytes, larger than MAX_JOB_FILE_BYTES (100)",
+    }
+    for name, problem in expected.items():
+        with pytest.raises(BadJobFileError, match=re.escape(problem)):
+            inbox.read(files[name])
+        where = inbox.reject(files[name], problem, "me")  # each can be quarantined, whatever it is
+        assert where is not None and os.path.lexists(where) and Path(where + REASON_SUFFIX).is_file()
+    assert sorted(f.name for f in inbox.list_files("", 100)) == ["ok.json"]
+
+
+def test_a_file_where_an_analysis_folder_belongs_is_listed_as_a_bad_entry(tmp_path: Path) -> None:
+    inbox = LocalInbox(tmp_path)
+    _write(tmp_path / "isi_violations", "not a folder")
+    (blocked,) = inbox.list_files("isi_violations", 10)
+    assert blocked.folder == "" and blocked.name == "isi_violations" and blocked.problem
+    assert "named like the inbox folder of analysis 'isi_violations'" in blocked.problem
+    assert inbox.reject(blocked, blocked.problem, "me") == str(tmp_path / "rejected" / "isi_violations")
+    assert inbox.list_files("isi_violations", 10) == []
+    routed = InboxFile("", "r.json", str(_write(tmp_path / "r.json")), 0.0)
+    assert inbox.route(routed, "isi_violations") and (tmp_path / "isi_violations" / "r.json").is_file()
+    # The history folders too: a file in their way is moved aside (never deleted), then they are made.
+    _write(tmp_path / "registered", "in the way")
+    job = InboxFile("", "j.json", str(_write(tmp_path / "j.json")), 0.0)
+    assert inbox.accept(job, "echo", inbox.registered_uri(job, "echo"))
+    assert (tmp_path / "registered" / "echo" / "j.json").is_file()
+    (aside,) = tmp_path.glob("registered.*.in-the-way")
+    assert aside.read_text() == "in the way"
+
+
+@pytest.mark.parametrize("length", [200, 249, 255])
+def test_names_too_long_for_a_reason_file_are_shortened_never_lost(tmp_path: Path, length: int) -> None:
+    inbox = LocalInbox(tmp_path)
+    name = "n" * (length - len(".json")) + ".json"
+    for text in ("first", "second"):  # the second meets the first's name in rejected/
+        bad = InboxFile("", name, str(_write(tmp_path / name, text)), 0.0)
+        where = inbox.reject(bad, "broken", "me")
+        assert where is not None and Path(where).read_text() == text
+        assert len(Path(where + REASON_SUFFIX).name.encode()) <= 255
+        assert f"file: {tmp_path / name}" in Path(where + REASON_SUFFIX).read_text()  # the original name
+    for text in ("one", "two"):
+        good = InboxFile("", name, str(_write(tmp_path / name, text)), 0.0)
+        target = inbox.registered_uri(good, "echo")
+        assert inbox.accept(good, "echo", target) and Path(target).read_text() == text
+    assert not (tmp_path / name).exists()
+    assert len(list((tmp_path / "rejected").iterdir())) == 4
+
+
+def test_a_file_rewritten_between_read_and_move_is_kept_as_read_and_its_new_content_waits(
+    tmp_path: Path,
+) -> None:
+    inbox = LocalInbox(tmp_path)
+    path = _write(tmp_path / "race.json", '{"version": 1}')
+    (file,) = inbox.list_files("", 10)
+    content = inbox.read(file)
+    path.write_text('{"version": 2}')  # a writer rewrites it in place
+    target = inbox.registered_uri(file, "echo")
+    assert inbox.accept(file, "echo", target, content)
+    assert Path(target).read_bytes() == content  # what was registered
+    assert path.read_text() == '{"version": 2}' and inbox.rewritten == 1  # left for the next tick
+    (again,) = inbox.list_files("", 10)
+    where = inbox.reject(again, "x", "me", inbox.read(again))
+    assert where is not None and Path(where).read_text() == '{"version": 2}' and inbox.rewritten == 1
+
+
+def test_s3_files_over_the_limit_are_refused_without_a_get(s3_inbox: tuple[S3Inbox, str, S3Endpoint]) -> None:
+    from analysis_wrapper.job_bytes import BadJobFileError
+
+    _inbox, bucket, server = s3_inbox
+    inbox = S3Inbox(server.client(), f"s3://{bucket}/dispatch", max_bytes=1000)
+    client = server.client()
+    client.put_object(Bucket=bucket, Key="dispatch/big.json", Body=b" " * 5000)
+    client.put_object(Bucket=bucket, Key="dispatch/ok.json", Body=b"{}")
+    files = {f.name: f for f in inbox.list_files("", 10)}
+    with pytest.raises(BadJobFileError, match="5,000 bytes, larger than MAX_JOB_FILE_BYTES"):
+        inbox.read(files["big.json"])
+    assert inbox.reads == 0
+    # Grown after the listing: the read stops one byte past the limit.
+    client.put_object(Bucket=bucket, Key="dispatch/ok.json", Body=b" " * 50_000)
+    with pytest.raises(BadJobFileError, match="larger than MAX_JOB_FILE_BYTES"):
+        inbox.read(files["ok.json"])
+
+
+def test_s3_file_rewritten_between_read_and_move_is_kept_as_read(
+    s3_inbox: tuple[S3Inbox, str, S3Endpoint],
+) -> None:
+    inbox, bucket, server = s3_inbox
+    client = server.client()
+    client.put_object(Bucket=bucket, Key="dispatch/race.json", Body=b'{"version": 1}')
+    (file,) = inbox.list_files("", 10)
+    content = inbox.read(file)
+    client.put_object(Bucket=bucket, Key="dispatch/race.json", Body=b'{"version": 2}')
+    target = inbox.registered_uri(file, "echo")
+    assert inbox.accept(file, "echo", target, content) and inbox.rewritten == 1
+    kept = client.get_object(Bucket=bucket, Key="dispatch/registered/echo/race.json")["Body"].read()
+    assert kept == content
+    waiting = client.get_object(Bucket=bucket, Key="dispatch/race.json")["Body"].read()
+    assert waiting == b'{"version": 2}'
+    # Unchanged: a plain move.
+    (again,) = inbox.list_files("", 10)
+    assert inbox.accept(again, "echo", inbox.registered_uri(again, "echo"), inbox.read(again))
+    assert "dispatch/race.json" not in server.objects(bucket) and inbox.rewritten == 1

@@ -51,6 +51,7 @@ from analysis_wrapper.resources.results_storage import (
     result_files,
 )
 from analysis_wrapper.resources.s3_client import S3EndpointError, s3_answering
+from analysis_wrapper.safe_paths import contained_path
 
 MB = 1024 * 1024
 # Uploads split files like awscli (8 MiB threshold and parts, 10 requests at a time); each request's bytes
@@ -485,7 +486,7 @@ class S3InputCache:
         if uri in self._fetched:
             return self._fetched[uri]
         bucket, key = split_s3_uri(uri)
-        target = self.root / bucket / key
+        target = contained_path(self.root, bucket, key)  # a key like "/tmp/x" or "a/../../x" is refused
         # A whole bucket (empty key; HeadObject refuses it) or a key ending in "/" names a prefix.
         is_object = bool(key) and not key.endswith("/")
         if is_object:
@@ -506,7 +507,7 @@ class S3InputCache:
                         if obj["Key"].endswith("/"):
                             # A "folder" marker (what the S3 console's "Create folder" writes): not a file.
                             continue
-                        destination = target / obj["Key"][len(prefix) :]
+                        destination = contained_path(target, obj["Key"][len(prefix) :], what=obj["Key"])
                         destination.parent.mkdir(parents=True, exist_ok=True)
                         self.client.download_file(
                             bucket, obj["Key"], str(destination), Config=DEFAULT_TRANSFER

@@ -5,6 +5,12 @@ level; see :mod:`analysis_wrapper.inbox`) are read; bad ones are rejected into `
 their reason, top-level files of other analyses are handed to their folder, and the rest go through
 the one registration path (:func:`~analysis_wrapper.registration.register_jobs`) and move to
 ``registered/``. Their partition keys are collected for the tick's ``SensorResult``.
+
+No entry stops the tick: what can never be a job (too large, not a regular file, a file where an
+analysis folder belongs) is rejected unread; a file that fails in any unforeseen way is rejected with
+the error; only a read error that may pass (EIO, too many open files, an S3 hiccup) leaves the file
+for the next tick. What is registered or rejected is kept exactly as it was read (see
+:meth:`~analysis_wrapper.inbox.Inbox.accept`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.dispatch import AnalysisJob, JobFileError, parse_job_text, resolve_relative_locations
 from analysis_wrapper.inbox import RESERVED_FOLDERS, Inbox, InboxFile
+from analysis_wrapper.job_bytes import BadJobFileError
 from analysis_wrapper.make_job import build_analysis_job, select_analysis
 from analysis_wrapper.registration import register_jobs
 from analysis_wrapper.sensors.settings import SensorSettings
@@ -94,9 +101,13 @@ class Intake:
         files = self.inbox.list_files(self.name, limit) if self.name not in RESERVED_FOLDERS else []
         if len(files) < limit:
             files += self.inbox.list_files("", limit - len(files))
-        ready: list[tuple[InboxFile, AnalysisJob]] = []
-        to_reject: list[tuple[InboxFile, str]] = []
+        ready: list[tuple[InboxFile, AnalysisJob, bytes]] = []
+        to_reject: list[tuple[InboxFile, str, bytes | None]] = []
         to_route: list[tuple[InboxFile, str]] = []
+        for file in [f for f in files if f.problem]:  # known bad from the listing: never read
+            self.counts["new"] += 1
+            to_reject.append((file, f"{file.uri}: {file.problem}", None))
+        files = [f for f in files if not f.problem]
         chunk = 100 if self.inbox.parallelism == 1 else self.inbox.parallelism * 8
         for start in range(0, len(files), chunk):
             if time.monotonic() > deadline:
@@ -106,8 +117,14 @@ class Intake:
             for file, data in zip(batch, self._read_all(batch), strict=True):
                 if isinstance(data, FileNotFoundError):
                     continue  # another sensor dealt with it
+                if isinstance(data, BadJobFileError):
+                    self.counts["new"] += 1
+                    to_reject.append((file, f"{file.uri}: {data}", None))
+                    continue
                 if isinstance(data, BaseException):
-                    self.logger.warning(f"{self.name}: cannot read {file.uri}: {data}")
+                    self.logger.warning(
+                        f"{self.name}: cannot read {file.uri} (tried again next tick): {data}"
+                    )
                     self.counts["unreadable"] += 1
                     continue
                 self.counts["new"] += 1
@@ -119,29 +136,31 @@ class Intake:
                         self.counts["new"] -= 1
                         self.counts["deferred"] += 1  # may be half-written: look again next tick
                         continue
-                    to_reject.append((file, str(exc)))
+                    to_reject.append((file, str(exc), data))
                     continue
                 except Exception as exc:  # never let one file stop every tick: keep it, with the reason
                     to_reject.append(
-                        (file, f"{file.uri}: cannot be used as a job: {type(exc).__name__}: {exc}")
+                        (file, f"{file.uri}: cannot be used as a job: {type(exc).__name__}: {exc}", data)
                     )
                     continue
                 if isinstance(parsed, str):
                     to_route.append((file, parsed))
                 else:
-                    ready.append((file, parsed))
+                    ready.append((file, parsed, data))
+        rewritten = self.inbox.rewritten
         self._reject(to_reject)
         self._route(to_route)
         self._register(ready)
+        self.counts["rewritten while read"] += self.inbox.rewritten - rewritten
 
-    def _reject(self, items: list[tuple[InboxFile, str]]) -> None:
+    def _reject(self, items: list[tuple[InboxFile, str, bytes | None]]) -> None:
         who = self.analysis.sensor_name
 
-        def reject(item: tuple[InboxFile, str]) -> str | None:
-            file, reason = item
-            return self.inbox.reject(file, reason, who)
+        def reject(item: tuple[InboxFile, str, bytes | None]) -> str | None:
+            file, reason, data = item
+            return self.inbox.reject(file, reason, who, data)
 
-        for (_file, reason), where in zip(items, self._each(reject, items), strict=True):
+        for (_file, reason, _data), where in zip(items, self._each(reject, items), strict=True):
             if where is not None:
                 self.counts["rejected"] += 1
                 self.logger.warning(f"{self.name}: REJECTED {reason} -> moved to {where}")
@@ -151,14 +170,14 @@ class Intake:
         self.counts["routed"] += sum(1 for ok in moved if ok)
         self.counts["new"] -= len(items)
 
-    def _register(self, ready: list[tuple[InboxFile, AnalysisJob]]) -> None:
+    def _register(self, ready: list[tuple[InboxFile, AnalysisJob, bytes]]) -> None:
         if not ready:
             return
         jobs: dict[str, AnalysisJob] = {}
-        targets: list[tuple[InboxFile, str]] = []
-        for file, job in ready:
+        targets: list[tuple[InboxFile, str, bytes]] = []
+        for file, job, data in ready:
             target = self.inbox.registered_uri(file, self.name)
-            targets.append((file, target))
+            targets.append((file, target, data))
             jobs.setdefault(job.partition_key, job.model_copy(update={"source": target}))
         registration = register_jobs(list(jobs.values()), self.store)
         outcome, recorded = registration.outcome, registration.recorded
@@ -168,4 +187,4 @@ class Intake:
         self.counts["known"] += sum(1 for k in outcome.unchanged if k not in recorded)
         # Every key is (re-)added, so a registry that outlived its Dagster instance heals itself.
         self.add_keys.extend(jobs)
-        self._each(lambda item: self.inbox.accept(item[0], self.name, item[1]), targets)
+        self._each(lambda item: self.inbox.accept(item[0], self.name, item[1], item[2]), targets)

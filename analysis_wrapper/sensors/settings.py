@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from dagster import DefaultSensorStatus
 
+from analysis_wrapper.job_bytes import DEFAULT_MAX_JOB_FILE_BYTES
 from analysis_wrapper.settings import Settings
 
 RECONCILE_PAGE = 5000
@@ -30,6 +31,7 @@ class SensorSettings:
     run_max_runtime_s: int | None = None
     audit_after_s: float = 60.0
     reconcile_page: int = RECONCILE_PAGE
+    max_job_file_bytes: int = DEFAULT_MAX_JOB_FILE_BYTES
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SensorSettings:
@@ -48,6 +50,7 @@ class SensorSettings:
             rerun_on_new_version=settings.RERUN_ON_NEW_VERSION,
             run_max_runtime_s=settings.RUN_MAX_RUNTIME_S,
             audit_after_s=settings.SENSOR_AUDIT_AFTER_S,
+            max_job_file_bytes=settings.MAX_JOB_FILE_BYTES,
         )
 
     @property
