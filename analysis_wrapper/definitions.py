@@ -25,6 +25,7 @@ from analysis_wrapper.resources.results_location import (
     S3ResultsResource,
 )
 from analysis_wrapper.resources.runtime import AnalysisRuntime
+from analysis_wrapper.resources.s3_client import BoundedS3Resource
 from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.sensors import build_sensors
 from analysis_wrapper.settings import Settings
@@ -63,8 +64,15 @@ def results_storage_resource(settings: Settings, s3: S3Resource) -> ResultsStora
 def build_resources(settings: Settings) -> dict[str, Any]:
     store = store_resource(settings)
     # Credentials come from boto3's usual chain (environment, profile, instance role), never from config,
-    # so the UI shows none; AWS_ENDPOINT_URL points boto3 at S3-compatible servers.
-    s3 = S3Resource(endpoint_url=settings.AWS_ENDPOINT_URL)
+    # so the UI shows none; AWS_ENDPOINT_URL points boto3 at S3-compatible servers. One client config for
+    # results, S3 inputs and the S3 inbox, with every wait bounded (S3_* settings).
+    s3 = BoundedS3Resource(
+        endpoint_url=settings.AWS_ENDPOINT_URL,
+        connect_timeout_s=settings.S3_CONNECT_TIMEOUT_S,
+        read_timeout_s=settings.S3_READ_TIMEOUT_S,
+        max_attempts=settings.S3_MAX_ATTEMPTS,
+        retry_mode=settings.S3_RETRY_MODE,
+    )
     return {
         "s3": s3,
         "store": store,
@@ -74,6 +82,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             git_commit=settings.GIT_COMMIT,
             code_repository=str(settings.CODE_REPOSITORY) if settings.CODE_REPOSITORY else None,
             s3=s3,
+            scratch_root=str(settings.SCRATCH_ROOT.absolute()) if settings.SCRATCH_ROOT else None,
         ),
         RESULTS_IO_MANAGER_KEY: ResultsIOManager(store=store, results=results_storage_resource(settings, s3)),
     }

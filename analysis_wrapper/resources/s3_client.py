@@ -45,6 +45,11 @@ class BoundedS3Resource(S3Resource):
     """dagster-aws ``S3Resource`` whose client waits a bounded time: connect and read timeouts and
     the retry policy (``max_attempts``, inherited, counts the first try) are botocore ``Config``."""
 
+    max_attempts: int = Field(
+        default=DEFAULT_MAX_ATTEMPTS,
+        ge=1,
+        description="Tries of one request, the first included (S3_MAX_ATTEMPTS)",
+    )
     connect_timeout_s: float = Field(
         default=DEFAULT_CONNECT_TIMEOUT_S,
         gt=0,
