@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from dagster._core.test_utils import create_run_for_test
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.cli import main as cli_main
 from analysis_wrapper.definitions import build_analysis_set, build_resources
-from analysis_wrapper.inbox import REASON_SUFFIX, Inbox
+from analysis_wrapper.inbox import REASON_SUFFIX, Inbox, LocalInbox
 from analysis_wrapper.resources.store import close_all_stores
 from analysis_wrapper.sensors import (
     RUN_EVENTS_SENSOR_NAME,
@@ -37,6 +38,7 @@ from analysis_wrapper.sensors import (
     build_run_events_sensor,
 )
 from analysis_wrapper.sensors import inbox_sensor as sensors_module
+from analysis_wrapper.sensors.intake import Intake
 from analysis_wrapper.store.base import JobEntry, JobState, Store
 from analysis_wrapper.tags import ANALYSIS_TAG, ATTEMPT_TAG, BATCH_SIZE_TAG, FINGERPRINT_TAG
 from analysis_wrapper_tests.conftest import make_settings, write_job
@@ -826,3 +828,135 @@ def test_a_batch_canceled_in_the_queue_goes_out_again_under_a_new_run_key(
     assert again.run_key != request.run_key
     assert env.execute(again).success
     assert set(env.states().values()) == {"done"}
+
+
+# ---- bad entries never stop a tick (issue 11, items 3, 6, 7 and 8) -----------------------------
+def test_entries_that_are_no_job_files_are_quarantined_once_and_never_stop_a_tick(
+    env_factory: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = env_factory()
+    good = [env.drop(scale=float(i + 1)) for i in range(2)]
+    long_good = env.root / ("g" * 244 + ".json")  # 249 characters
+    env.drop(scale=9.0).rename(long_good)
+    root = env.root
+    (root / "loop.json").symlink_to("loop.json")  # ln -s loop.json loop.json
+    (root / "echo").write_text("a plain file named like the analysis's folder")
+    (root / "dir.json").mkdir()
+    os.mkfifo(root / "fifo.json")  # reading it would block the tick forever
+    (root / "dangling.json").symlink_to(root / "gone.json")
+    long_bad = root / ("b" * 244 + ".json")
+    long_bad.write_text("{ broken")
+    for path in (long_bad, *good, long_good):
+        make_old(path)
+
+    result = env.tick()
+    summary = result_log(env, result)
+    assert len(result.run_requests) == 3, summary
+    assert "6 rejected" in summary and "3 registered" in summary, summary
+    assert sorted(p.name for p in root.iterdir()) == ["registered", "rejected"]
+    rejected = root / "rejected"
+    reasons = {p.name.removesuffix(REASON_SUFFIX): p.read_text() for p in rejected.glob("*" + REASON_SUFFIX)}
+    assert "symbolic link loop" in reasons["loop.json"]
+    assert "named like the inbox folder of analysis 'echo'" in reasons["echo"]
+    assert "a directory, not a regular file" in reasons["dir.json"]
+    assert "a FIFO" in reasons["fifo.json"]
+    assert "symbolic link to nothing" in reasons["dangling.json"]
+    (long_reason,) = [text for name, text in reasons.items() if name.startswith("bbbb")]
+    assert "invalid JSON" in long_reason and f"file: {long_bad}" in long_reason
+    assert all(len(p.name.encode()) <= 255 for p in rejected.iterdir())
+    assert all(os.path.lexists(rejected / name) for name in reasons)  # each kept beside its reason
+    sources = {e.source for e in env.store.list_jobs("echo")}
+    assert len(sources) == 3 and all(Path(s).is_file() for s in sources)  # every source exists
+
+    caplog.clear()
+    again = env.tick()
+    assert "0 new file(s)" in result_log(env, again)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]  # nothing warned twice
+    make_old(env.drop(folder="echo", scale=5.0))  # the analysis's folder is free for job files again
+    assert "1 new file(s), 0 rejected, 0 already done, 1 registered" in result_log(env, env.tick())
+
+
+WRITER = """
+import json, os, sys, time
+path, until, template = sys.argv[1], float(sys.argv[2]), json.loads(sys.argv[3])
+n = 0
+while time.time() < until:
+    n += 1
+    template["analysis_code"]["parameters"]["scale"] = float(n)
+    with open(path, "w") as f:  # rewritten in place, as an editor or a careless dispatcher does
+        f.write(json.dumps(template))
+    time.sleep(0.002)
+print(n)
+"""
+
+
+def test_a_file_rewritten_in_place_during_ticks_never_loses_its_job(env_factory: Any) -> None:
+    import subprocess
+    import sys
+
+    from analysis_wrapper.dispatch import parse_job_text
+    from analysis_wrapper.make_job import build_analysis_job
+
+    env = env_factory()
+    template = json.loads(env.drop(scale=1.0).read_text())
+    for path in env.root.glob("*.json"):
+        path.unlink()
+    race = env.root / "race.json"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(race), str(time.time() + 8), json.dumps(template)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    # The tick's reading step (sensors/intake.py) on its own, many times, with a whole tick now and then.
+    inbox = LocalInbox(env.root)
+    counts: Counter[str] = Counter()
+    reads = 0
+    try:
+        while writer.poll() is None:
+            if reads % 20 == 0:
+                env.tick()
+            Intake(echo, env.served, env.store, inbox, env.config, counts, sensors_module.log).read(
+                time.monotonic() + 10
+            )
+            reads += 1
+    finally:
+        rewrites = int(writer.communicate(timeout=30)[0])
+    if race.exists():
+        make_old(race)
+        env.tick()  # the last version, now still
+    assert reads >= 100 and rewrites >= 500, (reads, rewrites)
+    assert inbox.rewritten > 0 and counts["registered"] > 10, (inbox.rewritten, counts)
+    print(f"{reads} reads, {rewrites} rewrites, {inbox.rewritten} caught between read and move")
+
+    keys = {e.partition_key for e in env.store.list_jobs("echo")}
+    registered = list((env.root / "registered" / "echo").iterdir())
+    assert registered
+    for path in registered:
+        job = build_analysis_job(parse_job_text(path.read_bytes(), str(path)), echo)
+        assert job.partition_key in keys, f"{path.name} holds a job the registry does not have"
+    # Half-written reads (the writer truncates, then writes) are young and left for a later tick.
+    assert not (env.root / "rejected").exists()
+    assert not race.exists()
+    assert len(keys) == len(registered)
+
+
+def test_a_huge_job_file_is_rejected_without_being_read(env_factory: Any) -> None:
+    import tracemalloc
+
+    env = env_factory(max_job_file_bytes=64 * 1024)
+    good = env.drop(scale=2.0)
+    huge = env.root / "huge.json"
+    with huge.open("wb") as f:
+        f.truncate(1 << 30)  # 1 GiB, sparse
+    for path in (good, huge):
+        make_old(path)
+    tracemalloc.start()
+    try:
+        result = env.tick()
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert "1 rejected" in result_log(env, result) and len(result.run_requests) == 1
+    reason = (env.root / "rejected" / ("huge.json" + REASON_SUFFIX)).read_text()
+    assert "1,073,741,824 bytes, larger than MAX_JOB_FILE_BYTES (65,536)" in reason
+    assert peak < 64 << 20, f"the tick's Python allocations peaked at {peak / 1e6:.0f} MB"
