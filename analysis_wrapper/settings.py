@@ -52,6 +52,9 @@ class Settings(BaseSettings):
         "dispatch_queries", description="Folder of saved dispatch queries (*.yaml), one sensor each"
     )
     DISPATCH_INTERVAL_S: int = Field(300, ge=1, description="Seconds between two runs of a saved query")
+    DISPATCH_BATCH_SIZE: int = Field(
+        1000, ge=1, description="Query results per batch of a dispatch (one registry and one record lookup)"
+    )
     DRY_RUN: bool = Field(True, description="1: write results locally only, post nothing")
     ALLOW_DIRTY: bool = Field(False, description="1: allow posting results from a dirty git tree")
     GIT_COMMIT: str | None = Field(None, description="Commit of the code where there is no .git")

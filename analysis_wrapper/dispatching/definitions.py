@@ -79,6 +79,7 @@ def build_dispatch_job(analysis: Analysis[Any, Any], settings: Settings) -> JobD
                 context.instance,
                 s3_client=lambda: cached_client(s3),
                 origin=f"launchpad run {context.run_id}",
+                batch_size=settings.DISPATCH_BATCH_SIZE,
                 logger=context.log,
             )
         except DISPATCH_ERRORS as exc:
@@ -166,6 +167,7 @@ def build_saved_query_sensor(
                 origin=f"saved query {saved.name}",
                 after=cursor.after,
                 deadline=time.monotonic() + budget_s,
+                batch_size=settings.DISPATCH_BATCH_SIZE,
                 logger=context.log,
             )
         finally:
