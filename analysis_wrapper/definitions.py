@@ -29,6 +29,7 @@ from analysis_wrapper.resources.s3_client import BoundedS3Resource
 from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.sensors import build_sensors
 from analysis_wrapper.settings import Settings
+from analysis_wrapper.summary.asset import summary_sensor
 
 
 def store_resource(settings: Settings) -> StoreResource:
@@ -109,10 +110,13 @@ def build_definitions(
     settings = settings or Settings()
     built = built if built is not None else build_analysis_set(analyses, settings)
     dispatch = build_dispatch_definitions(built, settings)
+    summaries = [d.summary for d in built.values() if d.summary is not None]
     return Definitions(
-        assets=[d.asset for d in built.values()] + dispatch.assets,
+        assets=[d.asset for d in built.values()] + summaries + dispatch.assets,
         jobs=[j for d in built.values() for j in (d.job, d.batch_job)] + dispatch.jobs,
-        sensors=build_sensors(built, settings) + dispatch.sensors,
+        sensors=build_sensors(built, settings)
+        + dispatch.sensors
+        + ([summary_sensor(summaries, settings.SENSOR_INTERVAL_S)] if summaries else []),
         resources=build_resources(settings),
     )
 

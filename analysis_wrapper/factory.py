@@ -45,6 +45,7 @@ from analysis_wrapper.partition_run import PartitionContext, compute_partition, 
 from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, AnalysisResult, ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.store import StoreResource
+from analysis_wrapper.summary.asset import build_summary_asset
 from analysis_wrapper.tags import ANALYSIS_TAG, FINGERPRINT_TAG
 
 __all__ = ["ANALYSIS_TAG", "FINGERPRINT_TAG", "AnalysisDefinitions", "build_analysis_definitions"]
@@ -67,6 +68,8 @@ class AnalysisDefinitions:
     asset: AssetsDefinition
     job: Any  # the unresolved asset job from define_asset_job
     batch_job: JobDefinition
+    summary: AssetsDefinition | None = None
+    """``<name>_summary``: every recorded job in one table (:mod:`analysis_wrapper.summary.asset`)."""
 
 
 def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefinitions:
@@ -161,4 +164,5 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         executor_def=in_process_executor,
     )
     batch_job = build_batch_job(analysis, config_class, result_asset.key, run_script)
-    return AnalysisDefinitions(analysis, partitions, config_class, result_asset, job, batch_job)
+    summary = build_summary_asset(analysis, asset_key)
+    return AnalysisDefinitions(analysis, partitions, config_class, result_asset, job, batch_job, summary)

@@ -1,0 +1,224 @@
+"""``<analysis>_summary``: every recorded job of an analysis in one table, with a figure across jobs.
+
+It lives beside the result folders, as ``<results root>/<analysis>_summary/`` (local folder or S3,
+written like a result folder, complete or absent): ``summary.parquet`` and ``summary.csv`` (one row
+per job, see :mod:`.table`), ``summary.png``, for analyses with per-unit results ``units.parquet``,
+and ``metadata.nd.json`` holding the cursor: the event-log storage id of the last materialization of
+``<analysis>_result`` it has taken in.
+
+**Incremental.** An update reads the result asset's materializations after the cursor (one event-log
+query per 1,000), the records of their fingerprints (one store read each) and, for per-unit results,
+only those jobs' folders; every earlier row comes from the previous ``summary.parquet``. So after one
+new job it reads one record and one folder, whatever the summary holds.
+
+**Kept current by declarative automation**: its condition is true once any partition of the result
+asset was updated since the summary last ran, while no run of those partitions is in progress (so a
+batch run's jobs land in one update); ``analysis_wrapper_summaries``, an automation condition sensor
+that runs by default, evaluates it.
+"""
+
+import io
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetRecordsFilter,
+    AssetsDefinition,
+    AssetSelection,
+    AutomationCondition,
+    AutomationConditionSensorDefinition,
+    DefaultSensorStatus,
+    MaterializeResult,
+    MetadataValue,
+    ResourceParam,
+    TableColumn,
+    TableRecord,
+    TableSchema,
+    asset,
+)
+
+from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.resources.results_io import ResultsIOManager
+from analysis_wrapper.resources.results_storage import RECORD_FILE, ResultsStorageError
+from analysis_wrapper.resources.store import StoreResource
+from analysis_wrapper.result_metadata import figure_markdown, location_link
+from analysis_wrapper.summary.figures import UNIT_READERS, summary_figure
+from analysis_wrapper.summary.table import merge_rows, summary_frame
+
+PARQUET = "summary.parquet"
+CSV = "summary.csv"
+FIGURE = "summary.png"
+UNITS = "units.parquet"
+PREVIEW_ROWS = 25
+EVENTS_PAGE = 1000
+
+
+def summary_folder_name(analysis: Analysis[Any, Any]) -> str:
+    return f"{analysis.name}_summary"
+
+
+def summary_condition() -> AutomationCondition:
+    """Any partition of the result asset updated since the summary last ran, none in progress."""
+    return (
+        AutomationCondition.any_deps_updated().since_last_handled()
+        & ~AutomationCondition.any_deps_in_progress()
+        & ~AutomationCondition.in_progress()
+    ).with_label("a result was recorded")
+
+
+def summary_sensor(summaries: list[AssetsDefinition], interval_s: int) -> AutomationConditionSensorDefinition:
+    return AutomationConditionSensorDefinition(
+        "analysis_wrapper_summaries",
+        target=AssetSelection.assets(*summaries),
+        default_status=DefaultSensorStatus.RUNNING,
+        minimum_interval_seconds=interval_s,
+        emit_backfills=False,
+        description="Updates each <analysis>_summary after new results are recorded.",
+    )
+
+
+def _read_previous(storage: Any, folder: str) -> tuple[pd.DataFrame, pd.DataFrame | None, int | None]:
+    """The previous summary (rows, units, cursor), or nothing when there is none yet."""
+    try:
+        state = json.loads(storage.read_bytes(folder, RECORD_FILE))
+        rows = pd.read_parquet(io.BytesIO(storage.read_bytes(folder, PARQUET)))
+    except (ResultsStorageError, FileNotFoundError, KeyError):
+        return summary_frame([]), None, None
+    units = None
+    if state.get("units"):
+        units = pd.read_parquet(io.BytesIO(storage.read_bytes(folder, UNITS)))
+    return rows, units, state.get("cursor")
+
+
+def _new_fingerprints(
+    context: AssetExecutionContext, result_key: AssetKey, cursor: int | None
+) -> tuple[dict[str, str], int | None]:
+    """Partition -> fingerprint of every materialization after ``cursor`` (the latest per partition),
+    and the new cursor."""
+    found: dict[str, str] = {}
+    page_cursor = None
+    last = cursor
+    while True:
+        page = context.instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=result_key, after_storage_id=cursor),
+            limit=EVENTS_PAGE,
+            cursor=page_cursor,
+            ascending=True,
+        )
+        for item in page.records:
+            materialization = item.asset_materialization
+            if materialization is None or materialization.partition is None:
+                continue
+            value = materialization.metadata.get("fingerprint")
+            fingerprint = str(
+                getattr(value, "value", value) or materialization.tags.get("dagster/data_version", "")
+            )
+            if fingerprint:
+                found[materialization.partition] = fingerprint
+            last = item.storage_id
+        if not page.has_more:
+            return found, last
+        page_cursor = page.cursor
+
+
+def _preview(rows: pd.DataFrame) -> MetadataValue:
+    """The newest rows, with the columns a scientist scans first."""
+    outs = [c for c in rows.columns if c.startswith("out.")][:5]
+    columns = ["partition_key", "session", "analysis_version", "created", *outs, "location"]
+    columns = [c for c in columns if c in rows.columns]
+    shown = rows.sort_values("created", ascending=False).head(PREVIEW_ROWS) if len(rows) else rows
+    records = [
+        TableRecord({c: "" if pd.isna(v) else str(v) for c, v in zip(columns, values, strict=True)})
+        for values in shown[columns].itertuples(index=False, name=None)
+    ]
+    return MetadataValue.table(records, schema=TableSchema([TableColumn(c, "string") for c in columns]))
+
+
+def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> AssetsDefinition:
+    folder = summary_folder_name(analysis)
+    reader = UNIT_READERS.get(analysis.name)
+
+    @asset(
+        name=f"{analysis.name}_summary",
+        deps=[result_key],
+        group_name="analyses",
+        automation_condition=summary_condition(),
+        description=f"Every recorded job of {analysis.name}: one row per job (Parquet, CSV) and a figure "
+        "across jobs. Updated by itself after new results are recorded, reading only the new ones.",
+        tags={"analysis": analysis.name},
+        kinds={"parquet", "csv"},
+    )
+    def summary(
+        context: AssetExecutionContext,
+        store: StoreResource,
+        results_io_manager: ResourceParam[ResultsIOManager],
+    ) -> MaterializeResult:
+        storage = results_io_manager.results.results()
+        s3_client = results_io_manager.results.s3_client() if reader is not None else None
+        rows, units, cursor = _read_previous(storage, folder)
+        fingerprints, new_cursor = _new_fingerprints(context, result_key, cursor)
+        records = store.get_store()
+        new_records = []
+        for _partition, fingerprint in sorted(fingerprints.items()):
+            record = records.get_record(analysis.name, fingerprint)
+            if record is not None:  # a materialization whose record went (or never came): no row
+                new_records.append(record)
+        new_rows = summary_frame(new_records)
+        rows = merge_rows(rows, new_rows)
+        folders_read = 0
+        if reader is not None:
+            fresh = []
+            for record in new_records:
+                fresh.append(reader(record, s3_client))
+                folders_read += 1
+            changed = set(new_rows["partition_key"]) if len(new_rows) else set()
+            kept = units[~units["partition_key"].isin(changed)] if units is not None else None
+            units = (
+                pd.concat([f for f in [kept, *fresh] if f is not None], ignore_index=True)
+                if (kept is not None or fresh)
+                else None
+            )
+        png = summary_figure(analysis.name, rows, units)
+        scratch = Path(tempfile.mkdtemp(prefix=f"{folder}-"))
+        try:
+            rows.to_parquet(scratch / PARQUET, index=False)
+            rows.to_csv(scratch / CSV, index=False)
+            (scratch / FIGURE).write_bytes(png)
+            if units is not None:
+                units.to_parquet(scratch / UNITS, index=False)
+            state = {
+                "summary_of": analysis.name,
+                "cursor": new_cursor,
+                "rows": len(rows),
+                "units": units is not None,
+            }
+            storage.put_result(folder, scratch, {"rows": len(rows), "new_rows": len(new_rows)}, state)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        location = storage.uri(folder)
+        context.log.info(
+            f"{analysis.name} summary: {len(rows)} jobs ({len(new_rows)} new or updated, {folders_read} "
+            f"result folders read), written to {location}."
+        )
+        metadata: dict[str, Any] = {
+            "jobs": len(rows),
+            "new_or_updated_jobs": len(new_rows),
+            "result_folders_read": folders_read,
+            "cursor": new_cursor if new_cursor is not None else -1,
+            "summary_link": location_link(location),
+            "parquet": f"{location}/{PARQUET}",
+            "csv": f"{location}/{CSV}",
+            "table": _preview(rows),
+        }
+        figure = figure_markdown(FIGURE, png)
+        if figure is not None:
+            metadata["figure"] = figure
+        return MaterializeResult(metadata=metadata)
+
+    return summary
