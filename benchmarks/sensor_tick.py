@@ -14,13 +14,12 @@ its peak RSS is its own: the peak is reset (``/proc/self/clear_refs``) just befo
 ``run``: the store in SQLite (the embedded default). ``run_mongo`` (``sensor_tick_mongo``): the store on a
 real MongoDB wire-protocol server, SecantusDB on 127.0.0.1 (``StoreResource(backend="mongodb")``, as with
 ``DOCDB_URI`` set; Dagster's own storage stays SQLite). Its registry is written with the store's own
-``JobLifecycle.register`` (one ``find`` + one ``insert_many`` per 10,000 jobs) and the records with
+``JobLifecycle.register`` (a ``find`` per 100 ids, an ``insert_many`` per 1,000 jobs) and the records with
 ``insert_many`` in chunks, the store's indexes created first. SecantusDB 0.7.0b3 plans
-``{analysis, state: {$in: [...]}, updated_at: {$lt: t}}`` (the sensor's queries for retries and stale
-runs) as a collection scan: the shipped tick grows with the registry there. The what-if (not shipped;
-the tick process patches ``MongoStore`` when ``BENCH_TICK_WHATIF=1``) sends one state per query as a bare
-equality, several states as one query each, merged, with an extra index (analysis, state, updated_at)
-created before that tick and dropped after it: those queries then ride the index.
+``{analysis, state: {$in: [...]}, updated_at: {$lt: t}}`` as a collection scan, which made the tick grow
+with the registry there (5-10x from 1,000 to 100,000 jobs); the store now sends a single state as a bare
+equality, several states as one query each, merged, and has an (analysis, state, updated_at) index, so
+the sensor's queries for retries and stale runs ride an index on any MongoDB.
 """
 
 from __future__ import annotations
@@ -57,10 +56,9 @@ MONGO_TICK_BUDGET_S = 20.0
 """On MongoDB no further tick at a size once its ticks took this long (the shipped tick at 100,000 jobs
 takes about 30 s on SecantusDB: one is enough to see it)."""
 SCAN_NOTE = (
-    "on SecantusDB 0.7.0b3 the sensor's bounded queries for retries and stale runs (find_jobs with "
-    "state {$in: [...]} and updated_at < t, sorted by updated_at) are collection scans (explain: "
-    "COLLSCAN): its planner does not use a compound index for $in followed by a range, so each costs "
-    "time in proportion to the registry"
+    "the sensor's bounded queries (pending backlog, retries, stale runs) send one state each as a bare "
+    "equality on an (analysis, state, ...) index: SecantusDB 0.7.0b3 plans state {$in: [...]} followed "
+    "by a range as a collection scan"
 )
 
 
@@ -156,7 +154,7 @@ class Setup:
                             state=JobState.DONE,
                         )
                     )
-                JobLifecycle(store).register(entries)  # one find + one insert_many per 10,000 on MongoDB
+                JobLifecycle(store).register(entries)  # MongoDB: a find per 100 ids, an insert_many per 1,000
                 records = [_small_record(e.fingerprint, e.partition_key) for e in entries]
                 if self.uri:
                     self._insert_many(store, records)
@@ -181,22 +179,6 @@ class Setup:
             collection = client[self.database][store.collection or trivial.NAME]
             for lo in range(0, len(records), MONGO_INSERT_CHUNK):
                 collection.insert_many(records[lo : lo + MONGO_INSERT_CHUNK], ordered=False)
-        finally:
-            client.close()
-
-    def whatif_index(self, create: bool) -> None:
-        """Create (or drop) the what-if's index on the jobs collection, outside the timed tick."""
-        import pymongo
-
-        from analysis_wrapper.store.mongo import MongoStore
-
-        client: Any = pymongo.MongoClient(self.uri, retryWrites=False)
-        try:
-            jobs = client[self.database][MongoStore(self.uri).jobs_collection]
-            if create:
-                jobs.create_index(WHATIF_INDEX, name="whatif_analysis_state_updated")
-            else:
-                jobs.drop_index("whatif_analysis_state_updated")
         finally:
             client.close()
 
@@ -251,49 +233,6 @@ def _small_record(fp: str, key: str) -> dict[str, Any]:
     }
 
 
-# ---- the what-if on MongoDB (not shipped) --------------------------------------------------------------
-WHATIF_ENV = "BENCH_TICK_WHATIF"
-WHATIF_INDEX = [("analysis", 1), ("state", 1), ("updated_at", 1)]
-WHATIF = (
-    "what-if (not shipped): one state per query as a bare equality (several states: a query each, "
-    "merged) and an index (analysis, state, updated_at)"
-)
-
-
-def _patch_state_equality() -> None:
-    """The what-if, in the tick process: ``MongoStore`` sends ``state: <one value>`` instead of
-    ``state: {$in: [<one value>]}``, and a ``find_jobs`` over several states as one query per state,
-    merged in the same order. SecantusDB plans ``$in`` followed by a range (``updated_at < t``) as a
-    collection scan, a bare equality on the compound index; the merged results are the same."""
-    from analysis_wrapper.store.mongo import MongoStore
-
-    match_query = MongoStore._match_query
-
-    def eq_match_query(match: Any) -> dict[str, Any]:
-        query = match_query(match)
-        state = query.get("state")
-        if isinstance(state, dict) and list(state) == ["$in"] and len(state["$in"]) == 1:
-            query["state"] = state["$in"][0]
-        return query
-
-    find_jobs = MongoStore.find_jobs
-    sort_keys = {
-        "created": lambda e: (e.created_at, e.partition_key),
-        "updated": lambda e: (e.updated_at, e.partition_key),
-        "key": lambda e: e.partition_key,
-    }
-
-    def split_find_jobs(self: Any, analysis: str, *, limit: int, states: Any = None, **kw: Any) -> Any:
-        wanted = None if states is None else list(dict.fromkeys(states))
-        if wanted is None or len(wanted) <= 1:
-            return find_jobs(self, analysis, limit=limit, states=wanted, **kw)
-        found = [e for state in wanted for e in find_jobs(self, analysis, limit=limit, states=[state], **kw)]
-        return sorted(found, key=sort_keys[kw.get("order", "created")])[:limit]
-
-    MongoStore._match_query = staticmethod(eq_match_query)  # type: ignore[method-assign]
-    MongoStore.find_jobs = split_find_jobs  # type: ignore[method-assign]
-
-
 # ---- the tick, in its own process ----------------------------------------------------------------------
 def tick_main(
     root: Path, store_path: Path, inbox: Path, uri: str | None = None, database: str = MONGO_DATABASE
@@ -305,8 +244,6 @@ def tick_main(
     from analysis_wrapper.resources.store import StoreResource
     from analysis_wrapper.sensors import InboxCursor, SensorSettings, build_inbox_sensor
 
-    if uri and os.environ.get(WHATIF_ENV) == "1":
-        _patch_state_equality()
     instance = DagsterInstance.get()
     built = build_analysis_set([trivial.analysis])
     sensor_def = build_inbox_sensor(
@@ -350,9 +287,9 @@ def tick_main(
     }
 
 
-def _tick_subprocess(setup: Setup, whatif: bool = False) -> dict[str, Any]:
+def _tick_subprocess(setup: Setup) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "benchmarks.sensor_tick", *setup.tick_args()]
-    env = {**setup.environ(), WHATIF_ENV: "1" if whatif else "0"}
+    env = setup.environ()
     done = subprocess.run(
         cmd, env=env, cwd=setup.root, capture_output=True, text=True, timeout=600, check=False
     )
@@ -394,7 +331,6 @@ def _ticks(
     setup: Setup,
     label: str,
     repeats: int,
-    whatif: bool = False,
     budget_s: float | None = None,
 ) -> list[Any]:
     """``repeats`` ticks, each over ``sensor_new_files`` new files, the registry settled after each;
@@ -406,7 +342,7 @@ def _ticks(
             break
         setup.drop_files(new)
         options.log(f"  {label} (tick {repeat + 1}/{repeats})")
-        tick = _tick_subprocess(setup, whatif)
+        tick = _tick_subprocess(setup)
         setup.settle()
         if tick["files_taken"] != new:
             raise RuntimeError(f"the tick took {tick['files_taken']} of {new} new files")
@@ -424,7 +360,6 @@ def _run_ticks(options: RunOptions, setup: Setup, prefix: str, rss: bool) -> lis
     new = sizes.sensor_new_files
     smallest, largest = min(sizes.sensor_registry), max(sizes.sensor_registry)
     results: dict[int, dict[str, Any]] = {}
-    whatifs: dict[int, dict[str, Any]] = {}
     entries: list[Entry] = []
     grown_s = 0.0
     for size in sizes.sensor_registry:
@@ -465,29 +400,6 @@ def _run_ticks(options: RunOptions, setup: Setup, prefix: str, rss: bool) -> lis
                     + ("" if all(t["peak_reset"] for t in ticks) else " (peak not reset: includes start-up)"),
                 )
             )
-        # The what-if at the smallest and the largest registry (quick: the largest only, to keep it short).
-        if setup.uri and size in ({largest} if options.quick else {smallest, largest}):
-            whatif_label = f"{prefix}: registry {size:,} jobs + {new:,} new files, what-if"
-            try:
-                setup.whatif_index(True)
-                try:
-                    whatif = whatifs[size] = _ticks(options, setup, whatif_label, 1, whatif=True)[0]
-                finally:
-                    setup.whatif_index(False)
-            except Exception as exc:
-                entries.append(failed(whatif_label, exc))
-            else:
-                entries.append(
-                    compared(
-                        f"{whatif_label} (not shipped)",
-                        _seconds(whatif),
-                        "s",
-                        f"shipped tick at {size:,} jobs",
-                        _seconds(result),
-                        "time ratio",
-                        note=f"{WHATIF}; one tick; {whatif['store_queries']} store queries",
-                    )
-                )
     if smallest in results and largest in results and largest != smallest:
         small, large = results[smallest], results[largest]
         entries.append(
@@ -502,21 +414,6 @@ def _run_ticks(options: RunOptions, setup: Setup, prefix: str, rss: bool) -> lis
                 met=lambda r: r <= SCALE_TARGET,
                 note=f"store queries: {large['store_queries']} at {largest:,}, {small['store_queries']} at "
                 f"{smallest:,}" + (f"; {SCAN_NOTE}" if setup.uri else ""),
-            )
-        )
-    if smallest in whatifs and largest in whatifs:
-        small, large = whatifs[smallest], whatifs[largest]
-        entries.append(
-            compared(
-                f"{prefix}: registry {largest:,} vs {smallest:,} jobs, what-if (not shipped)",
-                _seconds(large),
-                "s",
-                f"the what-if's tick at {smallest:,} jobs",
-                _seconds(small),
-                "time ratio",
-                target=f"≤ {SCALE_TARGET:g}x",
-                met=lambda r: r <= SCALE_TARGET,
-                note=f"{WHATIF}; one tick each",
             )
         )
     return entries

@@ -160,7 +160,6 @@ class JobRegistry(abc.ABC):
     ) -> list[JobEntry]:
         """Jobs, optionally of one analysis and in some states, oldest first."""
 
-    @abc.abstractmethod
     def find_jobs(
         self,
         analysis: str,
@@ -176,6 +175,21 @@ class JobRegistry(abc.ABC):
         ``states``, with exactly ``attempts`` attempts, last updated before ``updated_before``, with a
         partition key after ``after_key``; ordered oldest ``created`` first, oldest ``updated`` first,
         or by partition ``key`` (for paging through the registry with ``after_key``)."""
+        if limit <= 0:
+            return []
+        match = JobMatch(
+            states=None if states is None else frozenset(states),
+            attempts=attempts,
+            updated_before=updated_before,
+        )
+        return self._find_jobs(analysis, match, order, after_key, int(limit))
+
+    @abc.abstractmethod
+    def _find_jobs(
+        self, analysis: str, match: JobMatch, order: JobOrder, after_key: str | None, limit: int
+    ) -> list[JobEntry]:
+        """``find_jobs`` in the backend's query language: ``match`` holds states, attempts and
+        ``updated_before``; ``limit`` is positive."""
 
     @abc.abstractmethod
     def update_jobs(

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -236,43 +237,21 @@ class MongoStore(MongoConnection, Store):
         docs = self._find("list jobs", jobs, query, sort=[("created_at", ASCENDING), ("_id", ASCENDING)])
         return [self._job_from_doc(doc) for doc in docs]
 
-    def find_jobs(
-        self,
-        analysis: str,
-        *,
-        limit: int,
-        states: Iterable[JobState] | None = None,
-        order: JobOrder = "created",
-        after_key: str | None = None,
-        updated_before: dt.datetime | None = None,
-        attempts: int | None = None,
+    def _find_jobs(
+        self, analysis: str, match: JobMatch, order: JobOrder, after_key: str | None, limit: int
     ) -> list[JobEntry]:
-        if limit <= 0:
-            return []
-        wanted = None if states is None else sorted(frozenset(JobState(state) for state in states))
-        if wanted is not None and len(wanted) > 1:
+        if match.states is not None and len(match.states) > 1:
             # One query per state, merged: a bare ``state`` equality uses the (analysis, state, …)
             # indexes on every server, where ``$in`` followed by a range or a sort may be planned as
             # a collection scan (SecantusDB does), which grows with the registry.
             found = [
                 entry
-                for state in wanted
-                for entry in self.find_jobs(
-                    analysis,
-                    limit=limit,
-                    states=[state],
-                    order=order,
-                    after_key=after_key,
-                    updated_before=updated_before,
-                    attempts=attempts,
+                for state in sorted(match.states)
+                for entry in self._find_jobs(
+                    analysis, dataclasses.replace(match, states=frozenset([state])), order, after_key, limit
                 )
             ]
             return sorted(found, key=_ORDER_KEYS[order])[:limit]
-        match = JobMatch(
-            states=None if wanted is None else frozenset(wanted),
-            attempts=attempts,
-            updated_before=updated_before,
-        )
         query = {**self._match_query(match), "analysis": analysis}
         if after_key is not None:
             query["partition_key"] = {"$gt": after_key}
@@ -284,7 +263,7 @@ class MongoStore(MongoConnection, Store):
         jobs = self._jobs()
 
         def read() -> list[dict[str, Any]]:
-            return [dict(doc) for doc in jobs.find(query).sort(sort).limit(int(limit))]
+            return [dict(doc) for doc in jobs.find(query).sort(sort).limit(limit)]
 
         return [self._job_from_doc(doc) for doc in self._run("find jobs", read)]
 

@@ -368,24 +368,9 @@ class SqliteStore(Store):
         )
         return [self._job_from_row(row) for row in cursor.fetchall()]
 
-    def find_jobs(
-        self,
-        analysis: str,
-        *,
-        limit: int,
-        states: Iterable[JobState] | None = None,
-        order: JobOrder = "created",
-        after_key: str | None = None,
-        updated_before: dt.datetime | None = None,
-        attempts: int | None = None,
+    def _find_jobs(
+        self, analysis: str, match: JobMatch, order: JobOrder, after_key: str | None, limit: int
     ) -> list[JobEntry]:
-        if limit <= 0:
-            return []
-        match = JobMatch(
-            states=None if states is None else frozenset(states),
-            attempts=attempts,
-            updated_before=updated_before,
-        )
         where, match_params = self._match_sql(match)
         conditions = ["analysis = ?" + where]
         params: list[Any] = [analysis, *match_params]
@@ -399,7 +384,7 @@ class SqliteStore(Store):
         cursor = self._execute(
             conn,
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {' AND '.join(conditions)} ORDER BY {order_by} LIMIT ?",
-            [*params, int(limit)],
+            [*params, limit],
         )
         return [self._job_from_row(row) for row in cursor.fetchall()]
 
