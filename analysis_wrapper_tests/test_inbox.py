@@ -289,3 +289,56 @@ def test_s3_file_rewritten_between_read_and_move_is_kept_as_read(
     (again,) = inbox.list_files("", 10)
     assert inbox.accept(again, "echo", inbox.registered_uri(again, "echo"), inbox.read(again))
     assert "dispatch/race.json" not in server.objects(bucket) and inbox.rewritten == 1
+
+
+def _read_as_nobody(root: Path) -> str:
+    """List, read and (when refused) reject the inbox's one file in a forked child that runs as
+    ``nobody`` when we are root (root reads any file); what the child did comes back through a pipe."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        status = 1
+        try:
+            os.close(read_end)
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            from analysis_wrapper.job_bytes import BadJobFileError
+
+            inbox = LocalInbox(root)
+            (entry,) = inbox.list_files("", 10)
+            try:
+                inbox.read(entry)
+                said = "read"
+            except BadJobFileError as exc:
+                said = str(inbox.reject(entry, f"{entry.uri}: {exc}", "test"))
+            os.write(write_end, said.encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        said = pipe.read().decode()
+    _pid, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    return said
+
+
+def test_an_unreadable_file_is_quarantined_not_warned_about_forever() -> None:
+    """chmod 000: as root every file is readable, so the reader drops to ``nobody`` (as a deployed daemon
+    runs unprivileged); not as root, the test's own user cannot read it either."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="unreadable-", dir="/tmp"))  # /tmp/pytest-of-root is 0700
+    try:
+        root.chmod(0o777)
+        secret = _write(root / "secret.json", '{"s3_location": ["x"]}')
+        secret.chmod(0)
+        assert _read_as_nobody(root) == str(root / "rejected" / "secret.json")
+        reason = (root / "rejected" / ("secret.json" + REASON_SUFFIX)).read_text()
+        assert "cannot be opened: Permission denied" in reason and f"file: {secret}" in reason
+        assert not secret.exists() and (root / "rejected" / "secret.json").stat().st_mode & 0o777 == 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
