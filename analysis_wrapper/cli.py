@@ -66,11 +66,11 @@ def _open(args: argparse.Namespace) -> Context:
         built=built,
         defs=defs,
         store=defs.resources["store"].get_store(),
-        instance=_instance(home),
+        instance=open_instance(home),
     )
 
 
-def _instance(home: Path) -> Any:
+def open_instance(home: Path) -> Any:
     """The Dagster instance in ``home``, created once even when several commands start at once.
 
     A first start writes the shipped instance config (queued runs, concurrency limits, telemetry off,
@@ -213,8 +213,7 @@ def _refuse_dirty_post(ctx: Context, args: argparse.Namespace) -> None:
     from analysis_wrapper.provenance import check_may_post
 
     runtime = ctx.defs.resources["runtime"]
-    dry_run = runtime.dry_run if args.dry_run is None else args.dry_run
-    check_may_post(runtime.code_state(), dry_run, runtime.allow_dirty)
+    check_may_post(runtime.code_state(), _dry_run(ctx, args.dry_run), runtime.allow_dirty)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -308,7 +307,9 @@ def _materialize(
         elif status.startswith("dry run"):
             outcomes[job.partition_key] = ("dry run", "(nothing posted; DRY_RUN=0 to post)")
         elif status.startswith("skipped"):
-            outcomes[job.partition_key] = _wait_for_other_run(ctx, job, status, bool(args.force))
+            outcomes[job.partition_key] = _wait_for_other_run(
+                ctx, job, status, bool(args.force), args.dry_run
+            )
         else:
             reason = _failure_reason(ctx, analysis, job.partition_key, result)
             outcomes[job.partition_key] = ("failed", f"{reason} [{where}]")
@@ -403,7 +404,14 @@ def _statuses(result: Any) -> dict[str, tuple[str, str]]:
     return found
 
 
-def _wait_for_other_run(ctx: Context, job: Any, status: str, force: bool = False) -> tuple[str, str]:
+def _dry_run(ctx: Context, asked: bool | None) -> bool:
+    """Whether this run is a dry run: ``--dry-run`` / ``--no-dry-run``, else ``DRY_RUN``."""
+    return bool(ctx.defs.resources["runtime"].dry_run if asked is None else asked)
+
+
+def _wait_for_other_run(
+    ctx: Context, job: Any, status: str, force: bool = False, dry_run: bool | None = None
+) -> tuple[str, str]:
     """A job skipped because another run holds its fingerprint: wait while that run's claim lives,
     then say whether it was recorded (by whom) or not.
 
@@ -417,7 +425,7 @@ def _wait_for_other_run(ctx: Context, job: Any, status: str, force: bool = False
 
     holders: set[str] = set()
     if "being computed" in status:
-        key = fingerprint_key(job.fingerprint)
+        key = fingerprint_key(job.fingerprint, dry_run=_dry_run(ctx, dry_run))
         holders.add(status.rsplit(" ", 1)[-1])
         while force or not ctx.store.existing_fingerprints(job.analysis, [job.fingerprint]):
             lease = ctx.store.get_leases([key]).get(key)

@@ -78,6 +78,21 @@ def test_run_example_jobs_then_again_all_done(
     assert {r["location"] for r in records} == {str(r) for r in results}
     code, out = cli(capsys, "results")
     assert code == 0 and "isi_violations  1.0.0" in out
+    # Long outputs are cut with an ellipsis in the table; --full shows them whole, --json as data.
+    whole = [json.dumps(r["processing"]["data_processes"][0]["output_parameters"]) for r in records]
+    assert all(len(w) > 70 for w in whole)
+    rows = out.splitlines()[1:]
+    assert len(rows) == 3 and all(row.rstrip().endswith("…") for row in rows), out
+    assert not any(w in out for w in whole)
+    code, out = cli(capsys, "results", "--full")
+    assert code == 0 and all(w in out for w in whole) and "…" not in out
+
+
+def test_cut_keeps_what_fits_and_marks_what_it_cuts() -> None:
+    from analysis_wrapper.cli import cut
+
+    assert cut("abc", 3) == "abc" and cut("abc", None) == "abc"
+    assert cut("abcdef", 4) == "abc…" and len(cut("x" * 100, 70)) == 70
 
 
 def test_bad_files_are_rejected_with_file_and_field_and_good_ones_still_run(
