@@ -37,7 +37,7 @@ MODULE = "analysis_wrapper_tests.faults.fault_analysis"
 PROCESS_TIMEOUT_S = 180.0
 # Short S3 waits, so an outage costs seconds: bounded by 2 attempts of 1 s to connect and 2 s to answer.
 S3_WAITS = {"S3_CONNECT_TIMEOUT_S": "1", "S3_READ_TIMEOUT_S": "2", "S3_MAX_ATTEMPTS": "2"}
-S3_WAIT_BOUND_S = 3 * 2 * (1 + 2 + 1) + 20  # x3: requests in flight finish theirs; slack for a busy machine
+S3_WAIT_BOUND_S = 3 * 2 * (1 + 2 + 1) + 40  # x3: requests in flight finish theirs; slack for a busy machine
 
 
 def wait_until(
@@ -207,13 +207,17 @@ class Workspace:
         proc.wait()
         return proc
 
+    def close_store(self) -> None:
+        """Close the test's own store client (reopened on next use)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     def close(self) -> None:
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        self.close_store()
 
     # ---- what is stored ------------------------------------------------------------------------
     def store(self) -> Any:
