@@ -37,7 +37,7 @@ def add_dispatch_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--split-files",
         type=int,
         metavar="N",
-        help="split_files: with --file-extension, N files per job (default 1); 0: one job per asset",
+        help="split_files: with --file-extension, 1 = a job per file (default), 0 = a job per asset",
     )
     dispatch.add_argument("--group-by", nargs="+", action="extend", metavar="FIELD", help="group_by fields")
     dispatch.add_argument(

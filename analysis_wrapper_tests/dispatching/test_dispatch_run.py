@@ -259,29 +259,58 @@ def make_asset_files(root: Path, metadata: MetadataCollection, counts: dict[str,
             (where / f"part{i}.nwb").write_bytes(b"x" * (i + 1))
 
 
-@pytest.mark.parametrize(("split_files", "jobs_expected"), [(1, 3), (2, 2), (0, 1)])
-def test_file_extension_on_a_local_folder(
-    mongo_server: Any,
-    store: SqliteStore,
-    instance: DagsterInstance,
-    tmp_path: Path,
-    split_files: int,
-    jobs_expected: int,
+def test_file_extension_on_a_local_folder_one_job_per_file(
+    mongo_server: Any, store: SqliteStore, instance: DagsterInstance, tmp_path: Path
 ) -> None:
     root = tmp_path / "assets"
     local = seeded(mongo_server, str(root))
     make_asset_files(root, local, {"600002_2024-03-02_10-30-00": 3})  # 600002's other asset has none
     query = json.dumps({"subject.subject_id": "600002"})
-    report = run(local, store, instance, docdb_query=query, file_extension=".nwb", split_files=split_files)
-    assert report.registered == jobs_expected, report
+    report = run(local, store, instance, docdb_query=query, file_extension=".nwb")
+    assert report.registered == 3, report
     assert len(report.unusable) == 1 and "no .nwb file under" in report.unusable[0]
     asset = root / "600002_2024-03-02_10-30-00"
-    expected = sorted(str(p) for p in asset.rglob("*.nwb"))
+    expected = sorted(str(p) for p in asset.rglob("*.nwb"))  # found at every depth
     jobs = registered_jobs(store)
     assert sorted(f for j in jobs for f in j["file_location"]) == expected
-    assert all(j["s3_location"] == [str(asset)] for j in jobs)
+    assert all(j["s3_location"] == [str(asset)] and len(j["file_location"]) == 1 for j in jobs)
     assert all(j["analysis_code"]["parameters"]["file_location"] == j["file_location"] for j in jobs)
     assert_aind_jobs(jobs)
+
+
+def test_files_of_a_group_in_one_job(
+    mongo_server: Any, store: SqliteStore, instance: DagsterInstance, tmp_path: Path
+) -> None:
+    """split_files 0 with group_by: one job per subject holding each asset's file (one per asset, as a
+    job here holds one file_location per s3_location); an asset with several files makes its group's
+    job one the job format refuses, reported as rejected."""
+    root = tmp_path / "assets"
+    local = seeded(mongo_server, str(root))
+    make_asset_files(
+        root,
+        local,
+        {"600001_2024-03-01_10-30-00": 1, "600001_2024-03-03_10-30-00": 1, "600002_2024-03-02_10-30-00": 2},
+    )
+    report = run(
+        local,
+        store,
+        instance,
+        docdb_query="{}",
+        group_by=["subject.subject_id"],
+        file_extension=".nwb",
+        split_files=0,
+    )
+    assert report.registered == 1, report
+    (job,) = registered_jobs(store)
+    assert job["group_metadata"] == {"subject__subject_id": "600001"}
+    assert sorted(job["asset_name"]) == ["600001_2024-03-01_10-30-00", "600001_2024-03-03_10-30-00"]
+    assert [Path(f).parent.name for f in job["file_location"]] == [
+        Path(loc).name for loc in job["s3_location"]
+    ]
+    assert_aind_jobs([job])
+    # Left out: 600001's third session and 600002's second (no file), 600003's only asset (none at all).
+    assert sum("no .nwb file" in r for r in report.unusable) == 3
+    assert len(report.rejected) == 1 and "has 2 entries but s3_location has 1" in report.rejected[0]
 
 
 def test_file_extension_in_s3_and_job_files_written_there(
