@@ -264,7 +264,7 @@ def _materialize(
     import uuid
 
     from analysis_wrapper.batch import batch_run_config
-    from analysis_wrapper.ownership import end_heartbeat, heartbeat, this_host
+    from analysis_wrapper.ownership import heartbeat, this_host
 
     spec = ctx.built[analysis].analysis
     loggers = run_loggers(args.verbose)
@@ -296,7 +296,7 @@ def _materialize(
                 tags={**tags, BATCH_SIZE_TAG: str(len(jobs))},
             )
     finally:
-        end_heartbeat(run_id)
+        _end_heartbeat(run_id, store.lease_ttl_s)
     statuses = _statuses(result)
     outcomes: dict[str, tuple[str, str]] = {}
     where = log_location(ctx.instance, result.run_id)
@@ -314,6 +314,20 @@ def _materialize(
             reason = _failure_reason(ctx, analysis, job.partition_key, result)
             outcomes[job.partition_key] = ("failed", f"{reason} [{where}]")
     return outcomes
+
+
+def _end_heartbeat(run_id: str, ttl_s: float) -> None:
+    """Release the run's heartbeat lease; a store that does not answer now (locked, unreachable) does not
+    stop the command: the lease expires by itself after ``ttl_s`` and this process is gone by then."""
+    from analysis_wrapper.ownership import end_heartbeat
+    from analysis_wrapper.store.base import StoreError
+
+    try:
+        end_heartbeat(run_id)
+    except StoreError as exc:
+        log.warning(
+            "run %s: its heartbeat lease was not released (%s); it expires in %.0f s", run_id, exc, ttl_s
+        )
 
 
 def run_loggers(verbose: bool) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -376,9 +377,10 @@ def test_a_bad_setting_is_one_line_naming_the_variable_and_the_allowed_values(
 
 
 LOCKER = """
-import sqlite3, sys, time
+import os, sqlite3, sys, time
 path, key, hold_s, ready = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 deadline = time.monotonic() + 120
+open(ready + ".polling", "w").close()
 while True:  # until the CLI's run has started the job (state running), then lock the store
     conn = sqlite3.connect(path, timeout=30, isolation_level=None)
     try:
@@ -392,9 +394,24 @@ while True:  # until the CLI's run has started the job (state running), then loc
     time.sleep(0.02)
 conn.execute("BEGIN EXCLUSIVE")
 open(ready, "w").close()
-time.sleep(hold_s)
+if hold_s >= 0:
+    time.sleep(hold_s)
+else:  # until told
+    while not os.path.exists(ready + ".release") and time.monotonic() < deadline:
+        time.sleep(0.05)
 conn.execute("ROLLBACK")
 """
+
+
+def start_locker(store_path: Path, key: str, hold_s: float, ready: Path) -> subprocess.Popen[bytes]:
+    """The process that locks the store as soon as the job is running (polling before this returns)."""
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, str(store_path), key, str(hold_s), str(ready)])
+    polling = Path(f"{ready}.polling")
+    deadline = time.monotonic() + 60
+    while not polling.exists():
+        assert locker.poll() is None and time.monotonic() < deadline, "the locker did not start"
+        time.sleep(0.02)
+    return locker
 
 
 @pytest.mark.parametrize("batch_size", ["1", "20"], ids=["one-run-per-job", "batch"])
@@ -411,7 +428,7 @@ def test_store_locked_mid_run_shows_the_cause_and_the_job_ends_failed(
     monkeypatch.setenv("STORE_BUSY_TIMEOUT_S", "1")
     source = workdir / "input.txt"
     source.write_text("x\n")
-    job_file = write_job(workdir / "jobs", [source], analysis="counting", sleep_s=1.5)
+    job_file = write_job(workdir / "jobs", [source], analysis="counting", sleep_s=2.5)
     assert main(["submit", str(job_file)]) == 0
     close_all_stores()
     capfd.readouterr()
@@ -419,9 +436,8 @@ def test_store_locked_mid_run_shows_the_cause_and_the_job_ends_failed(
     store = SqliteStore(store_path)
     (entry,) = store.list_jobs("counting")
     ready = workdir / "locked"
-    locker = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(store_path), entry.partition_key, "3.5", str(ready)]
-    )
+    # Locked from the job's start until after the analysis (2.5 s) and the writes after it (1 s each).
+    locker = start_locker(store_path, entry.partition_key, 5.0, ready)
     try:
         code = main(["run", "--batch-size", batch_size])
         close_all_stores()
@@ -437,4 +453,64 @@ def test_store_locked_mid_run_shows_the_cause_and_the_job_ends_failed(
     (after,) = store.list_jobs("counting")
     assert after.state == JobState.FAILED, after
     assert "database is locked" in (after.last_error or "")
+    store.close()
+
+
+def test_store_locked_past_the_run_leaves_no_job_running_for_ever(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """The store stays locked until the CLI has ended: the CLI cannot write the failure, says so in the
+    job's line (with the cause) and exits; once the store answers, the inbox sensor's next tick finds the
+    job's run ended and fails the job (through the lifecycle: RUN_LOST)."""
+    from dagster import DagsterInstance, build_sensor_context
+
+    from analysis_wrapper.definitions import build_definitions
+    from analysis_wrapper.settings import load_settings
+    from analysis_wrapper.store.base import JobState
+    from analysis_wrapper.store.sqlite import SqliteStore
+    from analysis_wrapper_tests.conftest import write_job
+
+    monkeypatch.setenv("ANALYSIS_MODULES", "analysis_wrapper_tests.counting_analysis")
+    monkeypatch.setenv("STORE_BUSY_TIMEOUT_S", "1")
+    monkeypatch.setenv("SENSOR_AUDIT_AFTER_S", "0")
+    monkeypatch.setenv("DISPATCH_INBOX", str(workdir / "inbox"))
+    source = workdir / "input.txt"
+    source.write_text("x\n")
+    job_file = write_job(workdir / "jobs", [source], analysis="counting", sleep_s=2.0)
+    assert main(["submit", str(job_file)]) == 0
+    close_all_stores()
+    capfd.readouterr()
+    home = workdir / ".dagster_home"
+    store = SqliteStore(home / "analysis_records.sqlite")
+    (entry,) = store.list_jobs("counting")
+    ready = workdir / "locked"
+    locker = start_locker(home / "analysis_records.sqlite", entry.partition_key, -1, ready)
+    try:
+        code = main(["run", "--batch-size", "1"])
+        close_all_stores()
+    finally:
+        (workdir / "locked.release").touch()
+        assert locker.wait(timeout=90) == 0
+    out, err = capfd.readouterr()
+    assert code == 1, out + err
+    (line,) = [line for line in out.splitlines() if line.startswith("failed")]
+    assert "database is locked" in line and "could not be marked failed" in line, line
+    assert "Traceback" not in err, err
+    (stuck,) = store.list_jobs("counting")
+    assert stuck.state == JobState.RUNNING  # nobody could write meanwhile
+
+    defs = build_definitions(load_settings())
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        sensor = defs.resolve_sensor_def("counting_inbox_sensor")
+        with build_sensor_context(
+            instance=instance, definitions=defs, resources=defs.resources, sensor_name=sensor.name
+        ) as context:
+            sensor(context)
+    finally:
+        instance.dispose()
+        close_all_stores()
+    (after,) = store.list_jobs("counting")
+    assert after.state == JobState.FAILED, after
+    assert after.run_id == stuck.run_id and after.last_error, after
     store.close()
