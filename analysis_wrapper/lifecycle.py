@@ -88,10 +88,11 @@ TRANSITIONS: dict[JobEvent, Transition] = {
         "a run claimed the fingerprint and starts the analysis (attempts + 1)",
     ),
     JobEvent.DRY_RUN_STARTED: _t(
-        ALL_STATES - RECORDED_STATES,
+        ALL_STATES - RECORDED_STATES - {S.RUNNING},
         S.RUNNING,
-        "state, run id and attempts = those read; the run holds the fingerprint's lease",
-        "a dry run starts the analysis (attempts + 1); a recorded job (done, skipped) keeps its state",
+        "state, run id and attempts = those read; the run holds the fingerprint's dry-run lease",
+        "a dry run starts the analysis (attempts + 1); a recorded job (done, skipped) or one another "
+        "run is computing keeps its state",
     ),
     JobEvent.RECORDED: _t(
         (S.RUNNING,), S.DONE, "run id = this run", "its run committed the record (folder complete)"
@@ -315,7 +316,8 @@ class JobLifecycle:
     def started(self, entry: JobEntry, run_id: str, dry_run: bool = False) -> bool:
         """STARTED: the run holding the fingerprint's lease starts the analysis (attempts + 1).
         Refused when the job changed since ``entry`` was read. A dry run is DRY_RUN_STARTED, refused
-        for a recorded job: a dry run is no result, so a ``done`` job stays ``done``."""
+        for a recorded job (a dry run is no result, so a ``done`` job stays ``done``) and for a
+        running one (dry runs hold their own lease: the running run may be posting it)."""
         event = JobEvent.DRY_RUN_STARTED if dry_run else JobEvent.STARTED
         match = JobMatch(
             states=frozenset({entry.state}) & TRANSITIONS[event].sources,

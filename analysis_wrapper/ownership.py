@@ -4,7 +4,8 @@ Both are leases in the store (:class:`~analysis_wrapper.store.base.LeaseStore`),
 holding run id, host, pid and an expiry:
 
 * ``fingerprint:<fp>`` — claimed by a run before it computes ``fp`` and released after it committed
-  (or gave up). Another run of the same fingerprint sees the claim and does not compute.
+  (or gave up). Another run of the same fingerprint sees the claim and does not compute. Dry runs
+  claim ``dry-run:<fp>`` instead (they write elsewhere and record nothing).
 * ``run:<run id>`` — the run's heartbeat, held while it works: a lease that stopped being renewed
   (expired), or whose holder's process is gone on this host, is a dead run.
 
@@ -33,8 +34,11 @@ log = logging.getLogger(__name__)
 DEFAULT_TTL_S = 60.0
 
 
-def fingerprint_key(fingerprint: str) -> str:
-    return f"fingerprint:{fingerprint}"
+def fingerprint_key(fingerprint: str, dry_run: bool = False) -> str:
+    """The lease a run computing ``fingerprint`` holds. Dry runs hold their own (``dry-run:<fp>``):
+    they write only to the dry-run folder, so a dry run never keeps a posting run from computing and
+    recording the same fingerprint, while two dry runs of it still do not compute twice."""
+    return f"{'dry-run' if dry_run else 'fingerprint'}:{fingerprint}"
 
 
 def run_key(run_id: str) -> str:

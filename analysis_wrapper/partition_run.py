@@ -28,7 +28,7 @@ from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.config import overrides_from_config
 from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError
 from analysis_wrapper.inputs import InputNotFoundError, resolve_inputs
-from analysis_wrapper.lifecycle import RECORDED_STATES, JobLifecycle
+from analysis_wrapper.lifecycle import TRANSITIONS, JobEvent, JobLifecycle
 from analysis_wrapper.make_job import build_analysis_job
 from analysis_wrapper.ownership import Claim, Held, claim, fingerprint_key, release
 from analysis_wrapper.provenance import CodeState, DirtyTreeError, build_record, check_may_post
@@ -95,9 +95,10 @@ def _start(
 ) -> bool:
     """STARTED, re-reading the job when another writer changed it between our read and our update
     (e.g. the inbox sensor marking it queued); False when the job is gone. A dry run of a recorded
-    job (``done``, ``skipped``) changes nothing: it runs, and the job keeps its state."""
+    job (``done``, ``skipped``) or of one another run is computing (``running``: dry runs hold their
+    own lease, so that run may be posting it) changes nothing: it runs, and the job keeps its state."""
     for _ in range(5):
-        if dry_run and entry.state in RECORDED_STATES:
+        if dry_run and entry.state not in TRANSITIONS[JobEvent.DRY_RUN_STARTED].sources:
             return True
         if lifecycle.started(entry, run_id, dry_run=dry_run):
             return True
@@ -168,7 +169,7 @@ def compute_partition(
     except DirtyTreeError as exc:
         lifecycle.refused(entry, where.run_id, str(exc))
         raise Failure(str(exc)) from None
-    made = claim(records, fingerprint_key(job.fingerprint), where.run_id, store.lease_ttl_s)
+    made = claim(records, fingerprint_key(job.fingerprint, dry_run), where.run_id, store.lease_ttl_s)
     if isinstance(made, Held):
         log.info(
             f"Skipping {key}: fingerprint {job.fingerprint} is being computed by {made.lease.describe()}; "

@@ -372,9 +372,12 @@ def start_together(
     return procs
 
 
-def wait_for_claim(setup: Setup, fingerprint: str, procs: Sequence[Proc], timeout_s: float = 120.0) -> None:
-    """Until a run of ``procs`` holds the claim on ``fingerprint`` (it is computing it)."""
-    key = fingerprint_key(fingerprint)
+def wait_for_claim(
+    setup: Setup, fingerprint: str, procs: Sequence[Proc], timeout_s: float = 120.0, dry_run: bool = False
+) -> None:
+    """Until a run of ``procs`` holds the claim on ``fingerprint`` (it is computing it; ``dry_run``:
+    the dry-run claim)."""
+    key = fingerprint_key(fingerprint, dry_run)
     deadline = time.monotonic() + timeout_s
     while not setup.open_store().get_leases([key]):
         assert all(p.popen.poll() is None for p in procs), "the first process ended before it claimed " + (
@@ -824,11 +827,6 @@ def test_dagster_materialize_beside_a_cli_run_of_the_same_partitions(setup: Setu
         print(f"{name}: materializations {dict(statuses)}; computed by {list(pids.values())} (CLI {cli_pid})")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a dry run's claim on the fingerprint makes a concurrent posting run skip the job: it reports "
-    "'elsewhere ... it is retried there', exits 0 and posts nothing, and nothing retries a dry run",
-)
 @pytest.mark.parametrize("setup", BACKENDS[:1], indirect=True)
 def test_posting_run_beside_a_dry_run_of_the_same_job_posts_it(setup: Setup) -> None:
     """``run --no-dry-run`` released while a ``run --dry-run`` of the same job computes it (holds the
@@ -843,7 +841,7 @@ def test_posting_run_beside_a_dry_run_of_the_same_job_posts_it(setup: Setup) -> 
         [("cli", [*run_args(jobs, 1), "--dry-run"])],
         env,
         then=[("cli", [*run_args(jobs, 1), "--no-dry-run"])],
-        between=functools.partial(wait_for_claim, setup, fp),
+        between=functools.partial(wait_for_claim, setup, fp, dry_run=True),
     )
     assert_clean_exits(procs)
     assert summary_counts(procs[0], 1)["dry run"] == 1
