@@ -40,6 +40,7 @@ from analysis_wrapper_tests.faults.bad_inputs import (
     valid_job,
 )
 from analysis_wrapper_tests.faults.report import record
+from analysis_wrapper_tests.s3_servers import S3Endpoint
 from analysis_wrapper_tests.sample_analyses import echo
 from analysis_wrapper_tests.test_sensors import Env
 
@@ -155,6 +156,61 @@ def test_every_bad_input_is_quarantined_by_the_sensor_while_good_jobs_run(
     close_all_stores()
 
 
+@pytest.mark.slow
+def test_every_bad_file_is_quarantined_from_an_s3_inbox_while_good_jobs_register(
+    tmp_path: Path, clean_repo: Path, moto_s3: S3Endpoint
+) -> None:
+    """The same files as objects in an S3 inbox (every case that is bytes: S3 has no FIFOs or links)."""
+    bucket = moto_s3.new_bucket("inbox")
+    client = moto_s3.client()
+    env = Env(
+        tmp_path,
+        clean_repo,
+        analyses=(echo,),
+        inbox=f"s3://{bucket}/dispatch",
+        endpoint=moto_s3.endpoint_url,
+        batch_size=25,
+        max_files_per_tick=1000,
+    )
+    source = str(clean_repo / "code.py")
+    cases = [
+        c
+        for c in bad_inputs(source, tmp_path / ESCAPE / "evil.nwb")
+        if c.kind == "file" and not c.sensor_only
+    ]
+    for case in cases:
+        client.put_object(Bucket=bucket, Key=f"dispatch/{case.name}", Body=case.content)
+    good = {f"good-{i}.json": valid_job(source, scale=float(10 + i)) for i in range(3)}
+    good.update(hostile_valid_jobs(source, tmp_path / ESCAPE / "evil.nwb"))
+    for name, job in good.items():
+        client.put_object(Bucket=bucket, Key=f"dispatch/{name}", Body=json.dumps(job).encode())
+
+    result = env.tick()
+    assert len(result.run_requests) == 1 and len(env.states()) == len(good)
+    objects = moto_s3.objects(bucket)
+    reasons: dict[str, tuple[str, str]] = {}
+    for key in objects:
+        if key.endswith(REASON_SUFFIX):
+            text = client.get_object(Bucket=bucket, Key=key)["Body"].read().decode()
+            original = re.search(r"^file: s3://[^/]+/dispatch/(.*)$", text, re.M)
+            assert original, text
+            reasons[original.group(1)] = (key.removesuffix(REASON_SUFFIX), text)
+    handled = 0
+    for case in cases:
+        kept, text = reasons[case.name]
+        assert text.startswith(f"s3://{bucket}/dispatch/{case.name}") and case.expect in text, (
+            case.name,
+            text[:200],
+        )
+        assert client.get_object(Bucket=bucket, Key=kept)["Body"].read() == case.content
+        handled += 1
+    assert not [k for k in objects if k.count("/") == 1]  # nothing left in the drop area
+    assert len([k for k in objects if k.startswith(f"dispatch/registered/{ANALYSIS}/")]) == len(good)
+    assert not (tmp_path / ESCAPE).exists()
+    report("s3_sensor", len(cases), handled)
+    close_all_stores()
+
+
 # ---- the CLI -------------------------------------------------------------------------------------
 @pytest.fixture
 def cli_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_repo: Path) -> Iterator[Path]:
@@ -184,6 +240,7 @@ def rejected_lines(out: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_every_bad_input_is_rejected_by_the_cli_while_good_jobs_run(
     cli_workdir: Path, clean_repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -346,6 +403,7 @@ def test_any_job_text_is_a_job_or_a_rejection_naming_the_file(text: bytes, tmp_p
 BATCH_COUNTS = {"tried": 0, "handled_sensor": 0, "handled_cli": 0}
 
 
+@pytest.mark.slow
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(texts=st.lists(job_texts(INPUT), min_size=4, max_size=12))
 def test_hypothesis_made_files_never_stop_a_tick_or_the_cli(
