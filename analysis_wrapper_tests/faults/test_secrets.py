@@ -192,6 +192,12 @@ def test_no_secret_in_any_output_of_a_full_s3_and_mongodb_run(
             assert code in codes, f"{args}: exit {code}\n{out[-2000:]}\n{err[-2000:]}"
         summary = (work / "terminal" / "01.out").read_text()
         assert "2 done" in summary and "1 failed" in summary, summary
+        # The S3 failure is one line with its cause and its log; no stack trace on the terminal.
+        (failed,) = [line for line in summary.splitlines() if line.startswith("failed")]
+        assert "missing.txt" in failed and "full log: Dagster run" in failed, failed
+        for number in ("01", "02"):
+            err = (work / "terminal" / f"{number}.err").read_text()
+            assert "Traceback" not in err and "Stack Trace" not in err, err
         unreachable_err = (work / "terminal" / "13.err").read_text()
         assert unreachable_err.startswith("error: ") and len(unreachable_err.splitlines()) == 1, (
             unreachable_err
