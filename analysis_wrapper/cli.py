@@ -103,7 +103,7 @@ def _register_paths(
     ctx: Context, paths: Sequence[str], analysis: str | None, out: TextIO
 ) -> tuple[list[Any], int]:
     """Validate and register job files; return (jobs registered or known, number rejected)."""
-    from analysis_wrapper.registration import find_job_files, prepare_files, register_jobs
+    from analysis_wrapper.registration import add_partitions, find_job_files, prepare_files, register_jobs
 
     if analysis and analysis not in ctx.analyses:
         raise SystemExit(
@@ -117,7 +117,7 @@ def _register_paths(
     jobs = []
     for name, analysis_jobs in prepared.jobs.items():
         registration = register_jobs(analysis_jobs, ctx.store)
-        _add_partitions(ctx, ctx.analyses[name].partitions_name, registration.keys)
+        add_partitions(ctx.instance, ctx.analyses[name].partitions_name, registration.keys)
         outcome = registration.outcome
         for job in analysis_jobs:
             verb = (
@@ -128,26 +128,6 @@ def _register_paths(
             log.info("%s %s %s (%s)", verb, name, job.partition_key, job.source)
         jobs.extend(analysis_jobs)
     return jobs, len(rejected)
-
-
-def _add_partitions(ctx: Context, partitions_name: str, keys: Sequence[str]) -> None:
-    """Add the jobs' dynamic partitions (as :func:`~analysis_wrapper.registration.register` does),
-    also while another process adds the same new keys: Dagster reads which keys exist, then inserts
-    the others, so two processes may both insert a key and the second fails on Dagster's unique
-    index. Adding again finds that key there and inserts only what is still missing."""
-    from sqlalchemy.exc import IntegrityError
-
-    from analysis_wrapper.registration import add_partitions
-
-    attempts = 5
-    for attempt in range(1, attempts + 1):
-        try:
-            add_partitions(ctx.instance, partitions_name, keys)
-            return
-        except IntegrityError:
-            if attempt == attempts:
-                raise
-            log.info("another process added some of these partitions at the same time; adding the rest")
 
 
 def _pending_registered(ctx: Context, analysis: str | None) -> list[Any]:

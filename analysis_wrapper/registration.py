@@ -149,10 +149,26 @@ def register_jobs(jobs: Sequence[AnalysisJob], store: Store) -> Registration:
     return Registration(outcome, recorded, [key for _a, key in unique])
 
 
+ADD_PARTITIONS_ATTEMPTS = 5
+
+
 def add_partitions(instance: DagsterInstance, partitions_name: str, keys: Sequence[str]) -> None:
-    """Add dynamic partition keys in batches small enough for SQLite run storage."""
+    """Add dynamic partition keys in batches small enough for SQLite run storage, also while another
+    process adds the same new keys: Dagster reads which keys exist, then inserts the others, so two
+    processes may both insert a key and the second fails on Dagster's unique index. Adding again
+    finds that key there and inserts only what is still missing."""
+    from sqlalchemy.exc import IntegrityError
+
     for start in range(0, len(keys), PARTITION_BATCH_SIZE):
-        instance.add_dynamic_partitions(partitions_name, list(keys[start : start + PARTITION_BATCH_SIZE]))
+        batch = list(keys[start : start + PARTITION_BATCH_SIZE])
+        for attempt in range(1, ADD_PARTITIONS_ATTEMPTS + 1):
+            try:
+                instance.add_dynamic_partitions(partitions_name, batch)
+                break
+            except IntegrityError:
+                if attempt == ADD_PARTITIONS_ATTEMPTS:
+                    raise
+                log.info("another process added some of these partitions at the same time; adding the rest")
 
 
 def register(
