@@ -26,6 +26,7 @@ BENCHMARKS = {
     "daemon_postgres",
     "upload",
     "memory_run",
+    "dispatch",
 }
 
 

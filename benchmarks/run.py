@@ -66,6 +66,9 @@ BENCHMARKS = (
     ),
     Benchmark("upload", "4. upload vs awscli and s5cmd", "benchmarks.upload:run"),
     Benchmark("memory_run", "5b. peak RSS of analysis-wrapper run", "benchmarks.memory:run"),
+    Benchmark(
+        "dispatch", "6. dispatch of 10,000 assets vs the AIND dispatcher's way", "benchmarks.dispatch:run"
+    ),
 )
 NAMES = [b.name for b in BENCHMARKS]
 
