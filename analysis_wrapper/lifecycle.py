@@ -84,13 +84,13 @@ TRANSITIONS: dict[JobEvent, Transition] = {
     JobEvent.STARTED: _t(
         ALL_STATES,
         S.RUNNING,
-        "state, run id and attempts = those read; the run holds the fingerprint's lease",
+        "state, run id, attempts and fingerprint = those read; the run holds the fingerprint's lease",
         "a run claimed the fingerprint and starts the analysis (attempts + 1)",
     ),
     JobEvent.DRY_RUN_STARTED: _t(
         ALL_STATES - RECORDED_STATES - {S.RUNNING},
         S.RUNNING,
-        "state, run id and attempts = those read; the run holds the fingerprint's dry-run lease",
+        "state, run id, attempts and fingerprint = those read; the run holds the dry-run lease",
         "a dry run starts the analysis (attempts + 1); a recorded job (done, skipped) or one another "
         "run is computing keeps its state",
     ),
@@ -323,6 +323,7 @@ class JobLifecycle:
             states=frozenset({entry.state}) & TRANSITIONS[event].sources,
             run_id=entry.run_id,
             attempts=entry.attempts,
+            fingerprint=entry.fingerprint,
         )
         return self._one(event, entry, match, self._to(event, run_id=run_id, attempts="increment"))
 

@@ -92,21 +92,26 @@ def load_job(
 
 def _start(
     lifecycle: JobLifecycle, store: StoreResource, entry: JobEntry, run_id: str, dry_run: bool = False
-) -> bool:
-    """STARTED, re-reading the job when another writer changed it between our read and our update
-    (e.g. the inbox sensor marking it queued); False when the job is gone. A dry run of a recorded
-    job (``done``, ``skipped``) or of one another run is computing (``running``: dry runs hold their
-    own lease, so that run may be posting it) changes nothing: it runs, and the job keeps its state."""
+) -> str | None:
+    """STARTED, re-reading the job when another writer changed its state between our read and our
+    update (e.g. the inbox sensor marking it queued); None once started, else why not: the job is
+    gone, or was re-registered with another fingerprint (its new job runs next; this run must not
+    mark it done with a record of the old one). A dry run of a recorded job (``done``,
+    ``skipped``) or of one another run is computing (``running``: dry runs hold their own lease, so
+    that run may be posting it) changes nothing: it runs, and the job keeps its state."""
+    read = entry.fingerprint
     for _ in range(5):
         if dry_run and entry.state not in TRANSITIONS[JobEvent.DRY_RUN_STARTED].sources:
-            return True
+            return None
         if lifecycle.started(entry, run_id, dry_run=dry_run):
-            return True
+            return None
         fresh = store.get_store().get_job(entry.analysis, entry.partition_key)
         if fresh is None:
-            return False
+            return "left the job registry while starting"
+        if fresh.fingerprint != read:
+            return "re-registered with another fingerprint while starting (that job runs next)"
         entry = fresh
-    return False
+    return "kept changing while starting (five tries)"
 
 
 def compute_partition(
@@ -180,9 +185,12 @@ def compute_partition(
         if recorded_already():  # committed by another run between our first look and our claim
             release(made)
             return skip("already recorded")
-        if not _start(lifecycle, store, entry, where.run_id, dry_run):
+        refused = _start(lifecycle, store, entry, where.run_id, dry_run)
+        if refused is not None:
             release(made)
-            raise Failure(f"Partition {key} of {analysis.name} left the job registry while starting.")
+            if refused.startswith("re-registered"):
+                return skip(refused)
+            raise Failure(f"Partition {key} of {analysis.name} {refused}.")
     except BaseException:
         release(made)
         raise

@@ -273,6 +273,22 @@ def test_started_refused_when_the_job_changed_since_read(store: Store, meanwhile
     assert_unchanged(store, current)
 
 
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_started_refused_for_a_job_re_registered_since_read(store: Store, dry_run: bool) -> None:  # noqa: F811
+    """Re-registered with new parameters between a run's read and its start: state, run id and
+    attempts look as read (pending, none, 0), only the fingerprint moved on. The run computing the
+    old fingerprint must not take the job (it would mark it done with the old fingerprint's record)."""
+    lc = JobLifecycle(store)
+    lc.register([entry(K, FP)])
+    as_read = read(store)
+    lc.register([entry(K, "fp-new-parameters")])
+    current = read(store)
+    assert (current.state, current.run_id, current.attempts) == (as_read.state, None, 0)
+    assert current.fingerprint != as_read.fingerprint
+    assert lc.started(as_read, "r-old", dry_run=dry_run) is False
+    assert_unchanged(store, current)
+
+
 @pytest.mark.parametrize("event", [E.RECORDED, E.DRY_RAN, E.FAILED])
 def test_run_events_refused_for_another_run(store: Store, event: JobEvent) -> None:  # noqa: F811
     before = make_job(store, S.RUNNING, run_id="r-current")
