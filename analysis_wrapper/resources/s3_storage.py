@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import boto3
 from boto3.s3.transfer import TransferConfig
 from dagster_aws.s3 import S3Resource
 from s3transfer.utils import ChunksizeAdjuster
@@ -50,7 +49,7 @@ from analysis_wrapper.resources.results_storage import (
     json_bytes,
     result_files,
 )
-from analysis_wrapper.resources.s3_client import S3EndpointError, s3_answering
+from analysis_wrapper.resources.s3_client import BoundedS3Resource, S3EndpointError, s3_answering
 from analysis_wrapper.safe_paths import contained_path
 
 MB = 1024 * 1024
@@ -163,8 +162,9 @@ class S3ResultsStorage(ResultsStorage):
     @classmethod
     def from_bucket_setting(cls, setting: str, client: Any | None = None) -> S3ResultsStorage:
         bucket, prefix = split_bucket(setting)
-        # boto3 reads AWS_ENDPOINT_URL and the credentials from the environment itself.
-        return cls(client or boto3.client("s3"), bucket, prefix)
+        # boto3 reads AWS_ENDPOINT_URL and the credentials from the environment itself; without a
+        # configured client the waits are still bounded (the S3_* defaults).
+        return cls(client or BoundedS3Resource().get_client(), bucket, prefix)
 
     def _key(self, fingerprint: str, name: str = "") -> str:
         folder = f"{self.prefix}/{fingerprint}" if self.prefix else fingerprint
