@@ -130,6 +130,11 @@ class Inbox(abc.ABC):
         """The folder relative input paths in a job are taken from."""
         return Path.cwd()
 
+    def recheck(self) -> None:
+        """At the end of a tick's moves: check once more that every file moved with ``content`` still holds
+        it (see :class:`LocalInbox`); nothing to do where a write replaces a whole object (S3)."""
+        return None
+
 
 class LocalInbox(Inbox):
     """A local folder (created when missing)."""
@@ -143,6 +148,7 @@ class LocalInbox(Inbox):
         self.reads = 0
         self.rewritten = 0
         self.max_bytes = max_bytes
+        self._moved: list[tuple[InboxFile, Path, bytes]] = []
 
     def _folder(self, folder: str) -> Path:
         return self.root / folder if folder else self.root
@@ -219,7 +225,16 @@ class LocalInbox(Inbox):
             return None
         if content is not None:
             self._keep_as_read(file, target, content)
+            self._moved.append((file, target, content))
         return target
+
+    def recheck(self) -> None:
+        """A writer whose ``open(path, "w")`` had looked the file up before the move, but truncated it only
+        after the check that followed the move (it was descheduled inside the call), writes into the moved
+        file later: checked again here, after the whole tick's moves, the same way."""
+        moved, self._moved = self._moved, []
+        for file, target, content in moved:
+            self._keep_as_read(file, target, content)
 
     def _keep_as_read(self, file: InboxFile, target: Path, content: bytes) -> None:
         """After the move: if ``target`` is not what was read (a writer rewrote the file in place between

@@ -151,6 +151,7 @@ class Intake:
         self._reject(to_reject)
         self._route(to_route)
         self._register(ready)
+        self.inbox.recheck()
         self.counts["rewritten while read"] += self.inbox.rewritten - rewritten
 
     def _reject(self, items: list[tuple[InboxFile, str, bytes | None]]) -> None:
