@@ -110,13 +110,14 @@ def build_definitions(
     settings = settings or Settings()
     built = built if built is not None else build_analysis_set(analyses, settings)
     dispatch = build_dispatch_definitions(built, settings)
-    summaries = [d.summary for d in built.values() if d.summary is not None]
+    with_summary = [(d.analysis, d.summary) for d in built.values() if d.summary is not None]
+    summaries = [summary for _analysis, summary in with_summary]
     return Definitions(
         assets=[d.asset for d in built.values()] + summaries + dispatch.assets,
         jobs=[j for d in built.values() for j in (d.job, d.batch_job)] + dispatch.jobs,
         sensors=build_sensors(built, settings)
         + dispatch.sensors
-        + ([summary_sensor(summaries, settings.SENSOR_INTERVAL_S)] if summaries else []),
+        + [summary_sensor(a, summary, settings.SENSOR_INTERVAL_S) for a, summary in with_summary],
         resources=build_resources(settings),
     )
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 
 from analysis_wrapper.analyses.isi_violations import analysis as isi
@@ -200,12 +201,27 @@ def test_daemon_runs_dropped_jobs_and_survives_kill_9(
         )
 
     wait_for("every job to be recorded and done after the restart", all_done, dev)
+
+    # The summary asset updates by itself (declarative automation) once the new results are recorded.
+    summary = results / f"{isi.name}_summary"
+
+    def summary_complete() -> bool:
+        try:
+            rows = pd.read_parquet(summary / "summary.parquet")
+        except (OSError, ValueError):
+            return False
+        return sorted(rows["partition_key"]) == sorted(expected)
+
+    wait_for("isi_violations_summary to hold every job", summary_complete, dev)
     dev.kill()
+    rows = pd.read_parquet(summary / "summary.parquet")
+    assert dict(zip(rows["partition_key"], rows["fingerprint"], strict=True)) == expected
+    assert (summary / "summary.csv").is_file() and (summary / "summary.png").is_file()
 
     # Every job done exactly once: one record per fingerprint, one result folder each, no job lost.
     records = store.find_records(isi.name)
     assert sorted(r["_id"] for r in records) == sorted(expected.values())
-    assert sorted(p.name for p in results.iterdir()) == sorted(expected.values())
+    assert sorted(p.name for p in results.iterdir() if p != summary) == sorted(expected.values())
     assert all((results / fp / "metadata.nd.json").is_file() for fp in expected.values())
     entries = {e.partition_key: e for e in store.list_jobs(isi.name)}
     assert {k: e.fingerprint for k, e in entries.items()} == expected

@@ -11,10 +11,10 @@ query per 1,000), the records of their fingerprints (one store read each) and, f
 only those jobs' folders; every earlier row comes from the previous ``summary.parquet``. So after one
 new job it reads one record and one folder, whatever the summary holds.
 
-**Kept current by declarative automation**: its condition is true once any partition of the result
-asset was updated since the summary last ran, while no run of those partitions is in progress (so a
-batch run's jobs land in one update); ``analysis_wrapper_summaries``, an automation condition sensor
-that runs by default, evaluates it.
+**Kept current by declarative automation**: its condition is true when the summary is missing, or
+once any partition of the result asset was updated since the summary last ran, while no run of those
+partitions is in progress (so a batch run's jobs land in one update); ``<analysis>_summary_sensor``,
+an automation condition sensor that runs by default, evaluates it.
 """
 
 import io
@@ -44,12 +44,14 @@ from dagster import (
 )
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.ownership import end_heartbeat, heartbeat
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.results_storage import RECORD_FILE, ResultsStorageError
 from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.result_metadata import figure_markdown, location_link
 from analysis_wrapper.summary.figures import UNIT_READERS, summary_figure
 from analysis_wrapper.summary.table import merge_rows, summary_frame
+from analysis_wrapper.tags import ANALYSIS_TAG
 
 PARQUET = "summary.parquet"
 CSV = "summary.csv"
@@ -64,22 +66,33 @@ def summary_folder_name(analysis: Analysis[Any, Any]) -> str:
 
 
 def summary_condition() -> AutomationCondition:
-    """Any partition of the result asset updated since the summary last ran, none in progress."""
+    """Missing (a new deployment, or results recorded before the summary existed), or any partition of
+    the result asset updated since the summary last ran; and none of them in progress."""
     return (
-        AutomationCondition.any_deps_updated().since_last_handled()
+        (
+            # a summary run that failed is not repeated every tick: the next new result retries it
+            (AutomationCondition.missing() & ~AutomationCondition.execution_failed())
+            | AutomationCondition.any_deps_updated().since_last_handled()
+        )
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
     ).with_label("a result was recorded")
 
 
-def summary_sensor(summaries: list[AssetsDefinition], interval_s: int) -> AutomationConditionSensorDefinition:
+def summary_sensor(
+    analysis: Analysis[Any, Any], summary: AssetsDefinition, interval_s: int
+) -> AutomationConditionSensorDefinition:
+    """The automation condition sensor of one analysis's summary. Its runs carry the analysis tag, so
+    the queue's per-analysis limit applies and the inbox sensor's recovery fails them if they die
+    (their heartbeat lease stops, or their code server is gone)."""
     return AutomationConditionSensorDefinition(
-        "analysis_wrapper_summaries",
-        target=AssetSelection.assets(*summaries),
+        f"{analysis.name}_summary_sensor",
+        target=AssetSelection.assets(summary),
+        run_tags={ANALYSIS_TAG: analysis.name},
         default_status=DefaultSensorStatus.RUNNING,
         minimum_interval_seconds=interval_s,
         emit_backfills=False,
-        description="Updates each <analysis>_summary after new results are recorded.",
+        description=f"Updates {analysis.name}_summary after new results are recorded.",
     )
 
 
@@ -158,6 +171,16 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
         context: AssetExecutionContext,
         store: StoreResource,
         results_io_manager: ResourceParam[ResultsIOManager],
+    ) -> MaterializeResult:
+        # A heartbeat, as every run of an analysis has: the inbox sensor fails this run if it dies.
+        heartbeat(store.get_store(), context.run_id, store.lease_ttl_s)
+        try:
+            return _update(context, store, results_io_manager)
+        finally:
+            end_heartbeat(context.run_id)
+
+    def _update(
+        context: AssetExecutionContext, store: StoreResource, results_io_manager: ResultsIOManager
     ) -> MaterializeResult:
         storage = results_io_manager.results.results()
         s3_client = results_io_manager.results.s3_client() if reader is not None else None
