@@ -27,8 +27,12 @@ from dagster import (
     DagsterRun,
     Failure,
     JobDefinition,
+    MetadataValue,
     OpExecutionContext,
     ResourceParam,
+    TableColumn,
+    TableRecord,
+    TableSchema,
     in_process_executor,
     job,
     op,
@@ -70,6 +74,13 @@ def mark_failed(store: StoreResource, analysis: str, key: str, run_id: str, exc:
     if entry is None or entry.run_id == run_id:
         return  # gone, or marked by this run already
     store.lifecycle().refused(entry, run_id, failure_text(exc))
+
+
+def outcome_table(outcomes: dict[str, str]) -> MetadataValue:
+    """Partition and outcome, one row each: what a failed batch run's page shows."""
+    rows = [TableRecord({"partition": key, "outcome": outcome}) for key, outcome in outcomes.items()]
+    schema = TableSchema(columns=[TableColumn("partition", "string"), TableColumn("outcome", "string")])
+    return MetadataValue.table(rows, schema=schema)
 
 
 def batch_op_name(analysis: Analysis[Any, Any]) -> str:
@@ -135,6 +146,7 @@ def build_batch_job(
         # One run, one code state: git is asked once (three subprocesses), not once per partition.
         code_state = functools.cache(runtime.code_state)
         failures: list[str] = []
+        outcomes: dict[str, str] = {}  # per partition, what happened: the run's page lists them
         for number, key in enumerate(keys, start=1):
             try:
                 outcome = compute_partition(
@@ -146,7 +158,9 @@ def build_batch_job(
                 message = failure_text(exc)
                 context.log.error(f"{analysis.name} partition {key} ({number}/{len(keys)}) failed: {message}")
                 failures.append(f"{key}: {message.splitlines()[0] if message else type(exc).__name__}")
+                outcomes[key] = f"failed: {failures[-1].removeprefix(f'{key}: ')}"
                 continue
+            outcomes[key] = str(stored.get("status") or "done")
             fingerprint = outcome.result.job.fingerprint
             if outcome.result.skipped or outcome.result.dry_run:  # no new result: see factory.compute
                 yield AssetObservation(
@@ -162,7 +176,8 @@ def build_batch_job(
             for checked in evaluate_checks(analysis, fingerprint, store, results_io_manager.results):
                 yield checked.evaluation(asset_key, key)
         context.log.info(
-            f"{analysis.name} batch: {len(keys) - len(failures)} of {len(keys)} partition(s) ok."
+            f"{analysis.name} batch: {len(keys) - len(failures)} of {len(keys)} partition(s) ok:\n"
+            + "\n".join(f"  {key}: {outcome}" for key, outcome in outcomes.items())
         )
         if failures:
             shown = "; ".join(failures[:MAX_ERRORS_SHOWN])
@@ -172,7 +187,8 @@ def build_batch_job(
             raise Failure(
                 f"{len(failures)} of {len(keys)} partition(s) of {analysis.name} failed: {shown}{more}. "
                 "They are marked failed in the job registry; the inbox sensor retries them, or run "
-                "`analysis-wrapper retry`."
+                "`analysis-wrapper retry`.",
+                metadata={"partitions": outcome_table(outcomes)},
             )
 
     @job(

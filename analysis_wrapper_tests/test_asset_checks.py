@@ -118,3 +118,27 @@ def test_batch_runs_check_each_partition(harness_factory: Any, tmp_path: Path) -
     again = h.run_batch("echo", [j.partition_key for j in jobs])
     assert again.success
     assert not again.get_asset_materialization_events() and not list(again.get_asset_check_evaluations())
+
+
+def test_a_batch_runs_page_lists_its_partitions_and_their_outcome(
+    harness_factory: Any, tmp_path: Path
+) -> None:
+    h = harness_factory([echo])
+    ok, bad = h.submit(
+        [
+            write_job(tmp_path / "ok", [tmp_path / "ok"]),
+            write_job(tmp_path / "bad", [tmp_path / "ok"], fail=True),
+        ]
+    )
+    result = h.run_batch("echo", [ok.partition_key, bad.partition_key])
+    assert not result.success
+    logs = [e.message for e in h.instance.all_logs(result.run_id) if e.user_message]
+    summary = next(m for m in logs if "batch: 1 of 2 partition(s) ok" in m)
+    assert f"{ok.partition_key}: recorded" in summary
+    assert f"{bad.partition_key}: failed: RuntimeError: echo was asked to fail" in summary
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    table = failure.step_failure_data.user_failure_data.metadata["partitions"].value
+    assert {r.data["partition"]: r.data["outcome"] for r in table.records} == {
+        ok.partition_key: "recorded",
+        bad.partition_key: "failed: RuntimeError: echo was asked to fail",
+    }
