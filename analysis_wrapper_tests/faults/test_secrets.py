@@ -98,6 +98,15 @@ def test_no_secret_in_any_output_of_a_full_s3_and_mongodb_run(
             aws_secret_access_key=SECRET_KEY,
             region_name="us-east-1",
         )
+        wrong = boto3.client(
+            "s3",
+            endpoint_url=endpoint.endpoint_url,
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key="not-the-secret",
+            region_name="us-east-1",
+        )
+        with pytest.raises(Exception, match="SignatureDoesNotMatch"):
+            wrong.list_buckets()  # the keys are really checked
         bucket = "leak-check"
         s3.create_bucket(Bucket=bucket)
         s3.put_object(Bucket=bucket, Key="inputs/one.txt", Body=b"one\n")
