@@ -25,7 +25,7 @@ from typing import Any
 
 from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, RECORD_FILE
 from analysis_wrapper.resources.s3_storage import S3ResultsStorage
-from analysis_wrapper.scratch import ROOT_NAME
+from analysis_wrapper.scratch import ROOT_NAME, Owner
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper_tests.conftest import write_job
 from analysis_wrapper_tests.faults.fault_analysis import NAME, TOKEN_FILE, computations
@@ -186,12 +186,17 @@ class Workspace:
 
     # ---- processes -----------------------------------------------------------------------------
     def start(self, *args: str, label: str = "cli", env: dict[str, str] | None = None) -> Proc:
+        """``analysis-wrapper ARGS`` in the background."""
+        return self.spawn([str(BIN / "analysis-wrapper"), *args], label, env)
+
+    def spawn(self, argv: Sequence[str], label: str, env: dict[str, str] | None = None) -> Proc:
+        """Any command, in its own session, with the workspace's environment (plus ``env``)."""
         self._serial += 1
         name = f"{self._serial:02d}-{label}"
         out, err = self.root / "logs" / f"{name}.out", self.root / "logs" / f"{name}.err"
         with out.open("wb") as out_handle, err.open("wb") as err_handle:
             popen = subprocess.Popen(
-                [str(BIN / "analysis-wrapper"), *args],
+                list(argv),
                 env={**self.env, **(env or {})},
                 cwd=self.root,
                 stdout=out_handle,
@@ -251,6 +256,22 @@ class Workspace:
         """The owner folders (one per process) under the scratch root."""
         return sorted(p.name for p in self.scratch_root.iterdir()) if self.scratch_root.exists() else []
 
+    def describe_scratch(self) -> str:
+        """Each owner folder left, whether its process lives (and what it is), and what it holds."""
+        lines = []
+        for name in self.scratch_owners():
+            owner = Owner.parse(name)
+            alive = owner is not None and not owner.gone()
+            try:
+                command = Path(f"/proc/{owner.pid if owner else 0}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                command = b"(gone)"
+            held = sorted(
+                p.relative_to(self.scratch_root).as_posix() for p in (self.scratch_root / name).rglob("*")
+            )
+            lines.append(f"{name}: alive={alive} {command.decode(errors='replace')[:200]} holds {held[:10]}")
+        return "\n".join(lines)
+
     def folder_files(self, location: str) -> dict[str, bytes]:
         """The files of a recorded folder: name -> bytes (local path or s3:// URI)."""
         if location.startswith("s3://"):
@@ -284,7 +305,7 @@ class Workspace:
             )
             assert tokens.get(outputs["token"]) == fp, "the token is of a logged computation of this job"
         # nothing left that would break or bloat later runs
-        assert self.scratch_owners() == [], f"scratch left behind: {self.scratch_owners()}"
+        assert self.scratch_owners() == [], f"scratch left behind: {self.describe_scratch()}"
         if self.results.exists():
             assert not [p.name for p in self.results.iterdir() if p.name.startswith(".partial-")]
         if self.s3 is not None:

@@ -11,16 +11,24 @@ nothing left behind (:meth:`Workspace.check_recovered`). The counts go to the su
 
 from __future__ import annotations
 
+import shutil
 import time
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from analysis_wrapper.resources.results_storage import RECORD_FILE
+from analysis_wrapper.store.base import JobState
 from analysis_wrapper_tests.faults import report
-from analysis_wrapper_tests.faults.processes import Workspace, sqlite_locked, wait_until
-from analysis_wrapper_tests.s3_servers import S3Process
+from analysis_wrapper_tests.faults.fault_analysis import NAME
+from analysis_wrapper_tests.faults.processes import BIN, Proc, Workspace, sqlite_locked, wait_until
+from analysis_wrapper_tests.s3_servers import S3Process, free_port
+from analysis_wrapper_tests.test_daemon_end_to_end import SHIPPED_INSTANCE_YAML, drop
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +126,107 @@ def test_a_run_killed_between_the_upload_and_the_record_leaves_a_folder_the_next
     (record,) = ws.records().values()
     token = record["processing"]["data_processes"][0]["output_parameters"]["token"]
     assert token != first_token, "the folder of the killed run was replaced by the recorded computation's"
+
+
+def grpc_ping(port: int) -> bool:
+    from dagster._grpc.client import DagsterGrpcClient
+
+    try:
+        DagsterGrpcClient(port=port, host="127.0.0.1").ping("hello")
+        return True
+    except Exception:
+        return False
+
+
+@pytest.mark.timeout(400)
+def test_the_daemon_and_the_code_server_killed_mid_run_lose_no_job_and_run_none_twice(ws: Workspace) -> None:
+    """The daemon and the code server as separate processes (as deployed), the shipped instance config:
+    SIGKILL of the daemon while a run computes (its run worker goes on; the restarted daemon carries on),
+    then of the code server with its run workers (the inbox sensor sees the run's heartbeat holder gone,
+    fails the run and retries its jobs). `test_daemon_end_to_end` kills the whole of `dagster dev`, and
+    `test_many_hosts` the code server across network namespaces; here each part alone, on one host."""
+    home = ws.root / "home"
+    home.mkdir()
+    shutil.copy(SHIPPED_INSTANCE_YAML, home / "dagster.yaml")
+    inbox = ws.root / "inbox"
+    inbox.mkdir()
+    port = free_port()
+    (ws.root / "workspace.yaml").write_text(
+        f"load_from:\n  - grpc_server:\n      host: 127.0.0.1\n      port: {port}\n"
+        "      location_name: analysis_wrapper\n"
+    )
+    ws.env.update(
+        DISPATCH_INBOX=str(inbox),
+        SENSOR_INTERVAL_S="1",
+        SENSOR_AUDIT_AFTER_S="2",
+        SENSOR_BATCH_SIZE="2",
+        RETRY_DELAY_S="1",
+        LEASE_TTL_S="6",
+    )
+    code_server = [str(BIN / "dagster"), "api", "grpc", "-m", "analysis_wrapper.definitions"]
+    code_server += ["-h", "127.0.0.1", "-p", str(port)]
+    daemon = [str(BIN / "dagster-daemon"), "run", "-w", str(ws.root / "workspace.yaml")]
+
+    def start_code_server() -> Proc:
+        proc = ws.spawn(code_server, "code-server")
+        wait_until("the code server to answer", lambda: grpc_ping(port), 120, [proc])
+        return proc
+
+    servers = [start_code_server(), ws.spawn(daemon, "daemon")]
+
+    def done(n: int) -> Callable[[], bool]:
+        return lambda: (
+            len(ws.records()) >= n and sum(e.state == JobState.DONE for e in ws.jobs().values()) >= n
+        )
+
+    # ---- the daemon, while a run computes -------------------------------------------------------
+    ws.hold()
+    first = [ws.job(tag=f"d{i}") for i in range(3)]
+    drop(first, inbox)
+    wait_until("a run to compute", lambda: bool(ws.started()), 150, servers)
+    servers[1].kill()
+    held = set(ws.started())
+    assert not held & set(ws.records()), "the kill was meant to land mid-run"
+    ws.release()
+    # The run worker belongs to the code server: it finishes its jobs without the daemon.
+    wait_until("the running run to record its jobs", lambda: held <= set(ws.records()), 120, servers[:1])
+    servers[1] = ws.spawn(daemon, "daemon")
+    wait_until("every job of the first drop to be done", done(3), 150, servers)
+    assert ws.computed() == Counter({fp: 1 for fp in ws.records()}), "nothing computed twice"
+
+    # ---- the code server and its run workers, while a run computes --------------------------------
+    ws.hold()
+    second = [ws.job(tag=f"c{i}") for i in range(2)]
+    drop(second, inbox)
+    wait_until("a run of the second drop to compute", lambda: len(set(ws.started())) > 3, 150, servers)
+    servers[0].kill()
+    interrupted = set(ws.started()) - set(ws.records())
+    assert interrupted, "the kill was meant to land mid-run"
+    assert ws.scratch_owners(), "the killed run worker's scratch folder stays until a later run sweeps it"
+    ws.release()
+    servers[0] = start_code_server()
+    wait_until("every job to be done", done(5), 200, servers)
+    # A run worker removes its scratch folder just after the record: let every run of the analysis end
+    # before the kill (the killed one too: the inbox sensor fails it once its heartbeat holder is gone).
+    instance = DagsterInstance.from_config(str(home))
+    try:
+        statuses = [s for s in DagsterRunStatus if s not in FINISHED_STATUSES]
+        filters = [RunsFilter(statuses=statuses, job_name=f"{NAME}{part}") for part in ("_job", "_batch_job")]
+
+        def unfinished() -> list[Any]:
+            return [run for f in filters for run in instance.get_runs(f)]
+
+        try:
+            wait_until("every run of the analysis to end", lambda: not unfinished(), 120, servers)
+        except AssertionError as exc:
+            runs = [(r.run_id[:8], r.status.value, r.job_name, dict(r.tags)) for r in unfinished()]
+            raise AssertionError(f"{exc}; unfinished runs: {runs}") from None
+    finally:
+        instance.dispose()
+    for proc in servers:
+        proc.kill()
+    ws.check_recovered([*first, *second])
+    computed = ws.computed()
+    assert all(computed[fp] == 2 for fp in interrupted), computed  # killed once, then recorded once
+    COUNTS["injected"] += 2
+    COUNTS["recovered"] += len(first) + len(second)
