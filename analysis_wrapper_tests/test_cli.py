@@ -514,3 +514,26 @@ def test_store_locked_past_the_run_leaves_no_job_running_for_ever(
     assert after.state == JobState.FAILED, after
     assert after.run_id == stuck.run_id and after.last_error, after
     store.close()
+
+
+def test_an_unexpected_error_is_one_line_and_verbose_shows_its_trace(
+    workdir: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import analysis_wrapper.cli as cli_module
+
+    def broken(_args: Any) -> int:
+        try:
+            raise OSError("disk quota exceeded")
+        except OSError as exc:
+            raise RuntimeError("cannot write the report") from exc
+
+    monkeypatch.setattr(cli_module, "cmd_status", broken)
+    assert main(["status"]) == 2
+    out, err = capfd.readouterr()
+    (line,) = err.splitlines()
+    assert line.startswith("error: RuntimeError: cannot write the report (OSError: disk quota exceeded)"), (
+        line
+    )
+    assert "--verbose" in line and out == ""
+    with pytest.raises(RuntimeError, match="cannot write the report"):
+        main(["--verbose", "status"])
