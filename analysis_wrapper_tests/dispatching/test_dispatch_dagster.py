@@ -258,3 +258,44 @@ def test_cli_dispatch_prints_found_registered_and_already_done(
         "--query", "{}", "--group-by", "subject.subject_id", "--file-extension", ".nwb"
     )
     assert code == 2 and "set split_files to 0" in err
+
+
+@pytest.mark.slow
+def test_two_cli_dispatches_at_once_register_each_job_once(
+    metadata: MetadataCollection, tmp_path: Path
+) -> None:
+    """Two real processes dispatch the same query into one DAGSTER_HOME at the same moment: both exit 0,
+    each job is registered by exactly one of them, and every partition exists once."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DAGSTER_", "DOCDB_", "METADATA_", "DISPATCH_"))
+    }
+    env.update(
+        DAGSTER_HOME=str(tmp_path / "home"),
+        METADATA_DOCDB_URI=metadata.server.uri,
+        METADATA_DOCDB_DATABASE=metadata.database,
+        METADATA_DOCDB_COLLECTION=COLLECTION,
+        ANALYSIS_MODULES="analysis_wrapper_tests.sample_analyses",
+        PYTHONPATH=str(REPO_ROOT),
+    )
+    exe = Path(sys.executable).parent / "analysis-wrapper"
+    command = [str(exe), "dispatch", "--analysis", "echo", "--query", json.dumps(ECEPHYS), "--json"]
+    procs = [
+        subprocess.Popen(
+            command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [proc.communicate(timeout=180) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], [err[-2000:] for _out, err in outputs]
+    reports = [json.loads(out) for out, _err in outputs]
+    assert sum(r["registered"] for r in reports) == 5
+    assert all(r["registered"] + r["already_registered"] == 5 for r in reports)
+    store = SqliteStore(tmp_path / "home" / "analysis_records.sqlite")
+    entries = store.list_jobs("echo")
+    store.close()
+    assert len(entries) == 5
+    with DagsterInstance.from_config(str(tmp_path / "home")) as instance:
+        keys = instance.get_dynamic_partitions(echo.partitions_name)
+    assert sorted(keys) == sorted(e.partition_key for e in entries)
