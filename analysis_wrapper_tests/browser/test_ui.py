@@ -112,11 +112,11 @@ def ui(tmp_path_factory: pytest.TempPathFactory, clean_repo: Path) -> Iterator[U
     record = _records(env)[broken["partition_key"]]
     figure = Path(record["location"]) / "isi_violations.png"
     figure.write_bytes(figure.read_bytes() + b"tampered")
-    _check_only(env, broken["partition_key"])
-
     server = UiServer(env, root / "dagster_dev.log")
-    server.start()
+    server.launch()  # it starts while the checks run
     try:
+        _check_only(env, broken["partition_key"])
+        server.wait()
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport=VIEWPORT)

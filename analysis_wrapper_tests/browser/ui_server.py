@@ -82,6 +82,11 @@ class UiServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 90) -> None:
+        self.launch()
+        self.wait(timeout_s)
+
+    def launch(self) -> None:
+        """Start ``dagster dev`` without waiting for it (:meth:`wait`)."""
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -100,6 +105,10 @@ class UiServer:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+
+    def wait(self, timeout_s: float = 90) -> None:
+        """Until the webserver answers (``dagster dev`` failing or silent for ``timeout_s``: an error)."""
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
