@@ -11,10 +11,11 @@ query per 1,000), the records of their fingerprints (one store read each) and, f
 only those jobs' folders; every earlier row comes from the previous ``summary.parquet``. So after one
 new job it reads one record and one folder, whatever the summary holds.
 
-**Kept current by declarative automation**: its condition is true when the summary is missing, or
-once any partition of the result asset was updated since the summary last ran, while no run of those
-partitions is in progress (so a batch run's jobs land in one update); ``<analysis>_summary_sensor``,
-an automation condition sensor that runs by default, evaluates it.
+**Kept current by declarative automation**: its condition is true once any partition of the result
+asset was updated since the summary last ran, while no run of those partitions is in progress (so a
+batch run's jobs land in one update); ``<analysis>_summary_sensor``, an automation condition sensor
+that runs by default, evaluates it. A deployment that has no summary yet gets one with its next result
+(or a materialization of the summary from the UI).
 """
 
 import io
@@ -66,14 +67,12 @@ def summary_folder_name(analysis: Analysis[Any, Any]) -> str:
 
 
 def summary_condition() -> AutomationCondition:
-    """Missing (a new deployment, or results recorded before the summary existed), or any partition of
-    the result asset updated since the summary last ran; and none of them in progress."""
+    """Any partition of the result asset updated since the summary last ran, none of them in progress.
+
+    Not "missing": a new deployment does not spend a run on an empty summary; the first recorded result
+    builds it (from every materialization so far), and so does a materialization from the UI."""
     return (
-        (
-            # a summary run that failed is not repeated every tick: the next new result retries it
-            (AutomationCondition.missing() & ~AutomationCondition.execution_failed())
-            | AutomationCondition.any_deps_updated().since_last_handled()
-        )
+        AutomationCondition.any_deps_updated().since_last_handled()
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
     ).with_label("a result was recorded")
