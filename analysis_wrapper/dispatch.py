@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -190,13 +191,16 @@ def location_problem(location: str) -> str | None:
 
 
 def check_assets(job: DispatchJob, source: str) -> None:
-    """The per-asset lists of the AIND ``AnalysisDispatchModel`` are parallel: ``asset_name``,
-    ``docdb_record_id`` and ``file_location`` (when given) hold one entry per ``s3_location``.
-    A shorter list would record one input while the analysis reads two; refuse it, and refuse
-    locations that cannot be read (empty, an unsupported scheme, an S3 key leading out of a folder)."""
+    """The per-asset lists of the AIND ``AnalysisDispatchModel`` are parallel: ``asset_name`` and
+    ``docdb_record_id`` (when given) hold one entry per ``s3_location``. ``file_location`` holds the
+    files the analysis reads, any number per asset (the dispatcher puts every matching file of an
+    asset there unless it splits them), each inside one of the ``s3_location`` assets: the record
+    names the assets (``input_data``), so a file of no listed asset, or one listed twice, would
+    make the record and what the analysis read disagree. Also refused: locations that cannot be
+    read (empty, an unsupported scheme, an S3 key leading out of a folder)."""
     count = len(job.s3_location)
-    lists: dict[str, list[str]] = {"s3_location": job.s3_location}
-    for name in ("asset_name", "docdb_record_id", "file_location"):
+    lists: dict[str, list[str]] = {"s3_location": job.s3_location, "file_location": job.file_location or []}
+    for name in ("asset_name", "docdb_record_id"):
         values = getattr(job, name) or []
         if values and len(values) != count:
             raise JobFileError(
@@ -215,6 +219,35 @@ def check_assets(job: DispatchJob, source: str) -> None:
         for i, value in enumerate(lists[name]):
             if not value.strip():
                 raise JobFileError(source, f"{name}[{i}]", "is empty")
+    _check_files_in_assets(lists["file_location"], job.s3_location, source)
+
+
+def _comparable(location: str) -> str:
+    """A location spelt for comparing containment: ``s3://`` as written (no trailing slash),
+    ``file://`` URIs as their path, paths normalised (``a/./b`` = ``a/b``)."""
+    text = location.strip()
+    if text.startswith("s3://"):
+        return text.rstrip("/")
+    if text.startswith("file://"):
+        text = unquote(urlparse(text).path)
+    return posixpath.normpath(text)
+
+
+def _check_files_in_assets(files: Sequence[str], assets: Sequence[str], source: str) -> None:
+    tops = [_comparable(asset) for asset in assets]
+    seen: dict[str, int] = {}
+    for i, location in enumerate(files):
+        here = _comparable(location)
+        if here in seen:
+            raise JobFileError(source, f"file_location[{i}]", f"repeats file_location[{seen[here]}]")
+        seen[here] = i
+        if not any(here == top or here.startswith(top + "/") for top in tops):
+            raise JobFileError(
+                source,
+                f"file_location[{i}]",
+                f"{location!r} is not inside any s3_location ({', '.join(assets)}): the record names the "
+                "assets a job reads, so each file must belong to one of them",
+            )
 
 
 def parse_job_text(text: str | bytes, source: str) -> DispatchJob:

@@ -706,9 +706,15 @@ def test_other_encodings_are_refused(content: str | bytes, problem: str) -> None
         ),
         ({"docdb_record_id": ["r1", "r2"]}, "docdb_record_id", "2 entries"),
         (
-            {"file_location": ["s3://bucket/asset/a.nwb", "s3://bucket/asset/b.nwb"]},
-            "file_location",
-            "2 entries",
+            {"file_location": ["s3://bucket/other/a.nwb"]},
+            "file_location[0]",
+            "is not inside any s3_location",
+        ),
+        ({"file_location": ["s3://bucket/assets/a.nwb"]}, "file_location[0]", "is not inside"),
+        (
+            {"file_location": ["s3://bucket/asset/a.nwb", "s3://bucket/asset/a.nwb/"]},
+            "file_location[1]",
+            "repeats file_location[0]",
         ),
         ({"s3_location": ["http://example.org/a.nwb"]}, "s3_location[0]", "scheme http://"),
         ({"s3_location": ["ftp://example.org/a.nwb"]}, "s3_location[0]", "scheme ftp://"),
@@ -751,6 +757,31 @@ def test_per_asset_lists_and_locations_are_checked(changes: dict[str, Any], fiel
 def test_usable_locations_still_pass(location: str) -> None:
     job = parse_job_text(json.dumps(_job_text(s3_location=[location])), "job.json")
     assert job.s3_location == [location]
+
+
+@pytest.mark.parametrize(
+    ("assets", "files"),
+    [
+        # The dispatcher without split_files: every matching file of the asset in one job.
+        (["s3://bucket/asset"], ["s3://bucket/asset/a.nwb", "s3://bucket/asset/sub/b.nwb"]),
+        # Grouped assets, their files together (fewer files than assets is fine too).
+        (
+            ["s3://bucket/s1", "s3://bucket/s2"],
+            ["s3://bucket/s1/x.nwb", "s3://bucket/s2/y.nwb", "s3://bucket/s2/z.nwb"],
+        ),
+        (["s3://bucket/s1/", "s3://bucket/s2"], ["s3://bucket/s1/x.nwb"]),
+        (["/data/session"], ["/data/session/units.nwb", "file:///data/session/more/units2.nwb"]),
+        (["/data/session.nwb"], ["/data/session.nwb"]),
+    ],
+)
+def test_files_of_the_listed_assets_in_any_number(assets: list[str], files: list[str]) -> None:
+    names = [f"asset{i}" for i in range(len(assets))]
+    ids = [f"rec-{i}" for i in range(len(assets))]
+    text = json.dumps(
+        _job_text(s3_location=assets, asset_name=names, docdb_record_id=ids, file_location=files)
+    )
+    job = parse_job_text(text, "job.json")
+    assert job.file_location == files and job.s3_location == assets
 
 
 def test_lists_may_be_left_empty_as_before() -> None:

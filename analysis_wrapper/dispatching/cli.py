@@ -37,7 +37,8 @@ def add_dispatch_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--split-files",
         type=int,
         metavar="N",
-        help="split_files: with --file-extension, 1 = a job per file (default), 0 = a job per asset",
+        help="split_files: with --file-extension, N = a job per N files of an asset (default 1), "
+        "0 = a job per asset (or group) with all its files",
     )
     dispatch.add_argument("--group-by", nargs="+", action="extend", metavar="FIELD", help="group_by fields")
     dispatch.add_argument(

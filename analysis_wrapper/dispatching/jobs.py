@@ -5,10 +5,9 @@ Each pipeline result (one asset, or one group of assets) becomes one or more job
 
 * without ``file_extension``: one job per result, its locations as they are;
 * with it: the assets' matching files in ``file_location``; assets with none are left out (and
-  reported), a result with none at all gives no job; ``split_files`` 1 gives one job per file, 0 one
-  job per result holding every file. A job here holds one ``file_location`` per ``s3_location``
-  (:func:`analysis_wrapper.dispatch.check_assets`), so with 0 an asset with several matching files
-  gives a job that is rejected (and reported), where the dispatcher would write it;
+  reported), a result with none at all gives no job; ``split_files`` N gives one job per N files
+  of an asset, 0 one job per result holding every file (each file inside its asset's
+  ``s3_location``, as :func:`analysis_wrapper.dispatch.check_assets` asks);
 * each job crossed with each parameter set (``distributed_parameters``);
 * ``analysis_code``: the dispatcher's ``process.code`` for the job: the analysis's ``Code`` with
   ``input_data`` = one ``DataAsset`` per ``s3_location`` and ``parameters`` = fixed parameters,

@@ -50,8 +50,8 @@ class DispatchSettings(Config):  # type: ignore[misc]
     split_files: int = Field(
         default=1,
         ge=0,
-        description="With file_extension: 1 = one job per file, 0 = one job per asset (or group) holding "
-        "its files (here a job holds one file per asset: assets with several matches are rejected)",
+        description="With file_extension: N = one job per N files of an asset (1: a job per file), "
+        "0 = one job per asset (or group) holding all its files",
     )
     tasks_per_job: int = Field(
         default=1, ge=1, description="When writing job files: how many go into each numbered folder"
@@ -116,12 +116,6 @@ def check_settings(settings: DispatchSettings) -> None:
         raise DispatchSettingsError(
             "give exactly one of docdb_query (a MongoDB filter, JSON text or file) and data_asset_csv "
             "(a CSV file with an asset_id column)"
-        )
-    if settings.split_files > 1:
-        raise DispatchSettingsError(
-            f"split_files={settings.split_files} would put {settings.split_files} files of one asset into a "
-            "job, but a job here holds exactly one file_location per s3_location "
-            "(analysis_wrapper.dispatch.check_assets): use 1 (a job per file) or 0"
         )
     if settings.filter_latest and not settings.filter_by:
         raise DispatchSettingsError(

@@ -278,12 +278,28 @@ def test_file_extension_on_a_local_folder_one_job_per_file(
     assert_aind_jobs(jobs)
 
 
+def test_split_files_n_gives_a_job_per_n_files_of_an_asset(
+    mongo_server: Any, store: SqliteStore, instance: DagsterInstance, tmp_path: Path
+) -> None:
+    root = tmp_path / "assets"
+    local = seeded(mongo_server, str(root))
+    make_asset_files(root, local, {"600002_2024-03-02_10-30-00": 5})
+    query = json.dumps({"subject.subject_id": "600002"})
+    report = run(local, store, instance, docdb_query=query, file_extension=".nwb", split_files=2)
+    assert report.registered == 3 and not report.rejected, report
+    jobs = registered_jobs(store)
+    assert sorted(len(j["file_location"]) for j in jobs) == [1, 2, 2]
+    asset = root / "600002_2024-03-02_10-30-00"
+    assert sorted(f for j in jobs for f in j["file_location"]) == sorted(str(p) for p in asset.rglob("*.nwb"))
+    assert all(j["s3_location"] == [str(asset)] for j in jobs)
+    assert_aind_jobs(jobs)
+
+
 def test_files_of_a_group_in_one_job(
     mongo_server: Any, store: SqliteStore, instance: DagsterInstance, tmp_path: Path
 ) -> None:
-    """split_files 0 with group_by: one job per subject holding each asset's file (one per asset, as a
-    job here holds one file_location per s3_location); an asset with several files makes its group's
-    job one the job format refuses, reported as rejected."""
+    """split_files 0 with group_by: one job per subject holding every matching file of its assets
+    (any number per asset, as the dispatcher writes them)."""
     root = tmp_path / "assets"
     local = seeded(mongo_server, str(root))
     make_asset_files(
@@ -300,17 +316,20 @@ def test_files_of_a_group_in_one_job(
         file_extension=".nwb",
         split_files=0,
     )
-    assert report.registered == 1, report
-    (job,) = registered_jobs(store)
-    assert job["group_metadata"] == {"subject__subject_id": "600001"}
-    assert sorted(job["asset_name"]) == ["600001_2024-03-01_10-30-00", "600001_2024-03-03_10-30-00"]
-    assert [Path(f).parent.name for f in job["file_location"]] == [
-        Path(loc).name for loc in job["s3_location"]
+    assert report.registered == 2 and not report.rejected, report
+    jobs = {job["group_metadata"]["subject__subject_id"]: job for job in registered_jobs(store)}
+    assert sorted(jobs) == ["600001", "600002"]
+    first, second = jobs["600001"], jobs["600002"]
+    assert sorted(first["asset_name"]) == ["600001_2024-03-01_10-30-00", "600001_2024-03-03_10-30-00"]
+    assert [Path(f).parent.name for f in first["file_location"]] == [
+        Path(loc).name for loc in first["s3_location"]
     ]
-    assert_aind_jobs([job])
+    # 600002's asset has two matching files (one nested deeper): both in its group's one job.
+    assert second["asset_name"] == ["600002_2024-03-02_10-30-00"] and len(second["file_location"]) == 2
+    assert all(f.startswith(second["s3_location"][0] + "/") for f in second["file_location"])
+    assert_aind_jobs([first, second])
     # Left out: 600001's third session and 600002's second (no file), 600003's only asset (none at all).
     assert sum("no .nwb file" in r for r in report.unusable) == 3
-    assert len(report.rejected) == 1 and "has 2 entries but s3_location has 1" in report.rejected[0]
 
 
 def test_file_extension_in_s3_and_job_files_written_there(

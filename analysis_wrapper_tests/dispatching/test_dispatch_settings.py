@@ -25,10 +25,6 @@ from analysis_wrapper.dispatching.settings import DispatchSettings
         ),
         ({"docdb_query": "{}", "group_by": ["$x"]}, "group_by: '$x' is not a record field name"),
         ({"docdb_query": "{}", "split_files": -1}, "greater than or equal to 0"),
-        (
-            {"docdb_query": "{}", "split_files": 2},
-            "a job here holds exactly one file_location per s3_location",
-        ),
     ],
 )
 def test_settings_that_cannot_work_are_refused(values: dict[str, Any], message: str) -> None:

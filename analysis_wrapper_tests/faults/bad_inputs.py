@@ -180,7 +180,8 @@ def bad_inputs(input_path: str, escape_to: Path) -> list[BadInput]:
     raw("lengths-issue", "field 'asset_name'", _text(changed(mixed, "file_location", ["/x", "/y"])))
     field("lengths-names", "asset_name", ["a", "b"], "field 'asset_name': has 2 entries")
     field("lengths-ids", "docdb_record_id", ["r1", "r2", "r3"], "field 'docdb_record_id': has 3 entries")
-    field("lengths-files", "file_location", [input_path, input_path], "field 'file_location': has 2 entries")
+    field("files-repeated", "file_location", [input_path, input_path], "field 'file_location[1]': repeats")
+    field("files-outside", "file_location", ["/elsewhere/x.nwb"], "field 'file_location[0]': '/elsewhere")
     # Schemes that are not s3:// or file://, and misspelt ones.
     for scheme in ("http", "https", "ftp", "gs", "sftp", "javascript"):
         field(f"scheme-{scheme}", "s3_location", [f"{scheme}://example.org/a.nwb"], f"scheme {scheme}://")
