@@ -698,7 +698,8 @@ def test_definitions_carry_an_inbox_sensor_per_analysis_running_by_default(
     other = dataclasses.replace(echo, name="other")
     defs = build_definitions(make_settings(tmp_path, clean_repo, SENSOR_INTERVAL_S=7), analyses=[echo, other])
     names = {s.name for s in defs.sensors or []}
-    assert names == {"echo_inbox_sensor", "other_inbox_sensor", RUN_EVENTS_SENSOR_NAME}
+    summaries = {"echo_summary_sensor", "other_summary_sensor"}  # the summary assets' automation
+    assert names == {"echo_inbox_sensor", "other_inbox_sensor", RUN_EVENTS_SENSOR_NAME, *summaries}
     for name in names:
         sensor = defs.resolve_sensor_def(name)
         assert sensor.default_status == DefaultSensorStatus.RUNNING

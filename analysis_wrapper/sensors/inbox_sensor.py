@@ -73,6 +73,9 @@ class InboxCursor:
     """The analysis version the registry was last reconciled with."""
     reconcile_after: str | None = None
     """Where the walk after a version change stopped (a partition key); None: no walk under way."""
+    last_tick: str = ""
+    """What the last tick did (its summary): first in the cursor, which the UI shows in full on the
+    sensor's page and at the start of each tick's row, so it is read without hovering. Never read back."""
 
     @classmethod
     def parse(cls, text: str | None) -> InboxCursor:
@@ -91,7 +94,12 @@ class InboxCursor:
 
     def dump(self) -> str:
         return json.dumps(
-            {"requested": self.requested, "version": self.version, "reconcile_after": self.reconcile_after},
+            {
+                "last_tick": self.last_tick,
+                "requested": self.requested,
+                "version": self.version,
+                "reconcile_after": self.reconcile_after,
+            },
             separators=(",", ":"),
         )
 
@@ -300,6 +308,7 @@ class Tick:
         recovery.audit_in_flight()
         requests = self.request_runs()
         summary = self.summary()
+        self.cursor.last_tick = summary
         if requests or any(self.counts.values()):  # a quiet tick says it in its skip reason only
             self.logger.info(summary)
         return SensorResult(

@@ -79,7 +79,10 @@ def summary_condition() -> AutomationCondition:
 
 
 def summary_sensor(
-    analysis: Analysis[Any, Any], summary: AssetsDefinition, interval_s: int
+    analysis: Analysis[Any, Any],
+    summary: AssetsDefinition,
+    interval_s: int,
+    default_status: DefaultSensorStatus = DefaultSensorStatus.RUNNING,
 ) -> AutomationConditionSensorDefinition:
     """The automation condition sensor of one analysis's summary. Its runs carry the analysis tag, so
     the queue's per-analysis limit applies and the inbox sensor's recovery fails them if they die
@@ -88,7 +91,7 @@ def summary_sensor(
         f"{analysis.name}_summary_sensor",
         target=AssetSelection.assets(summary),
         run_tags={ANALYSIS_TAG: analysis.name},
-        default_status=DefaultSensorStatus.RUNNING,
+        default_status=default_status,
         minimum_interval_seconds=interval_s,
         emit_backfills=False,
         description=f"Updates {analysis.name}_summary after new results are recorded.",
