@@ -276,3 +276,14 @@ def test_a_run_from_the_launchpad(ui: Ui) -> None:
     assert run.status.value == "SUCCESS", ui.server.tail()
     assert run.tags.get("dagster/partition") == key
     assert ui.job_state(key) == "done"  # a dry run of a recorded job changes nothing
+
+
+def test_the_inbox_sensor_says_what_its_last_tick_did(ui: Ui) -> None:
+    """Without hovering: the tick's summary is the start of the cursor the sensor's page shows."""
+    page = ui.page
+    ui.goto("/locations/analysis_wrapper.definitions/sensors/isi_violations_inbox_sensor")
+    summary = re.compile(
+        r"isi_violations: \d+ new file\(s\), \d+ rejected, \d+ already done, \d+ registered, \d+ requested"
+    )
+    page.get_by_text(summary).first.wait_for()
+    shot(ui, "sensor.png")
