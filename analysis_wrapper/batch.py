@@ -63,6 +63,16 @@ def failure_text(exc: Exception) -> str:
     return str(exc.description) if isinstance(exc, Failure) else f"{type(exc).__name__}: {exc}"
 
 
+def failure_metadata(exc: Exception, run_id: str) -> dict[str, Any]:
+    """What a failed partition's observation says: the reason and the run whose log has the rest."""
+    message = failure_text(exc)
+    return {
+        "status": f"failed: {message.splitlines()[0] if message else type(exc).__name__}",
+        "reason": MetadataValue.md(f"```\n{message}\n```") if "\n" in message else message,
+        "run_id": run_id,
+    }
+
+
 def mark_failed(store: StoreResource, analysis: str, key: str, run_id: str, exc: Exception) -> None:
     """Make sure a partition that failed in this batch is ``failed`` with an attempt counted.
 
@@ -159,6 +169,9 @@ def build_batch_job(
                 context.log.error(f"{analysis.name} partition {key} ({number}/{len(keys)}) failed: {message}")
                 failures.append(f"{key}: {message.splitlines()[0] if message else type(exc).__name__}")
                 outcomes[key] = f"failed: {failures[-1].removeprefix(f'{key}: ')}"
+                yield AssetObservation(
+                    asset_key=asset_key, partition=key, metadata=failure_metadata(exc, context.run_id)
+                )
                 continue
             outcomes[key] = str(stored.get("status") or "done")
             fingerprint = outcome.result.job.fingerprint

@@ -37,7 +37,7 @@ from dagster import (
 )
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.batch import build_batch_job
+from analysis_wrapper.batch import build_batch_job, failure_metadata
 from analysis_wrapper.checks import check_specs, evaluate_checks
 from analysis_wrapper.config import build_config_class
 from analysis_wrapper.ownership import end_heartbeat, heartbeat
@@ -102,6 +102,11 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         heartbeat(store.get_store(), run_id, store.lease_ttl_s)
         try:
             outcome = compute_partition(analysis, key, config, store, runtime, where, run_script)
+        except Exception as exc:
+            end_heartbeat(run_id)
+            # The reason on the partition's own history (its page says only that the run failed).
+            yield AssetObservation(asset_key=asset_key, partition=key, metadata=failure_metadata(exc, run_id))
+            raise
         except BaseException:
             end_heartbeat(run_id)
             raise

@@ -136,6 +136,11 @@ def test_a_batch_runs_page_lists_its_partitions_and_their_outcome(
     summary = next(m for m in logs if "batch: 1 of 2 partition(s) ok" in m)
     assert f"{ok.partition_key}: recorded" in summary
     assert f"{bad.partition_key}: failed: RuntimeError: echo was asked to fail" in summary
+    (observed,) = [
+        e.asset_observation_data.asset_observation for e in result.all_events if e.is_asset_observation
+    ]
+    assert observed.partition == bad.partition_key
+    assert observed.metadata["status"].value == "failed: RuntimeError: echo was asked to fail"
     failure = next(e for e in result.all_events if e.is_step_failure)
     table = failure.step_failure_data.user_failure_data.metadata["partitions"].value
     assert {r.data["partition"]: r.data["outcome"] for r in table.records} == {

@@ -167,6 +167,10 @@ def test_failing_analysis_leaves_no_record_and_no_folder(harness_factory: Any, t
     entry = h.store.get_job("echo", job.partition_key)
     assert entry.state == JobState.FAILED and entry.attempts == 1
     assert "echo was asked to fail" in entry.last_error
+    # The reason is on the partition's history too, naming the run with the full log.
+    failed = latest_observation(h, echo.asset_name, job.partition_key)
+    assert failed.metadata["status"].value == "failed: RuntimeError: echo was asked to fail"
+    assert failed.metadata["run_id"].value == result.run_id
 
 
 def test_config_violating_params_fails_before_the_analysis_runs(harness_factory: Any, tmp_path: Path) -> None:
