@@ -19,11 +19,11 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from analysis_wrapper.settings import Settings, SettingsError, load_settings
+from analysis_wrapper.cli_context import Context, open_context
+from analysis_wrapper.settings import SettingsError
 from analysis_wrapper.tags import BATCH_SIZE_TAG, HOST_TAG, PID_TAG, SOURCE_TAG
 
 log = logging.getLogger("analysis_wrapper.cli")
@@ -34,69 +34,6 @@ OUTPUTS_WIDTH = 70
 """Characters of a record's outputs ``results`` shows (then an ellipsis; ``--full``: all of them)."""
 ERROR_WIDTH = 60
 """Characters of a job's last error ``status`` shows (then an ellipsis; ``--full``: all of it)."""
-
-
-@dataclass
-class Context:
-    """What every command needs, built once: settings, analyses, definitions, store, instance."""
-
-    settings: Settings
-    analyses: dict[str, Any]
-    built: dict[str, Any]
-    defs: Any
-    store: Any
-    instance: Any
-
-
-def _open(args: argparse.Namespace) -> Context:
-    # The CLI keeps its Dagster instance in ./.dagster_home unless DAGSTER_HOME says otherwise.
-    home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").absolute()
-    settings = load_settings()  # first: importing the definitions reads the settings too
-    home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(home)
-
-    from analysis_wrapper.definitions import build_analysis_set, build_definitions
-
-    built = build_analysis_set(settings=settings)
-    defs = build_definitions(settings, built=built)
-    assert defs.resources is not None
-    return Context(
-        settings=settings,
-        analyses={name: d.analysis for name, d in built.items()},
-        built=built,
-        defs=defs,
-        store=defs.resources["store"].get_store(),
-        instance=open_instance(home),
-    )
-
-
-def open_instance(home: Path) -> Any:
-    """The Dagster instance in ``home``, created once even when several commands start at once.
-
-    A first start writes the shipped instance config (queued runs, concurrency limits, telemetry off,
-    so that `dagster dev` on the same DAGSTER_HOME behaves as the README says) and creates Dagster's
-    SQLite schemas; two processes doing that together break the folder for good (two alembic heads),
-    so the first start holds a lock file and the others wait for it.
-    """
-    import fcntl
-
-    from dagster import DagsterInstance, RunsFilter
-
-    with open(home / ".analysis_wrapper.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            instance_yaml = home / "dagster.yaml"
-            if not instance_yaml.exists():
-                shipped = Path(__file__).resolve().parent.parent / "dagster_home" / "dagster.yaml"
-                text = shipped.read_text() if shipped.is_file() else "telemetry:\n  enabled: false\n"
-                partial = instance_yaml.with_name(f".dagster.yaml.{os.getpid()}")
-                partial.write_text(text)
-                partial.replace(instance_yaml)
-            instance = DagsterInstance.get()
-            instance.get_runs_count(RunsFilter(run_ids=["-"]))  # creates the storage schemas, under the lock
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    return instance
 
 
 def _register_paths(
@@ -178,7 +115,7 @@ def _run_config(ctx: Context, analysis: str, args: argparse.Namespace) -> dict[s
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    ctx = _open(args)
+    ctx = open_context(args)
     jobs, rejected = _register_paths(ctx, args.paths, args.analysis, sys.stdout)
     for job in jobs:
         print(
@@ -197,7 +134,7 @@ def _refuse_dirty_post(ctx: Context, args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    ctx = _open(args)
+    ctx = open_context(args)
     _refuse_dirty_post(ctx, args)
     if args.paths:
         jobs, rejected = _register_paths(ctx, args.paths, args.analysis, sys.stdout)
@@ -456,7 +393,7 @@ def _print_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    ctx = _open(args)
+    ctx = open_context(args)
     rows = [entry.as_json() for entry in ctx.store.list_jobs(args.analysis)]
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -517,7 +454,7 @@ def record_files(record: dict[str, Any], s3_client: Any) -> list[dict[str, Any]]
 
 
 def cmd_results(args: argparse.Namespace) -> int:
-    ctx = _open(args)
+    ctx = open_context(args)
     records = ctx.store.find_records(
         args.analysis,
         parameters=parse_param_filters(args.param),
@@ -560,7 +497,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from analysis_wrapper.lifecycle import JobLifecycle
     from analysis_wrapper.store.base import JobState
 
-    ctx = _open(args)
+    ctx = open_context(args)
     # Named jobs may also be stuck queued/running (their run died with the machine); unnamed: every
     # failed job (of --analysis, or of any analysis in the registry).
     allowed = {JobState.FAILED, JobState.QUEUED, JobState.RUNNING} if args.keys else {JobState.FAILED}
@@ -675,9 +612,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     were processed); 2: the command could not run (bad setting, store unreachable, dirty tree, ...),
     said in one line on stderr (``--verbose``: with the full trace)."""
     args = build_parser().parse_args(argv)
+    # force: main may run more than once in a process (tests, notebooks); each run logs to the
+    # sys.stderr of now, not to the one of the first call (which may be closed by then).
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
     )
     if not args.verbose:
         _quiet_dagster_warnings()

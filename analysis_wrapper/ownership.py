@@ -186,8 +186,10 @@ class _Renewer:
             for claim in claims:
                 try:
                     claim.renew()
-                except Exception:  # the store is unreachable: try again next round; expiry decides
-                    log.warning("cannot renew the lease on %s", claim.key, exc_info=True)
+                except Exception as exc:  # the store is unreachable: try again next round; expiry decides
+                    # One line (the store's errors name the store and the cause); the trace at DEBUG.
+                    log.warning("cannot renew the lease on %s (trying again): %s", claim.key, exc)
+                    log.debug("renewing %s failed", claim.key, exc_info=True)
 
 
 _renewer = _Renewer()

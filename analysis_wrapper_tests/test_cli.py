@@ -133,7 +133,7 @@ def test_failed_job_gives_nonzero_exit_after_the_others(
     first = sorted(inbox.glob("*.json"))[0]
     job = json.loads(first.read_text())
     missing_nwb = workdir / "gone.nwb"
-    job["file_location"] = [str(missing_nwb)]
+    job["s3_location"] = job["file_location"] = [str(missing_nwb)]
     first.write_text(json.dumps(job))
     code, out = cli(capsys, "run", str(inbox))
     assert code == 1
@@ -304,7 +304,7 @@ def _with_missing_input(workdir: Path, example_jobs: list[Path]) -> tuple[Path, 
     first = sorted(inbox.glob("*.json"))[0]
     job = json.loads(first.read_text())
     missing = workdir / "gone.nwb"
-    job["file_location"] = [str(missing)]
+    job["s3_location"] = job["file_location"] = [str(missing)]
     first.write_text(json.dumps(job))
     return inbox, missing
 

@@ -84,7 +84,7 @@ gate = sys.argv[1]
 from analysis_wrapper import cli
 args = cli.build_parser().parse_args(sys.argv[2:])
 assert args.command == "submit"
-ctx = cli._open(args)
+ctx = cli.open_context(args)
 open(f"{gate}.ready.{os.getpid()}", "w").close()
 while not os.path.exists(gate):
     time.sleep(0.002)

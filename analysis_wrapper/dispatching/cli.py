@@ -106,7 +106,8 @@ def settings_from_args(args: argparse.Namespace) -> tuple[str | None, Any]:
     return analysis, DispatchSettings.model_validate(values)
 
 
-def print_report(report: Any, out: Any = sys.stdout) -> None:
+def print_report(report: Any, out: Any = None) -> None:
+    out = out or sys.stdout  # the stream of now (not of import time: it may be closed by then)
     verb = "would register" if report.dry_run else "registered"
     print(
         f"found: {report.found} asset(s)/group(s) from {report.query_source}, {report.jobs} job(s)", file=out
@@ -134,7 +135,7 @@ def print_report(report: Any, out: Any = sys.stdout) -> None:
 def cmd_dispatch(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from analysis_wrapper.cli import _open
+    from analysis_wrapper.cli_context import open_context
     from analysis_wrapper.dispatching.dispatch_run import dispatch, parameter_sets, report_json, resolve_query
     from analysis_wrapper.dispatching.metadata_db import MetadataDatabase, MetadataDatabaseNotConfigured
     from analysis_wrapper.dispatching.query import DispatchQueryError
@@ -155,7 +156,7 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
     except (SavedQueryError, DispatchSettingsError, DispatchQueryError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ctx = _open(args)
+    ctx = open_context(args)
     if name is None:
         if len(ctx.analyses) != 1:
             print(
