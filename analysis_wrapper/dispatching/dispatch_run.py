@@ -56,7 +56,6 @@ log = logging.getLogger(__name__)
 BATCH_SIZE = 1000
 """Pipeline results per batch: one registry and one record lookup, one registration each."""
 DONE_STATES = frozenset({JobState.DONE, JobState.SKIPPED})
-PARTITION_ATTEMPTS = 5
 
 
 @dataclass
@@ -251,7 +250,7 @@ class Dispatcher:
             report.keys.extend(job.partition_key for job in chosen)
             return
         keys = [job.partition_key for job in chosen]
-        self._add_partitions(keys)
+        add_partitions(self.instance, self.analysis.partitions_name, keys)  # retries a concurrent adder
         registration = register_jobs(chosen, self.store)
         report.registered += len(registration.outcome.added)
         report.reregistered += len(registration.outcome.changed)
@@ -267,21 +266,6 @@ class Dispatcher:
                     first_index=len(report.written),
                 )
             )
-
-    def _add_partitions(self, keys: list[str]) -> None:
-        """Add the partitions, also while another process (a CLI dispatch beside the sensor) adds some of
-        the same keys: Dagster reads which exist, then inserts the rest, so the second writer of a key
-        fails on Dagster's unique index; adding again inserts only what is still missing."""
-        from sqlalchemy.exc import IntegrityError
-
-        for attempt in range(1, PARTITION_ATTEMPTS + 1):
-            try:
-                add_partitions(self.instance, self.analysis.partitions_name, keys)
-                return
-            except IntegrityError:
-                if attempt == PARTITION_ATTEMPTS:
-                    raise
-                self.logger.info("another process added some of these partitions meanwhile; adding the rest")
 
     def _not_done(self, jobs: list[AnalysisJob], report: DispatchReport) -> list[AnalysisJob]:
         """The jobs neither registered with their fingerprint nor recorded: one registry lookup, one
