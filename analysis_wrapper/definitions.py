@@ -7,6 +7,7 @@ their ``Definitions`` here. Everything else receives resources and never reads s
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -41,18 +42,28 @@ def store_resource(settings: Settings) -> StoreResource:
             lease_ttl_s=settings.LEASE_TTL_S,
             busy_timeout_s=settings.STORE_BUSY_TIMEOUT_S,
         )
-    # Pass the URI as an EnvVar so the Dagster UI shows the variable name, not the password.
-    os.environ.setdefault("DOCDB_URI", settings.DOCDB_URI.get_secret_value())
     return StoreResource(
         backend="mongodb",
         lease_ttl_s=settings.LEASE_TTL_S,
-        uri=EnvVar("DOCDB_URI"),
+        uri=EnvVar(_uri_variable(settings.DOCDB_URI.get_secret_value())),
         database=settings.DOCDB_DATABASE,
         collection=settings.DOCDB_COLLECTION,
         tls=settings.DOCDB_TLS,
         tls_ca_file=settings.DOCDB_TLS_CA_FILE,
         timeout_ms=settings.DOCDB_TIMEOUT_MS,
     )
+
+
+def _uri_variable(uri: str) -> str:
+    """The environment variable holding ``uri``, passed as an ``EnvVar`` so that the Dagster UI shows
+    the variable's name, never the password. ``DOCDB_URI`` when it holds this URI (settings read from
+    the environment, the usual case); settings given in code get a variable of their own, named after
+    the URI's hash, so ``DOCDB_URI`` itself is never set, nor read when it holds another server."""
+    if os.environ.get("DOCDB_URI") == uri:
+        return "DOCDB_URI"
+    name = f"ANALYSIS_WRAPPER_DOCDB_URI_{hashlib.sha256(uri.encode()).hexdigest()[:12].upper()}"
+    os.environ[name] = uri
+    return name
 
 
 def results_storage_resource(settings: Settings, s3: S3Resource) -> ResultsStorageResource:
