@@ -6,7 +6,7 @@ The many-process races on an initialised home (N ``run`` on the same jobs, ``--f
 out: several processes starting together on an empty folder, where Dagster's storage schemas, the shipped
 instance config and the record store are created. Two processes doing that unguarded break the folder
 for good (Dagster stamps its alembic version twice: "more than one head"), so the CLI creates them under
-a lock (``cli.open_instance``).
+a lock (``cli_context.open_instance``).
 
 * every command kind (``status``, ``submit``, ``run``, ``retry``, ``results``): 6 trials of 4 processes
   released together on a fresh home, each process a real one that imported everything first; every
@@ -85,14 +85,14 @@ for step in plan:
 """
 
 # What the daemon's sensor evaluation does on this home: the inbox sensor's tick, evaluated in a
-# process of its own. It opens the instance as the CLI does (``cli.open_instance``, under the CLI's lock):
+# process of its own. It opens the instance as the CLI does (``cli_context.open_instance``, under a lock):
 # Dagster's own processes create their SQLite schemas unguarded, and two of them starting together on an
 # empty folder can break it whatever this package does (the README says to start the CLI first there).
 TICK = r"""
 import os, sys
 from pathlib import Path
 from dagster import build_sensor_context
-from analysis_wrapper.cli import open_instance
+from analysis_wrapper.cli_context import open_instance
 from analysis_wrapper.definitions import defs
 instance = open_instance(Path(os.environ["DAGSTER_HOME"]))
 sensor = defs.resolve_sensor_def(sys.argv[1])
