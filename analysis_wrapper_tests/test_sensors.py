@@ -363,16 +363,22 @@ def test_failed_jobs_are_retried_with_new_run_keys_after_a_growing_delay(
     assert (entry.state, entry.attempts) == (JobState.FAILED, 1)
     assert "echo was asked to fail" in (entry.last_error or "")
 
-    at(50)
+    def after_failure(seconds: float) -> None:
+        """The sensor's clock ``seconds`` after the job's last failure (which happened in real time,
+        seconds after ``start`` on a busy machine)."""
+        failed_at = env.job(first.partition_key).updated_at
+        at((failed_at - start).total_seconds() + seconds)
+
+    after_failure(50)
     assert env.tick().run_requests == []  # 100 s not yet passed
-    at(101)
+    after_failure(101)
     (second,) = env.tick().run_requests
     assert second.run_key == f"{fingerprint}:2" and second.partition_key == first.partition_key
     assert not env.execute(second).success
     # (The runs fail in real time, seconds after `start`; the sensor's clock is what moves on.)
-    at(150)  # the second retry waits 200 s after the second failure
+    after_failure(150)  # the second retry waits 200 s after the second failure
     assert env.tick().run_requests == []
-    at(205)
+    after_failure(205)
     (third,) = env.tick().run_requests
     assert third.run_key == f"{fingerprint}:3"
     assert not env.execute(third).success
