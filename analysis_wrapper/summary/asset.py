@@ -20,8 +20,6 @@ that runs by default, evaluates it. A deployment that has no summary yet gets on
 
 import io
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +46,10 @@ from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.ownership import end_heartbeat, heartbeat
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.results_storage import RECORD_FILE, ResultsStorageError
+from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.result_metadata import figure_markdown, location_link
+from analysis_wrapper.scratch import make_scratch, remove_scratch
 from analysis_wrapper.summary.figures import UNIT_READERS, summary_figure
 from analysis_wrapper.summary.table import merge_rows, summary_frame
 from analysis_wrapper.tags import ANALYSIS_TAG
@@ -172,17 +172,21 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
     def summary(
         context: AssetExecutionContext,
         store: StoreResource,
+        runtime: AnalysisRuntime,
         results_io_manager: ResourceParam[ResultsIOManager],
     ) -> MaterializeResult:
         # A heartbeat, as every run of an analysis has: the inbox sensor fails this run if it dies.
         heartbeat(store.get_store(), context.run_id, store.lease_ttl_s)
         try:
-            return _update(context, store, results_io_manager)
+            return _update(context, store, runtime, results_io_manager)
         finally:
             end_heartbeat(context.run_id)
 
     def _update(
-        context: AssetExecutionContext, store: StoreResource, results_io_manager: ResultsIOManager
+        context: AssetExecutionContext,
+        store: StoreResource,
+        runtime: AnalysisRuntime,
+        results_io_manager: ResultsIOManager,
     ) -> MaterializeResult:
         storage = results_io_manager.results.results()
         s3_client = results_io_manager.results.s3_client() if reader is not None else None
@@ -210,7 +214,8 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
                 else None
             )
         png = summary_figure(analysis.name, rows, units)
-        scratch = Path(tempfile.mkdtemp(prefix=f"{folder}-"))
+        # The host's scratch root, as the analyses' own runs use it: a killed run's folder is swept.
+        scratch = make_scratch(Path(runtime.scratch_root) if runtime.scratch_root else None, f"{folder}-")
         try:
             rows.to_parquet(scratch / PARQUET, index=False)
             rows.to_csv(scratch / CSV, index=False)
@@ -225,7 +230,7 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
             }
             storage.put_result(folder, scratch, {"rows": len(rows), "new_rows": len(new_rows)}, state)
         finally:
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_scratch(scratch)
         location = storage.uri(folder)
         context.log.info(
             f"{analysis.name} summary: {len(rows)} jobs ({len(new_rows)} new or updated, {folders_read} "
