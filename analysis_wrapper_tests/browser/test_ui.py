@@ -4,7 +4,8 @@ a temporary DAGSTER_HOME holding three recorded example jobs: what a scientist o
 Each test asserts concrete text and elements (the fingerprint, the results link, the outputs table,
 the figure as an image, the checks and their reasons, the summary's table and figure), so it fails
 when any of them is missing; the re-materialization test fails if a skip or a dry run hides the
-recorded result. Screenshots go to ``docs/screenshots/`` (the README's walkthrough shows them).
+recorded result. Screenshots go to ``docs/screenshots/latest/`` (git-ignored, so a test run leaves the
+work tree clean for posting; the README's walkthrough shows copies in ``docs/screenshots/``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or REPO_ROOT / "docs" / "screenshots")
+SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or REPO_ROOT / "docs" / "screenshots" / "latest")
 VIEWPORT = {"width": 1600, "height": 1000}
 LOAD_MS = 30_000
 
