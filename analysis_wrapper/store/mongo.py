@@ -101,7 +101,8 @@ class MongoStore(MongoConnection, Store):
         self._ensure_indexes(
             self.jobs_collection,
             [
-                IndexModel([("analysis", ASCENDING), ("state", ASCENDING)]),
+                # (analysis, state) alone is left out: it is a prefix of the next three, which serve
+                # its queries, and every index is one more write per registered job and state change.
                 IndexModel([("analysis", ASCENDING), ("created_at", ASCENDING)]),
                 # For the sensor's bounded queries (backlog, retries, stale runs, paging by key).
                 IndexModel([("analysis", ASCENDING), ("state", ASCENDING), ("created_at", ASCENDING)]),
@@ -177,14 +178,11 @@ class MongoStore(MongoConnection, Store):
         if not wanted:
             return set()
         jobs = self._jobs()
-        known: set[str] = set()
-        for chunk in chunks(list(wanted), ID_CHUNK):
-            known.update(doc["_id"] for doc in self._find_ids("look up jobs", jobs, chunk, {"_id": 1}))
-        new = [doc_id for doc_id in wanted if doc_id not in known]
         inserted: set[tuple[str, str]] = set()
-        for chunk in chunks(new, WRITE_CHUNK):
-            # Another process may register the same ids between our find and our insert: the
-            # server's unique _id index decides, and those ids are left as that process wrote them.
+        for chunk in chunks(list(wanted), WRITE_CHUNK):
+            # No lookup first: the server's unique _id index decides which ids are new, also against
+            # another process registering the same ids at the same time, and an id that exists is
+            # left as it is. (A refused duplicate costs the server less than finding it would.)
             lost = self._insert_new_jobs(jobs, [self._job_doc(wanted[doc_id]) for doc_id in chunk])
             inserted.update(
                 (wanted[doc_id].analysis, wanted[doc_id].partition_key)
@@ -194,7 +192,8 @@ class MongoStore(MongoConnection, Store):
         return inserted
 
     def _insert_new_jobs(self, jobs: Any, docs: list[dict[str, Any]]) -> set[str]:
-        """Insert ``docs``; the ids that already existed (a concurrent registration)."""
+        """Insert ``docs``; the ids that already existed (registered before, or just now by another
+        process)."""
         try:
             self._run("register jobs", lambda: jobs.insert_many(docs, ordered=False))
         except BulkWriteError as exc:

@@ -752,7 +752,14 @@ def test_mongo_documents_and_indexes(mongo_client: Any) -> None:
     job_indexes = {
         tuple(spec["key"]) for spec in client["db"]["analysis_wrapper_jobs"].index_information().values()
     }
-    assert {(("analysis", 1), ("state", 1)), (("analysis", 1), ("created_at", 1))} <= job_indexes
+    assert job_indexes == {
+        (("_id", 1),),
+        (("analysis", 1), ("created_at", 1)),
+        (("analysis", 1), ("state", 1), ("created_at", 1)),
+        (("analysis", 1), ("state", 1), ("attempts", 1), ("updated_at", 1)),
+        (("analysis", 1), ("state", 1), ("updated_at", 1)),
+        (("analysis", 1), ("partition_key", 1)),
+    }  # no (analysis, state) alone: the three that start with it serve its queries
     assert client["db"]["demo"].find_one({"_id": "fp"})["name"] == "fp"  # type: ignore[index]
     record_indexes = {tuple(spec["key"]) for spec in client["db"]["demo"].index_information().values()}
     assert {(("name", 1),), (("created", 1),)} <= record_indexes
@@ -780,16 +787,15 @@ def test_mongo_register_survives_a_concurrent_registration(
     client = mongo_client
     store = MongoStore(database="db", client=client)
     other = MongoStore(database="db", client=client)
-    register_entries(other, [entry("k1", "fp1"), entry("k2", "old")])
-    # This store looks up before the other registered, and inserts after: its inserts collide.
-    real_find_ids = store._find_ids
-    calls: list[int] = []
+    # The other store registers k1 and k2 just before this store's insert reaches the server: its
+    # insert of the three collides on two ids, and the server's unique _id index decides.
+    real_insert = store._insert_new_jobs
 
-    def stale_first_lookup(*args: Any, **kwargs: Any) -> Any:
-        calls.append(1)
-        return [] if len(calls) == 1 else real_find_ids(*args, **kwargs)
+    def insert_after_the_other(jobs: Any, docs: list[dict[str, Any]]) -> set[str]:
+        register_entries(other, [entry("k1", "fp1"), entry("k2", "old")])
+        return real_insert(jobs, docs)
 
-    monkeypatch.setattr(store, "_find_ids", stale_first_lookup)
+    monkeypatch.setattr(store, "_insert_new_jobs", insert_after_the_other)
     outcome = register_entries(store, [entry("k1", "fp1"), entry("k2", "new"), entry("k3", "fp3")])
     assert (outcome.added, outcome.changed, outcome.unchanged) == (["k3"], ["k2"], ["k1"])
     monkeypatch.undo()
