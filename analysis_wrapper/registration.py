@@ -130,16 +130,22 @@ class Registration:
     keys: list[str]
 
 
-def register_jobs(jobs: Sequence[AnalysisJob], store: Store) -> Registration:
+def register_jobs(
+    jobs: Sequence[AnalysisJob], store: Store, *, checked_unrecorded: bool = False
+) -> Registration:
     """Register ``jobs`` (of any analyses) in the job registry: one batched registration and one
-    batched skip check per analysis. Duplicates (same analysis and partition key) collapse to the first."""
+    batched skip check per analysis. Duplicates (same analysis and partition key) collapse to the first.
+
+    ``checked_unrecorded``: the caller has just found none of these fingerprints recorded (the
+    dispatch pass does, before it picks what to register), so the skip check is not repeated. A
+    record written in between is still found: every run checks the record store before it runs."""
     unique: dict[tuple[str, str], AnalysisJob] = {}
     for job in jobs:
         unique.setdefault((job.analysis, job.partition_key), job)
     lifecycle = JobLifecycle(store)
     outcome = lifecycle.register([entry_for(job) for job in unique.values()])
     recorded: set[str] = set()
-    for name in {a for a, _k in unique}:
+    for name in set() if checked_unrecorded else {a for a, _k in unique}:
         of_analysis = [job for (a, _k), job in unique.items() if a == name]
         found = store.existing_fingerprints(name, [job.fingerprint for job in of_analysis])
         done = [(job.partition_key, job.fingerprint) for job in of_analysis if job.fingerprint in found]

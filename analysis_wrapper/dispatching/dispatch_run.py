@@ -251,7 +251,7 @@ class Dispatcher:
             return
         keys = [job.partition_key for job in chosen]
         add_partitions(self.instance, self.analysis.partitions_name, keys)  # retries a concurrent adder
-        registration = register_jobs(chosen, self.store)
+        registration = register_jobs(chosen, self.store, checked_unrecorded=True)  # by _not_done
         report.registered += len(registration.outcome.added)
         report.reregistered += len(registration.outcome.changed)
         report.already_registered += len(registration.outcome.unchanged)  # registered meanwhile by another
