@@ -13,6 +13,8 @@ separate process and is never imported, here or by the package).
 * ``mongo_server_factory`` (per test): private servers for tests that kill or restart one; always
   SecantusDB, even when ``TEST_MONGODB_URI`` is set, and stopped at the end of the test.
 * ``fresh_database_name()``: a unique database name, so tests share the session server without resets.
+* ``mongo_server_factory(tls=True)``: a server that speaks only TLS, its certificate signed by a CA made
+  for the test (``server.tls.ca_file``, standing in for DocumentDB's ``global-bundle.pem``).
 
 Every server is started with ``--sync-on-commit``: without it, writes acknowledged (w:1, j:false) in the
 last fraction of a second before a SIGKILL are lost, which would make kill-and-restart tests flaky. Its
@@ -31,6 +33,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from analysis_wrapper_tests.tls_files import TlsFiles, make_tls_files
 
 ENV_URI = "TEST_MONGODB_URI"
 HOST = "127.0.0.1"
@@ -91,6 +96,7 @@ class MongoServer:
     folder: Path | None = None
     flags: tuple[str, ...] = SERVER_FLAGS
     startup_s: float | None = None  # seconds from spawn to the first answered ping (last start)
+    tls: TlsFiles | None = None  # set: the server speaks only TLS, with a certificate of this CA
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @classmethod
@@ -112,7 +118,14 @@ class MongoServer:
         """The same server as a plain single server (``directConnection=true``)."""
         if not self.managed:
             return self.uri
-        return f"mongodb://{self.host}:{self.port}/?directConnection=true"
+        return f"mongodb://{self.host}:{self.port}/?directConnection=true{self.tls_options}"
+
+    @property
+    def tls_options(self) -> str:
+        """What a URI to this server needs for TLS (``&tls=true&tlsCAFile=…``): empty without TLS."""
+        if self.tls is None:
+            return ""
+        return f"&tls=true&tlsCAFile={urllib.parse.quote(str(self.tls.ca_file), safe='/')}"
 
     @property
     def storage_path(self) -> Path | None:
@@ -148,6 +161,11 @@ class MongoServer:
             f"--storage-path={self.storage_path}",
             "--log-level=INFO",
             *self.flags,
+            *(
+                []
+                if self.tls is None
+                else [f"--tls-cert-file={self.tls.cert_file}", f"--tls-key-file={self.tls.key_file}"]
+            ),
         ]
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> MongoServer:
@@ -239,13 +257,16 @@ class MongoServer:
 
 
 def start_mongo_server(
-    folder: Path, flags: Sequence[str] = SERVER_FLAGS, timeout_s: float = START_TIMEOUT_S
+    folder: Path, flags: Sequence[str] = SERVER_FLAGS, timeout_s: float = START_TIMEOUT_S, tls: bool = False
 ) -> MongoServer:
     """Start SecantusDB on a free port with its data and log under ``folder``; RuntimeError if it fails.
+    With ``tls`` it speaks only TLS, with a certificate for 127.0.0.1 signed by a new CA
+    (``server.tls.ca_file``), and its ``uri`` carries ``tls=true&tlsCAFile=``, as DocumentDB's does.
 
     The port is picked free just before the start; if another process takes it first, the server exits
     with "Address already in use" and a new port is tried (twice more).
     """
+    tls_files = make_tls_files(folder / "tls") if tls else None
     for attempt in range(3):
         port = free_port()
         server = MongoServer(
@@ -253,7 +274,9 @@ def start_mongo_server(
             port=port,
             folder=folder,
             flags=tuple(flags),
+            tls=tls_files,
         )
+        server.uri += server.tls_options
         try:
             return server.start(timeout_s)
         except RuntimeError as exc:
@@ -270,11 +293,11 @@ class MongoServerFactory:
         self.servers: list[MongoServer] = []
 
     def __call__(
-        self, flags: Sequence[str] = SERVER_FLAGS, timeout_s: float = START_TIMEOUT_S
+        self, flags: Sequence[str] = SERVER_FLAGS, timeout_s: float = START_TIMEOUT_S, tls: bool = False
     ) -> MongoServer:
         folder = self.folder / f"mongo{len(self.servers)}"
         try:
-            server = start_mongo_server(folder, flags, timeout_s)
+            server = start_mongo_server(folder, flags, timeout_s, tls=tls)
         except RuntimeError as exc:
             pytest.fail(str(exc))
         self.servers.append(server)

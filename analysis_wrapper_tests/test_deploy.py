@@ -12,7 +12,6 @@ real deployment.
 
 from __future__ import annotations
 
-import datetime as dt
 import fnmatch
 import json
 import re
@@ -46,6 +45,7 @@ from analysis_wrapper.resources.results_location import S3ResultsResource
 from analysis_wrapper.resources.store import _open_store
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.tags import ANALYSIS_TAG
+from analysis_wrapper_tests.tls_files import CA_NAME, make_ca
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = REPO_ROOT / "deploy"
@@ -213,27 +213,8 @@ def _clean_settings_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def _make_ca(path: Path) -> str:
     """A self-signed CA certificate at ``path`` (PEM), standing in for DocumentDB's global-bundle.pem."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "analysis_wrapper test CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return "analysis_wrapper test CA"
+    make_ca(path)
+    return CA_NAME
 
 
 # ---- instance configs ------------------------------------------------------------------------------------
