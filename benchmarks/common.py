@@ -429,17 +429,18 @@ class ServerMissing(RuntimeError):
 
 
 @contextlib.contextmanager
-def secantus_server(folder: Path) -> Iterator[Any]:
+def secantus_server(folder: Path, tls: bool = False) -> Iterator[Any]:
     """SecantusDB (``secantusd-py``) on 127.0.0.1, a free port, data under ``folder``, started as the
     tests start it (``analysis_wrapper_tests.mongo_server.start_mongo_server``: a one-node replica set,
-    ``--sync-on-commit``); yields its ``MongoServer`` (``.uri``); killed at the end (data thrown away)."""
+    ``--sync-on-commit``; with ``tls`` only TLS, as DocumentDB, its ``.uri`` carrying ``tls=true`` and the
+    CA file); yields its ``MongoServer`` (``.uri``); killed at the end (data thrown away)."""
     from analysis_wrapper_tests import mongo_server
 
     try:
         mongo_server._secantusd_binary()
     except RuntimeError as exc:
         raise ServerMissing(str(exc)) from None
-    server = mongo_server.start_mongo_server(folder)
+    server = mongo_server.start_mongo_server(folder, tls=tls)
     try:
         yield server
     finally:

@@ -477,7 +477,8 @@ def test_ten_thousand_assets_in_one_pass_with_batched_store_queries(
     elapsed = time.monotonic() - began
     assert (report.found, report.registered) == (10_000, 10_000)
     # Per batch of 1000: a registry lookup, a record lookup and the registration's few statements.
-    assert report.store_queries <= 10 * 10, report.store_queries
+    # At most 8 per batch of 1,000 (74 measured; 84 while the registration repeated the skip check).
+    assert report.store_queries <= 10 * 8, report.store_queries
     assert len(instance.get_dynamic_partitions(echo.partitions_name)) == 10_000
     again = run(collection, store, instance, docdb_query="{}", max_number_of_tasks_dispatched=10_000)
     assert (again.already_registered, again.registered) == (10_000, 0)
