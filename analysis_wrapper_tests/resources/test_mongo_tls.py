@@ -19,6 +19,7 @@ from analysis_wrapper.resources.store import _open_store, close_all_stores
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.store.base import JobState, Lease, StoreError, utcnow
 from analysis_wrapper.store.mongo import MongoStore
+from analysis_wrapper_tests.dispatching.metadata_records import seed_records
 from analysis_wrapper_tests.job_states import register_entries
 from analysis_wrapper_tests.mongo_server import MongoServer, MongoServerFactory, fresh_database_name
 from analysis_wrapper_tests.resources.test_stores import entry, record
@@ -132,3 +133,41 @@ def test_the_cli_runs_jobs_into_the_tls_server(
         assert states == {"done"}
     finally:
         client.close()
+
+
+def test_dispatch_reads_the_metadata_and_registers_over_tls(
+    docdb_env: str,
+    tls_server: MongoServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``analysis-wrapper dispatch`` as at AIND, where the metadata database is DocumentDB too: the
+    query runs over TLS on the metadata collection (``METADATA_DOCDB_URI`` without TLS options, the
+    same ``DOCDB_TLS`` and CA bundle) and the jobs are registered in the store on the same server."""
+    client: Any = tls_server.client()
+    try:
+        records = seed_records(client["metadata_index"]["data_assets"], "s3://raw-data/assets")
+    finally:
+        client.close()
+    ecephys = [r for r in records if "ecephys" in json.dumps(r["data_description"]["modalities"])]
+    assert ecephys, "the seeded records hold ecephys sessions"
+    monkeypatch.chdir(tmp_path)
+    for name in ("METADATA_DOCDB_DATABASE", "METADATA_DOCDB_COLLECTION", "DISPATCH_QUERIES"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("METADATA_DOCDB_URI", plain_uri(tls_server))
+    monkeypatch.setenv("ANALYSIS_MODULES", "analysis_wrapper_tests.sample_analyses")
+    query = json.dumps({"data_description.modalities.abbreviation": "ecephys"})
+    code = main(["dispatch", "--analysis", "echo", "--query", query])
+    close_all_stores()
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"registered: {len(ecephys)}\n" in out, out
+    client = tls_server.client()
+    try:
+        jobs = list(client[docdb_env]["analysis_wrapper_jobs"].find({"analysis": "echo"}))
+    finally:
+        client.close()
+    assert len(jobs) == len(ecephys) and {j["state"] for j in jobs} == {"pending"}
+    assert {j["job"]["docdb_record_id"][0] for j in jobs} == {r["_id"] for r in ecephys}
