@@ -19,7 +19,7 @@ from analysis_wrapper_tests.faults.report import report_dir
 ROWS: list[tuple[str, str, tuple[str, ...], tuple[str, ...]]] = [
     ("bad_input", "bad inputs tried / handled", ("tried", "handled"), ()),
     ("crashes", "crashes injected / jobs recovered", ("injected", "recovered"), ()),
-    ("outages", "outages / recovered", ("outages", "recovered"), ()),
+    ("outages", "outages / jobs recovered", ("injected", "recovered"), ()),
     (
         "races",
         "race trials / duplicates / inconsistent records",
