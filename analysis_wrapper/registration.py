@@ -144,15 +144,18 @@ def register_jobs(
         unique.setdefault((job.analysis, job.partition_key), job)
     lifecycle = JobLifecycle(store)
     outcome = lifecycle.register([entry_for(job) for job in unique.values()])
+    keys = [key for _a, key in unique]
+    if checked_unrecorded:
+        return Registration(outcome, set(), keys)
     recorded: set[str] = set()
-    for name in set() if checked_unrecorded else {a for a, _k in unique}:
+    for name in {a for a, _k in unique}:
         of_analysis = [job for (a, _k), job in unique.items() if a == name]
         found = store.existing_fingerprints(name, [job.fingerprint for job in of_analysis])
         done = [(job.partition_key, job.fingerprint) for job in of_analysis if job.fingerprint in found]
         if done:
             lifecycle.already_recorded(name, done)
         recorded.update(key for key, _fp in done)
-    return Registration(outcome, recorded, [key for _a, key in unique])
+    return Registration(outcome, recorded, keys)
 
 
 ADD_PARTITIONS_ATTEMPTS = 5

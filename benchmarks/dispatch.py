@@ -84,6 +84,16 @@ def _jobs(uri: str) -> list[Any]:
     return jobs
 
 
+def _built_jobs(uri: str, n: int) -> tuple[list[Any], float]:
+    """Fill the metadata collection with ``n`` records, warm up (imports, pydantic's validators, the
+    server's first scan), then build the jobs once more, timed: (jobs, seconds), the work both ways share."""
+    _fill_metadata(uri, n)
+    _jobs(uri)
+    start = time.perf_counter()
+    jobs = _jobs(uri)
+    return jobs, time.perf_counter() - start
+
+
 def _write(job: Any, folder: Path, index: int) -> None:
     target = folder / str(index) / f"{uuid.uuid4()}.json"
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -188,11 +198,7 @@ def _mongo_entries(options: RunOptions, n: int, work: Path, tls: bool) -> list[E
     label = "store on MongoDB (SecantusDB, TLS)" if tls else "store on MongoDB (SecantusDB)"
     with secantus_server(work / ("secantus-tls" if tls else "secantus"), tls=tls) as server:
         options.log(f"  dispatch, {label}: {n:,} metadata records")
-        _fill_metadata(server.uri, n)
-        _jobs(server.uri)  # warm: imports, pydantic's validators, the server's first scan
-        start = time.perf_counter()
-        jobs = _jobs(server.uri)
-        build_s = time.perf_counter() - start
+        jobs, build_s = _built_jobs(server.uri, n)
         recorded = [job.fingerprint for job in jobs[::2]]
 
         store = MongoStore(server.uri, database="bench_store")
@@ -226,11 +232,7 @@ def _sqlite_entries(options: RunOptions, n: int, work: Path) -> list[Entry]:
     from analysis_wrapper.store.sqlite import SqliteStore
 
     with secantus_server(work / "secantus-sqlite") as server:
-        _fill_metadata(server.uri, n)
-        _jobs(server.uri)
-        start = time.perf_counter()
-        jobs = _jobs(server.uri)
-        build_s = time.perf_counter() - start
+        jobs, build_s = _built_jobs(server.uri, n)
         path = work / "records.sqlite"
         sqlite = SqliteStore(path)
         for job in jobs[::2]:
