@@ -911,10 +911,14 @@ def test_a_file_rewritten_in_place_during_ticks_never_loses_its_job(
     for path in env.root.glob("*.json"):
         path.unlink()
     accepted: dict[str, bytes | None] = {}  # what each accept was told it registered (for the message)
+    moves: list[str] = []
     real_accept = LocalInbox.accept
 
     def accept(self: LocalInbox, file: Any, analysis: str, target: str, content: bytes | None = None) -> bool:
         accepted[Path(target).name] = content
+        moves.append(target)
+        if len(moves) % 2:  # every other move waits a little after its read, as a loaded machine does,
+            time.sleep(0.005)  # so the writer lands between read and move in every run, not by luck
         return real_accept(self, file, analysis, target, content)
 
     monkeypatch.setattr(LocalInbox, "accept", accept)
