@@ -90,34 +90,44 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         run_id = context.run.run_id
         key = context.partition_key
         selected = {check.name for check in context.selected_asset_check_keys}
-        if RESULT_OUTPUT not in context.selected_output_names:
-            # Only checks selected (the UI's "Execute" on a check): check the recorded result, run nothing.
-            _entry, job = load_job(analysis, store, key, config, context.log)
-            for checked in evaluate_checks(analysis, job.fingerprint, store, results_io_manager.results):
-                if checked.name in selected:
-                    yield checked.result()
-            return
-        where = PartitionContext(run_id, asset_key.to_user_string(), context.log)
-        # The run's heartbeat, until the IO manager has stored the result (or the step failed).
+        # The run's heartbeat, until the step ends: a started run without one, silent, is taken for dead.
         heartbeat(store.get_store(), run_id, store.lease_ttl_s)
+        try:
+            if RESULT_OUTPUT not in context.selected_output_names:
+                # Only checks selected (the UI's "Execute" on a check): check the stored result, run nothing.
+                _entry, job = load_job(analysis, store, key, config, context.log)
+                for checked in evaluate_checks(analysis, job.fingerprint, store, results_io_manager.results):
+                    if checked.name in selected:
+                        yield checked.result()
+                return
+            where = PartitionContext(run_id, asset_key.to_user_string(), context.log)
+            yield from computed(context, key, config, store, runtime, results_io_manager, where, selected)
+        finally:
+            end_heartbeat(run_id)
+
+    def computed(
+        context: AssetExecutionContext,
+        key: str,
+        config: Any,
+        store: StoreResource,
+        runtime: AnalysisRuntime,
+        results_io_manager: ResultsIOManager,
+        where: PartitionContext,
+        selected: set[str],
+    ) -> Iterator[Output[AnalysisResult] | AssetObservation | AssetCheckResult]:
+        """One partition's work and what the step reports of it (inside the run's heartbeat)."""
+        run_id = where.run_id
         try:
             outcome = compute_partition(analysis, key, config, store, runtime, where, run_script)
         except Exception as exc:
-            end_heartbeat(run_id)
             # The reason on the partition's own history (its page says only that the run failed).
             yield AssetObservation(asset_key=asset_key, partition=key, metadata=failure_metadata(exc, run_id))
-            raise
-        except BaseException:
-            end_heartbeat(run_id)
             raise
         result = outcome.result
         if result.skipped or result.dry_run:
             # No materialization: a skip or a dry run is no new result, so the partition keeps showing
             # its recorded one. An observation says what this run did (and where a dry run wrote).
-            try:
-                stored = results_io_manager.store_result(result, run_id, context.log)
-            finally:
-                end_heartbeat(run_id)
+            stored = results_io_manager.store_result(result, run_id, context.log)
             yield AssetObservation(
                 asset_key=asset_key, partition=key, metadata={**outcome.metadata, **stored}
             )

@@ -29,6 +29,7 @@ from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.cli import main as cli_main
 from analysis_wrapper.definitions import build_analysis_set, build_resources
 from analysis_wrapper.inbox import REASON_SUFFIX, Inbox, LocalInbox
+from analysis_wrapper.ownership import end_heartbeat, heartbeat
 from analysis_wrapper.resources.store import close_all_stores
 from analysis_wrapper.sensors import (
     RUN_EVENTS_SENSOR_NAME,
@@ -489,6 +490,48 @@ def test_lost_run_of_a_dead_code_server_is_failed_and_retried(
     monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=60))
     (retry,) = env.tick().run_requests
     assert retry.run_key.endswith(":2")
+
+
+def test_a_started_run_without_lease_is_failed_once_silent_though_a_code_server_answers(
+    env_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The code server that launched the run was killed with its run worker and started again on the
+    same address (a supervisor, a Kubernetes service): it answers, so only the run's silence shows that
+    the worker, killed before its step took the heartbeat lease, is gone."""
+    from analysis_wrapper.sensors import recovery
+
+    env = env_factory(audit_after_s=2.0, lease_ttl_s=5.0, retry_delay_s=1.0)
+    env.drop()
+    (request,) = env.tick().run_requests
+    env.tick()  # -> queued
+    answering = json.dumps({"host": "127.0.0.1", "port": 4000})
+    monkeypatch.setattr(recovery, "code_server_gone", lambda run: None)  # it answers: a new server there
+    tags = {**request.tags, PARTITION_NAME_TAG: request.partition_key, GRPC_INFO_TAG: answering}
+    silent = create_run_for_test(
+        env.instance, job_name=echo.job_name, status=DagsterRunStatus.STARTED, tags=tags
+    )
+    env.instance.report_engine_event("run worker started", silent)  # its last sign of life
+    # A live run of the same kind: it took its lease (its step started), so silence says nothing of it.
+    live = create_run_for_test(
+        env.instance, job_name=echo.job_name, status=DagsterRunStatus.STARTED, tags=tags
+    )
+    env.instance.report_engine_event("run worker started", live)
+    heartbeat(env.store, live.run_id, 3600)
+    start = dt.datetime.now(dt.UTC)
+    monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=14))
+    env.tick()  # silent 14 s: less than 3 lease lifetimes (15 s), so it may still take its lease
+    assert env.instance.get_run_by_id(silent.run_id).status == DagsterRunStatus.STARTED  # type: ignore[union-attr]
+    monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=16))
+    result = env.tick()
+    assert "(1 recovered; 1 lost runs failed)" in message(result), message(result)
+    failed = env.instance.get_run_by_id(silent.run_id)
+    assert failed is not None and failed.status == DagsterRunStatus.FAILURE
+    assert env.instance.get_run_by_id(live.run_id).status == DagsterRunStatus.STARTED  # type: ignore[union-attr]
+    # Its job, which waited queued for that run, is given back to the sensor and requested again.
+    monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=30))
+    (again,) = env.tick().run_requests
+    assert again.partition_key == request.partition_key
+    end_heartbeat(live.run_id)
 
 
 # ---- version change -----------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from dagster import (
 from pydantic import BaseModel
 
 from analysis_wrapper.dispatch import AnalysisJob
-from analysis_wrapper.ownership import Claim, end_heartbeat, release
+from analysis_wrapper.ownership import Claim, release
 from analysis_wrapper.resources.results_location import ResultsStorageResource
 from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, ResultsStorage
 from analysis_wrapper.resources.store import StoreResource
@@ -72,10 +72,7 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
 
     # ---- output -----------------------------------------------------------------------------
     def handle_output(self, context: OutputContext, obj: AnalysisResult) -> None:
-        try:
-            context.add_output_metadata(self.store_result(obj, context.run_id, context.log))
-        finally:
-            end_heartbeat(context.run_id)  # a one-partition run's work ends here
+        context.add_output_metadata(self.store_result(obj, context.run_id, context.log))
 
     def store_result(self, obj: AnalysisResult, run_id: str, log: Any) -> dict[str, Any]:
         """Store ``obj`` (the commit point of its job) and return the materialization metadata.

@@ -8,7 +8,10 @@ the CLI; so the inbox sensor asks, each tick, of every in-progress run of its an
 * for a CLI run without a lease yet: is its process (host and pid tags) gone from this host?
 * for a run launched by a code server (the ``dagster/grpc_info`` tag), older than
   ``SENSOR_AUDIT_AFTER_S``: does that code server still answer? A refused connection means it and
-  its child run workers are gone.
+  its child run workers are gone. A code server that answers may be a new one on the same address
+  (restarted by its supervisor, or a Kubernetes service's new pod), so a started run that holds no
+  lease and has logged nothing for ``SILENT_LEASES`` lease lifetimes is gone too: a live run worker
+  takes its lease as soon as its step starts and holds it until the step ends.
 
 A dead run is marked failed in Dagster (so it frees its slot of the run queue) and its jobs follow
 (:func:`~analysis_wrapper.sensors.runs.apply_run_end_to_jobs`). Then a few queued/running jobs
@@ -55,6 +58,8 @@ AUDIT_LIMIT = 100
 BATCHES_AUDITED = 1000
 """Unfinished batch runs one audit reads (their keys are the queued jobs that still have a run)."""
 IN_FLIGHT = (JobState.QUEUED, JobState.RUNNING)
+SILENT_LEASES = 3
+"""A started run with no heartbeat lease that logged nothing for this many lease lifetimes is dead."""
 
 
 def code_server_gone(run: DagsterRun, timeout_s: int = 5) -> str | None:
@@ -155,7 +160,7 @@ class Recovery:
                 if reason is None and info and record.update_timestamp.timestamp() < quiet_since.timestamp():
                     if info not in verdicts:
                         verdicts[info] = code_server_gone(run)
-                    reason = verdicts[info]
+                    reason = verdicts[info] or self._silent_without_lease(record)
             if reason is not None:
                 message = f"Run {run.run_id} of {self.name} is lost: {reason}."
                 self.logger.warning(message)
@@ -164,6 +169,22 @@ class Recovery:
         for run, error in lost:
             self.counts["recovered"] += apply_run_end_to_jobs(self.store, self.name, run, error)
         self.counts["lost runs failed"] += len(lost)
+
+    def _silent_without_lease(self, record: RunRecord) -> str | None:
+        """Why the started run of ``record``, which holds no heartbeat lease, is dead: it logged nothing
+        for :data:`SILENT_LEASES` lease lifetimes (at least ``SENSOR_AUDIT_AFTER_S``); None if it may live."""
+        run = record.dagster_run
+        if run.status != DagsterRunStatus.STARTED:
+            return None  # still being launched: Dagster's run monitoring bounds that (start_timeout_seconds)
+        silent_s = max(SILENT_LEASES * self.config.lease_ttl_s, self.config.audit_after_s)
+        last = self.instance.get_records_for_run(run.run_id, ascending=False, limit=1).records
+        last_seen = last[0].timestamp if last else record.update_timestamp.timestamp()
+        if last_seen > self.now.timestamp() - silent_s:
+            return None
+        return (
+            f"it holds no heartbeat lease and has logged nothing for {silent_s:.0f} s (its run worker is "
+            "gone, though a code server answers on the address that launched it)"
+        )
 
     def audit_in_flight(self) -> None:
         """Queued/running jobs unchanged for a while, checked against their run: one that ended

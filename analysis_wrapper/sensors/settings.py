@@ -30,6 +30,7 @@ class SensorSettings:
     rerun_on_new_version: bool = True
     run_max_runtime_s: int | None = None
     audit_after_s: float = 60.0
+    lease_ttl_s: float = 60.0
     reconcile_page: int = RECONCILE_PAGE
     max_job_file_bytes: int = DEFAULT_MAX_JOB_FILE_BYTES
 
@@ -50,6 +51,7 @@ class SensorSettings:
             rerun_on_new_version=settings.RERUN_ON_NEW_VERSION,
             run_max_runtime_s=settings.RUN_MAX_RUNTIME_S,
             audit_after_s=settings.SENSOR_AUDIT_AFTER_S,
+            lease_ttl_s=settings.LEASE_TTL_S,
             max_job_file_bytes=settings.MAX_JOB_FILE_BYTES,
         )
 
