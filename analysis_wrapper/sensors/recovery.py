@@ -177,6 +177,8 @@ class Recovery:
         if run.status != DagsterRunStatus.STARTED:
             return None  # still being launched: Dagster's run monitoring bounds that (start_timeout_seconds)
         silent_s = max(SILENT_LEASES * self.config.lease_ttl_s, self.config.audit_after_s)
+        if record.update_timestamp.timestamp() > self.now.timestamp() - silent_s:
+            return None  # it started within that time (its last event is newer still): no query needed
         last = self.instance.get_records_for_run(run.run_id, ascending=False, limit=1).records
         last_seen = last[0].timestamp if last else record.update_timestamp.timestamp()
         if last_seen > self.now.timestamp() - silent_s:
