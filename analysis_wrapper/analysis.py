@@ -7,7 +7,7 @@ Everything Dagster needs (partitions, typed config, asset, job, sensor) is gener
 
 The run function receives:
 
-* ``job``: the :class:`~analysis_wrapper.dispatch.AnalysisJob` being run; ``job.input_paths`` are
+* ``job``: the :class:`~analysis_wrapper.job_file.AnalysisJob` being run; ``job.input_paths`` are
   local paths to the job's inputs (remote inputs are fetched before the function is called);
 * ``params``: the validated ``Params`` instance (merged from the job, run config and
   ``distributed_parameters``);
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from analysis_wrapper.dispatch import AnalysisJob
+    from analysis_wrapper.job_file import AnalysisJob
 
 P = TypeVar("P", bound=BaseModel)
 OutT = TypeVar("OutT", bound=BaseModel)

@@ -43,9 +43,9 @@ from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.checks import evaluate_checks
 from analysis_wrapper.ownership import end_heartbeat, heartbeat
 from analysis_wrapper.partition_run import PartitionContext, compute_partition
+from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
-from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.tags import ANALYSIS_TAG, CODE_VERSION_TAG, DATA_VERSION_TAG
 
 MAX_ERRORS_SHOWN = 10

@@ -69,7 +69,7 @@ def _register_paths(
 
 def _pending_registered(ctx: Context, analysis: str | None) -> list[Any]:
     """Every registered job, rebuilt with the current analysis version (its fingerprint may change)."""
-    from analysis_wrapper.dispatch import JobFileError
+    from analysis_wrapper.job_file import JobFileError
     from analysis_wrapper.partition_run import job_of_entry
 
     jobs = []

@@ -19,6 +19,7 @@ from analysis_wrapper.analyses import discover_analyses
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.dispatching.definitions import build_dispatch_definitions
 from analysis_wrapper.factory import RESULTS_IO_MANAGER_KEY, AnalysisDefinitions, build_analysis_definitions
+from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.results_location import (
     LocalResultsResource,
@@ -27,7 +28,6 @@ from analysis_wrapper.resources.results_location import (
 )
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.s3_client import BoundedS3Resource
-from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.sensors import build_sensors
 from analysis_wrapper.sensors.settings import SensorSettings
 from analysis_wrapper.settings import Settings

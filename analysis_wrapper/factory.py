@@ -42,9 +42,9 @@ from analysis_wrapper.checks import check_specs, evaluate_checks
 from analysis_wrapper.config import build_config_class
 from analysis_wrapper.ownership import end_heartbeat, heartbeat
 from analysis_wrapper.partition_run import PartitionContext, compute_partition, load_job
+from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, AnalysisResult, ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
-from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.summary.asset import build_summary_asset
 from analysis_wrapper.tags import ANALYSIS_TAG, FINGERPRINT_TAG
 

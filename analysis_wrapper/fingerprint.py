@@ -19,12 +19,14 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from analysis_wrapper.errors import AnalysisWrapperError
+
 PARTITION_KEY_MAX_LENGTH = 64
 _HASH_CHARS_IN_KEY = 20
 _UNSAFE_KEY_CHARS = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-class CanonicalJSONError(ValueError):
+class CanonicalJSONError(AnalysisWrapperError, ValueError):
     """A value cannot be put in canonical JSON (NaN, infinity, or a non-JSON type)."""
 
 

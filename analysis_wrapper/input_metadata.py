@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from analysis_wrapper.dispatch import AnalysisJob
+from analysis_wrapper.errors import AnalysisWrapperError
+from analysis_wrapper.job_file import AnalysisJob
 from analysis_wrapper.settings import Settings, redact_uri
 
 log = logging.getLogger(__name__)
 
 
-class InputMetadataError(RuntimeError):
+class InputMetadataError(AnalysisWrapperError, RuntimeError):
     """The metadata database is not configured or cannot be read (message without credentials)."""
 
 

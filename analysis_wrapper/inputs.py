@@ -12,13 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.safe_paths import UnsafePathError
 
 if TYPE_CHECKING:
     from analysis_wrapper.resources.s3_storage import S3InputCache
 
 
-class InputNotFoundError(FileNotFoundError):
+class InputNotFoundError(AnalysisWrapperError, FileNotFoundError):
     """An input location names nothing that exists (or cannot be fetched)."""
 
 

@@ -14,6 +14,8 @@ import os
 import stat
 from pathlib import Path
 
+from analysis_wrapper.errors import AnalysisWrapperError
+
 DEFAULT_MAX_JOB_FILE_BYTES = 1 << 20
 
 TRANSIENT_ERRNOS = frozenset(
@@ -31,7 +33,7 @@ TRANSIENT_ERRNOS = frozenset(
 """Read errors that say nothing about the file itself: it is kept for a later try, not refused."""
 
 
-class BadJobFileError(ValueError):
+class BadJobFileError(AnalysisWrapperError, ValueError):
     """An inbox entry or job path that can never be a job (too large, not a regular file, unreadable)."""
 
 

@@ -16,7 +16,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.dispatch import (
+from analysis_wrapper.fingerprint import CanonicalJSONError, fingerprint, partition_key
+from analysis_wrapper.job_file import (
     ANALYSIS_NAME_PARAMETER,
     AnalysisJob,
     DispatchJob,
@@ -26,7 +27,6 @@ from analysis_wrapper.dispatch import (
     field_path,
     merge_parameters,
 )
-from analysis_wrapper.fingerprint import CanonicalJSONError, fingerprint, partition_key
 
 log = logging.getLogger(__name__)
 

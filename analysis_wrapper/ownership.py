@@ -41,7 +41,7 @@ def fingerprint_key(fingerprint: str, dry_run: bool = False) -> str:
     return f"{'dry-run' if dry_run else 'fingerprint'}:{fingerprint}"
 
 
-def run_key(run_id: str) -> str:
+def run_lease_key(run_id: str) -> str:
     return f"run:{run_id}"
 
 
@@ -254,7 +254,7 @@ def heartbeat(store: LeaseStore, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> N
     with _heartbeats_lock:
         if (os.getpid(), run_id) in _heartbeats:
             return
-        made = claim(store, run_key(run_id), run_id, ttl_s)
+        made = claim(store, run_lease_key(run_id), run_id, ttl_s)
         if isinstance(made, Claim):
             _heartbeats[(os.getpid(), run_id)] = made
 

@@ -26,17 +26,17 @@ from pydantic import ValidationError
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.config import overrides_from_config
-from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError
 from analysis_wrapper.inputs import InputNotFoundError, resolve_inputs
+from analysis_wrapper.job_file import AnalysisJob, DispatchJob, JobFileError
 from analysis_wrapper.lifecycle import TRANSITIONS, JobEvent, JobLifecycle
 from analysis_wrapper.make_job import build_analysis_job
 from analysis_wrapper.ownership import Claim, Held, claim, fingerprint_key, release
 from analysis_wrapper.provenance import CodeState, DirtyTreeError, build_record, check_may_post
+from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import AnalysisResult
 from analysis_wrapper.resources.results_storage import result_files
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.s3_storage import S3InputCache
-from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.result_metadata import figure_from_file, inputs_table, outputs_table
 from analysis_wrapper.scratch import make_scratch, remove_scratch
 from analysis_wrapper.store.base import JobEntry, StoreError

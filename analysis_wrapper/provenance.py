@@ -39,7 +39,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from analysis_wrapper.dispatch import AnalysisJob
+from analysis_wrapper.errors import AnalysisWrapperError
+from analysis_wrapper.job_file import AnalysisJob
 from analysis_wrapper.settings import redact_uri
 
 AIND_PROCESSING_SCHEMA_VERSION = "2.3.3"
@@ -50,7 +51,7 @@ AIND_PROCESSING_DESCRIBED_BY = (
 _COMMIT_PATTERN = re.compile(r"^[0-9a-fA-F]{7,60}$")
 
 
-class DirtyTreeError(RuntimeError):
+class DirtyTreeError(AnalysisWrapperError, RuntimeError):
     """Refusal to post results computed from code with uncommitted changes."""
 
 

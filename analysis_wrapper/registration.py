@@ -4,7 +4,7 @@ job file -> DispatchJob -> AnalysisJob (fingerprint, partition key) -> job regis
 (:meth:`~analysis_wrapper.lifecycle.JobLifecycle.register`; those already recorded are marked
 skipped) -> dynamic partition (added by the CLI here, by the sensor through its ``SensorResult``).
 Bad files never stop the others: each is reported with its reason, whatever went wrong with it
-(a job file is read through :func:`~analysis_wrapper.dispatch.load_job_file`: bounded, strict JSON).
+(a job file is read through :func:`~analysis_wrapper.job_file.load_job_file`: bounded, strict JSON).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 from dagster import DagsterInstance
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.dispatch import AnalysisJob, DispatchJob, JobFileError, load_job_file
 from analysis_wrapper.inbox import is_job_file_name
+from analysis_wrapper.job_file import AnalysisJob, DispatchJob, JobFileError, load_job_file
 from analysis_wrapper.lifecycle import JobLifecycle, RegisterOutcome
 from analysis_wrapper.make_job import build_analysis_job, select_analysis
 from analysis_wrapper.store.base import JobEntry, Store

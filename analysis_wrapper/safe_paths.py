@@ -12,6 +12,8 @@ import hashlib
 import re
 from pathlib import Path
 
+from analysis_wrapper.errors import AnalysisWrapperError
+
 NAME_MAX = 255
 """Longest file name (in bytes) Linux file systems take; S3 keys are longer, but the same names go to both."""
 QUARANTINE_NAME_BYTES = 200
@@ -21,7 +23,7 @@ suffix (23) and ``.reason.txt`` (11) under :data:`NAME_MAX`."""
 _BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
 
 
-class UnsafePathError(ValueError):
+class UnsafePathError(AnalysisWrapperError, ValueError):
     """A user-supplied name would lead outside the folder it must stay in."""
 
 

@@ -15,6 +15,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_core import PydanticUseDefault
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from analysis_wrapper.errors import AnalysisWrapperError
+
 _CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^?]*@")
 
 
@@ -167,7 +169,7 @@ class Settings(BaseSettings):
 BOOL_VALUES = "1, 0, true, false, yes, no, on, off"
 
 
-class SettingsError(ValueError):
+class SettingsError(AnalysisWrapperError, ValueError):
     """A setting (environment variable or ``settings.env`` / ``.env`` line) holds a value it cannot take.
 
     The message names every bad variable, the value given (never for a secret) and what is allowed,

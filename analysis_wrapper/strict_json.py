@@ -16,12 +16,14 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from analysis_wrapper.errors import AnalysisWrapperError
+
 MAX_DEPTH = 64
 """Most levels of nesting a job file may have (AIND job files use 4)."""
 MAX_INT_DIGITS = 100
 
 
-class StrictJSONError(ValueError):
+class StrictJSONError(AnalysisWrapperError, ValueError):
     """Text that is not acceptable JSON; ``field`` is the dotted path of the offending value."""
 
     def __init__(self, problem: str, field: str | None = None, line: int | None = None) -> None:

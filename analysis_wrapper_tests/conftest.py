@@ -17,7 +17,7 @@ from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.batch import batch_run_config
 from analysis_wrapper.definitions import build_analysis_set, build_resources
 from analysis_wrapper.registration import find_job_files, prepare_files, register
-from analysis_wrapper.resources.store import close_all_stores
+from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper.settings import Settings
 
 pytest_plugins = [

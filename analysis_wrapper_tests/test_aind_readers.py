@@ -31,7 +31,7 @@ import pytest
 
 from analysis_wrapper.analyses.isi_violations import IsiViolationsParams
 from analysis_wrapper.cli import main
-from analysis_wrapper.resources.store import close_all_stores
+from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper_tests.mongo_server import MongoServer, fresh_database_name
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from analysis_wrapper.cli import main
-from analysis_wrapper.resources.store import close_all_stores
+from analysis_wrapper.resources.record_store import close_all_stores
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

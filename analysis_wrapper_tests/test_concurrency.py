@@ -184,7 +184,7 @@ class Setup:
         return self._io_manager
 
     def close(self) -> None:
-        from analysis_wrapper.resources.store import close_all_stores
+        from analysis_wrapper.resources.record_store import close_all_stores
 
         if self.store is not None:
             self.store.close()

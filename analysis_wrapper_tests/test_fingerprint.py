@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 
 from analysis_wrapper.analyses.isi_violations import IsiViolationsParams
 from analysis_wrapper.analyses.isi_violations import analysis as isi_analysis
-from analysis_wrapper.dispatch import DispatchJob
 from analysis_wrapper.fingerprint import (
     PARTITION_KEY_MAX_LENGTH,
     CanonicalJSONError,
@@ -24,6 +23,7 @@ from analysis_wrapper.fingerprint import (
     fingerprint,
     partition_key,
 )
+from analysis_wrapper.job_file import DispatchJob
 from analysis_wrapper.make_job import build_analysis_job
 
 KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")

@@ -8,8 +8,8 @@ import mongomock
 import pytest
 
 from analysis_wrapper.analyses.isi_violations import analysis as isi
-from analysis_wrapper.dispatch import DispatchJob
 from analysis_wrapper.input_metadata import InputMetadataError, fetch_input_metadata
+from analysis_wrapper.job_file import DispatchJob
 from analysis_wrapper.make_job import build_analysis_job
 from analysis_wrapper.settings import Settings
 

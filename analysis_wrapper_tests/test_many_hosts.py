@@ -65,7 +65,7 @@ from typing import Any
 import pytest
 import yaml
 
-from analysis_wrapper.ownership import run_key
+from analysis_wrapper.ownership import run_lease_key
 from analysis_wrapper.registration import prepare_files
 from analysis_wrapper.sensors import run_partition_keys
 from analysis_wrapper.store.base import JobState
@@ -712,7 +712,7 @@ def run_hosts(
             "WHERE status NOT IN ('SUCCESS', 'FAILURE', 'CANCELED') ORDER BY create_timestamp",
         )
         run_ids |= {str(row[0]) for row in rows}
-        leases = store.get_leases(run_key(run_id) for run_id in sorted(run_ids))
+        leases = store.get_leases(run_lease_key(run_id) for run_id in sorted(run_ids))
         lines = [f"{len(records())} of {N_JOBS} recorded; {len(entries)} jobs not done:"]
         lines += [
             f"  {e.partition_key}: {e.state.value} run {e.run_id} attempts {e.attempts} "

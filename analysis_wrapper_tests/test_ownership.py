@@ -31,7 +31,7 @@ from analysis_wrapper.ownership import (
     lease_dead,
     pid_alive,
     release,
-    run_key,
+    run_lease_key,
     this_host,
 )
 from analysis_wrapper.store.base import Lease, Store, utcnow
@@ -502,25 +502,25 @@ def test_processes_race_to_claim_one_key(store: Store, request: pytest.FixtureRe
 def test_heartbeat_is_idempotent_per_process(store: Store) -> None:  # noqa: F811
     run = "run-hb"
     heartbeat(store, run, ttl_s=30)
-    first = stored(store, run_key(run))
+    first = stored(store, run_lease_key(run))
     assert first is not None and (first.run_id, first.pid) == (run, os.getpid())
     heartbeat(store, run, ttl_s=30)  # again: the same lease
-    assert stored(store, run_key(run)).token == first.token  # type: ignore[union-attr]
+    assert stored(store, run_lease_key(run)).token == first.token  # type: ignore[union-attr]
     end_heartbeat(run)
-    assert stored(store, run_key(run)) is None
+    assert stored(store, run_lease_key(run)) is None
     end_heartbeat(run)  # again: nothing to do
     end_heartbeat("never-started")
     heartbeat(store, run, ttl_s=30)  # a new heartbeat after the end: a new lease
-    again = stored(store, run_key(run))
+    again = stored(store, run_lease_key(run))
     assert again is not None and again.token != first.token
     end_heartbeat(run)
-    assert stored(store, run_key(run)) is None
+    assert stored(store, run_lease_key(run)) is None
 
 
 def test_heartbeat_of_a_run_held_elsewhere_leaves_it_alone(store: Store) -> None:  # noqa: F811
     run = "run-far"
-    write_lease(store, key=run_key(run), run_id=run, host=OTHER_HOST)
-    far = stored(store, run_key(run))
+    write_lease(store, key=run_lease_key(run), run_id=run, host=OTHER_HOST)
+    far = stored(store, run_lease_key(run))
     heartbeat(store, run, ttl_s=30)  # held by a live holder elsewhere: no heartbeat here
     end_heartbeat(run)
-    assert stored(store, run_key(run)) == far
+    assert stored(store, run_lease_key(run)) == far

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from analysis_wrapper.dispatch import AnalysisJob
+from analysis_wrapper.job_file import AnalysisJob
 from analysis_wrapper.registration import prepare_files, register_jobs
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper.store.sqlite import SqliteStore

@@ -30,7 +30,7 @@ from analysis_wrapper.cli import main as cli_main
 from analysis_wrapper.definitions import build_analysis_set, build_resources
 from analysis_wrapper.inbox import REASON_SUFFIX, Inbox, LocalInbox
 from analysis_wrapper.ownership import end_heartbeat, heartbeat
-from analysis_wrapper.resources.store import close_all_stores
+from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper.sensors import (
     RUN_EVENTS_SENSOR_NAME,
     InboxCursor,
@@ -946,7 +946,7 @@ def test_a_file_rewritten_in_place_during_ticks_never_loses_its_job(
     import subprocess
     import sys
 
-    from analysis_wrapper.dispatch import parse_job_text
+    from analysis_wrapper.job_file import parse_job_text
     from analysis_wrapper.make_job import build_analysis_job
 
     env = env_factory()

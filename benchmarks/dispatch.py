@@ -59,12 +59,12 @@ def _fill_metadata(uri: str, n: int) -> None:
 
 def _jobs(uri: str) -> list[Any]:
     """The jobs both ways dispatch, built as the dispatch pass builds them."""
-    from analysis_wrapper.dispatch import parse_job
     from analysis_wrapper.dispatching.dispatch_run import resolve_query
     from analysis_wrapper.dispatching.grouping import build_pipeline
     from analysis_wrapper.dispatching.jobs import JobSpec, Unusable, groups_from_results, jobs_of_group
     from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
     from analysis_wrapper.dispatching.settings import DispatchSettings
+    from analysis_wrapper.job_file import parse_job
     from analysis_wrapper.make_job import build_analysis_job
     from analysis_wrapper_tests.sample_analyses import echo
 

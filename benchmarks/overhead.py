@@ -77,7 +77,7 @@ def cli_run(
 ) -> float:
     """Seconds of one ``analysis-wrapper run --no-dry-run JOBS`` in this process; checks the summary."""
     from analysis_wrapper.cli import main
-    from analysis_wrapper.resources.store import close_all_stores
+    from analysis_wrapper.resources.record_store import close_all_stores
 
     workdir.mkdir(parents=True, exist_ok=True)
     home = workdir / "home"

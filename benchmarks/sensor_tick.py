@@ -241,7 +241,7 @@ def tick_main(
     from dagster_aws.s3 import S3Resource
 
     from analysis_wrapper.definitions import build_analysis_set
-    from analysis_wrapper.resources.store import StoreResource
+    from analysis_wrapper.resources.record_store import StoreResource
     from analysis_wrapper.sensors import InboxCursor, SensorSettings, build_inbox_sensor
 
     instance = DagsterInstance.get()

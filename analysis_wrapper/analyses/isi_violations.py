@@ -32,7 +32,7 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from analysis_wrapper.analysis import Analysis
 
 if TYPE_CHECKING:
-    from analysis_wrapper.dispatch import AnalysisJob
+    from analysis_wrapper.job_file import AnalysisJob
 
 CSV_NAME = "isi_violations.csv"
 FIGURE_NAME = "isi_violations.png"

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.dispatch import AnalysisJob, JobFileError, parse_job
 from analysis_wrapper.dispatching.files import find_files_of
 from analysis_wrapper.dispatching.grouping import build_pipeline
 from analysis_wrapper.dispatching.jobs import (
@@ -47,6 +46,7 @@ from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
 from analysis_wrapper.dispatching.output import write_job_files
 from analysis_wrapper.dispatching.query import DispatchQueryError, csv_query, load_query
 from analysis_wrapper.dispatching.settings import DispatchSettings
+from analysis_wrapper.job_file import AnalysisJob, JobFileError, parse_job
 from analysis_wrapper.make_job import build_analysis_job
 from analysis_wrapper.registration import add_partitions, register_jobs
 from analysis_wrapper.store.base import JobState, Store

@@ -13,12 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from analysis_wrapper.dispatch import normalize_location
+from analysis_wrapper.errors import AnalysisWrapperError
+from analysis_wrapper.job_file import normalize_location
 
 LIST_THREADS = 8
 
 
-class FileSearchError(RuntimeError):
+class FileSearchError(AnalysisWrapperError, RuntimeError):
     """An asset location that cannot be listed; the message names it."""
 
 

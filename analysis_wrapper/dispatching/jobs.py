@@ -7,7 +7,7 @@ Each pipeline result (one asset, or one group of assets) becomes one or more job
 * with it: the assets' matching files in ``file_location``; assets with none are left out (and
   reported), a result with none at all gives no job; ``split_files`` N gives one job per N files
   of an asset, 0 one job per result holding every file (each file inside its asset's
-  ``s3_location``, as :func:`analysis_wrapper.dispatch.check_assets` asks);
+  ``s3_location``, as :func:`analysis_wrapper.job_file.check_assets` asks);
 * each job crossed with each parameter set (``distributed_parameters``);
 * ``analysis_code``: the dispatcher's ``process.code`` for the job: the analysis's ``Code`` with
   ``input_data`` = one ``DataAsset`` per ``s3_location`` and ``parameters`` = fixed parameters,
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from analysis_wrapper.dispatch import ANALYSIS_NAME_PARAMETER
+from analysis_wrapper.job_file import ANALYSIS_NAME_PARAMETER
 from analysis_wrapper.provenance import data_asset
 
 CODE_FIELDS = (

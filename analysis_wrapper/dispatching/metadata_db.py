@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.store.mongo_connection import MongoConnection
 
 
-class MetadataDatabaseNotConfigured(RuntimeError):
+class MetadataDatabaseNotConfigured(AnalysisWrapperError, RuntimeError):
     """No metadata database is set."""
 
 

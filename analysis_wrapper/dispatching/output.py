@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from analysis_wrapper.dispatch import AnalysisJob
+from analysis_wrapper.job_file import AnalysisJob
 
 NAMESPACE = uuid.UUID("6f1d2a8e-4b51-4c43-9a3e-2f8d6a1c0b7e")
 

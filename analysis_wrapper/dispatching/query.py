@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from analysis_wrapper.errors import AnalysisWrapperError
+
 CSV_ID_COLUMN = "asset_id"
 CSV_ID_FIELD = "external_links.Code Ocean.0"
 
@@ -32,7 +34,7 @@ QUERY_OPERATORS = frozenset(
 REFUSED_OPERATORS = {"$where": "runs server-side JavaScript, which DocumentDB refuses; use $expr or $regex"}
 
 
-class DispatchQueryError(ValueError):
+class DispatchQueryError(AnalysisWrapperError, ValueError):
     """A query or asset-id CSV that cannot be used; the message says which one and where."""
 
 

@@ -23,11 +23,12 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from analysis_wrapper.dispatch import field_path
 from analysis_wrapper.dispatching.settings import DispatchSettings
+from analysis_wrapper.errors import AnalysisWrapperError
+from analysis_wrapper.job_file import field_path
 
 
-class SavedQueryError(ValueError):
+class SavedQueryError(AnalysisWrapperError, ValueError):
     """A saved-query file that cannot be used; the message names the file and the field."""
 
 

@@ -14,10 +14,12 @@ from typing import Any
 from dagster import Config
 from pydantic import Field, field_validator, model_validator
 
+from analysis_wrapper.errors import AnalysisWrapperError
+
 DEFAULT_MAX_TASKS = 1000
 
 
-class DispatchSettingsError(ValueError):
+class DispatchSettingsError(AnalysisWrapperError, ValueError):
     """Settings that cannot work together; the message names the settings and what to change."""
 
 

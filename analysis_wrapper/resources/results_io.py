@@ -29,11 +29,12 @@ from dagster import (
 )
 from pydantic import BaseModel
 
-from analysis_wrapper.dispatch import AnalysisJob
+from analysis_wrapper.errors import AnalysisWrapperError
+from analysis_wrapper.job_file import AnalysisJob
 from analysis_wrapper.ownership import Claim, release
+from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_location import ResultsStorageResource
 from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, ResultsStorage
-from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.result_metadata import location_link, record_metadata
 from analysis_wrapper.scratch import remove_scratch
 from analysis_wrapper.store.base import RecordExistsError, StoreError
@@ -41,7 +42,7 @@ from analysis_wrapper.store.base import RecordExistsError, StoreError
 LOCATION_METADATA_KEY = "results_location"
 
 
-class ClaimLostError(RuntimeError):
+class ClaimLostError(AnalysisWrapperError, RuntimeError):
     """This run's claim on the fingerprint expired and another run took it over: it must not write."""
 
 

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from analysis_wrapper.errors import AnalysisWrapperError
+
 OUTPUTS_FILE = "outputs.json"
 RECORD_FILE = "metadata.nd.json"
 _RESERVED = {OUTPUTS_FILE, RECORD_FILE}
 
 
-class ResultsStorageError(RuntimeError):
+class ResultsStorageError(AnalysisWrapperError, RuntimeError):
     """A result folder could not be written or read completely."""
 
 

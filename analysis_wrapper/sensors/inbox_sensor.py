@@ -46,13 +46,13 @@ from dagster_aws.s3 import S3Resource
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.batch import batch_run_config
-from analysis_wrapper.dispatch import JobFileError
 from analysis_wrapper.factory import AnalysisDefinitions
 from analysis_wrapper.inbox import Inbox, open_inbox
+from analysis_wrapper.job_file import JobFileError
 from analysis_wrapper.lifecycle import JobLifecycle
 from analysis_wrapper.partition_run import job_of_entry
 from analysis_wrapper.registration import PARTITION_BATCH_SIZE, entry_for
-from analysis_wrapper.resources.store import StoreResource
+from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.sensors.intake import Intake
 from analysis_wrapper.sensors.recovery import Recovery
 from analysis_wrapper.sensors.runs import batch_run_key, run_key

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.dispatch import AnalysisJob, JobFileError, parse_job_text, resolve_relative_locations
 from analysis_wrapper.inbox import RESERVED_FOLDERS, Inbox, InboxFile
 from analysis_wrapper.job_bytes import BadJobFileError
+from analysis_wrapper.job_file import AnalysisJob, JobFileError, parse_job_text, resolve_relative_locations
 from analysis_wrapper.make_job import build_analysis_job, select_analysis
 from analysis_wrapper.registration import register_jobs
 from analysis_wrapper.sensors.settings import SensorSettings

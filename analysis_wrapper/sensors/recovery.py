@@ -32,7 +32,7 @@ from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, Ru
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.batch import batch_keys
 from analysis_wrapper.lifecycle import JobLifecycle
-from analysis_wrapper.ownership import lease_dead, pid_alive, run_key, this_host
+from analysis_wrapper.ownership import lease_dead, pid_alive, run_lease_key, this_host
 from analysis_wrapper.sensors.runs import (
     UNFINISHED_RUN,
     apply_run_end,
@@ -145,13 +145,13 @@ class Recovery:
         )
         if not in_progress:
             return
-        leases = self.store.get_leases(run_key(r.dagster_run.run_id) for r in in_progress)
+        leases = self.store.get_leases(run_lease_key(r.dagster_run.run_id) for r in in_progress)
         quiet_since = self.now - dt.timedelta(seconds=self.config.audit_after_s)
         verdicts: dict[str, str | None] = {}  # one ping per code server per tick
         lost: list[tuple[DagsterRun, str]] = []
         for record in in_progress:
             run = record.dagster_run
-            lease = leases.get(run_key(run.run_id))
+            lease = leases.get(run_lease_key(run.run_id))
             if lease is not None:
                 reason = lease_dead(lease, self.now)
             else:

@@ -26,7 +26,7 @@ from dagster import (
 )
 
 from analysis_wrapper.factory import AnalysisDefinitions
-from analysis_wrapper.resources.store import StoreResource
+from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.sensors.runs import apply_run_end_to_jobs, run_error
 from analysis_wrapper.sensors.settings import SensorSettings
 from analysis_wrapper.store.base import Store

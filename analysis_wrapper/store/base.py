@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 from typing import Any, Literal
 
+from analysis_wrapper.errors import AnalysisWrapperError
+
 
 class JobState(StrEnum):
     PENDING = "pending"
@@ -38,7 +40,7 @@ JobOrder = Literal["created", "updated", "key"]
 """How :meth:`JobRegistry.find_jobs` orders: oldest created, oldest updated, or by partition key."""
 
 
-class StoreError(RuntimeError):
+class StoreError(AnalysisWrapperError, RuntimeError):
     """The store could not be reached or used; the message never carries credentials."""
 
 

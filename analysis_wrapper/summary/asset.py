@@ -44,10 +44,10 @@ from dagster import (
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.ownership import end_heartbeat, heartbeat
+from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.results_storage import RECORD_FILE, ResultsStorageError
 from analysis_wrapper.resources.runtime import AnalysisRuntime
-from analysis_wrapper.resources.store import StoreResource
 from analysis_wrapper.result_metadata import figure_markdown, location_link
 from analysis_wrapper.scratch import make_scratch, remove_scratch
 from analysis_wrapper.summary.figures import UNIT_READERS, summary_figure

@@ -18,7 +18,7 @@ from dagster_aws.s3 import S3Resource
 from analysis_wrapper.dispatching.definitions import DispatchCursor, build_dispatch_definitions
 from analysis_wrapper.dispatching.saved import SavedQueryError, load_saved_queries
 from analysis_wrapper.factory import build_analysis_definitions
-from analysis_wrapper.resources.store import StoreResource, close_all_stores
+from analysis_wrapper.resources.record_store import StoreResource, close_all_stores
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.store.sqlite import SqliteStore
 from analysis_wrapper_tests.dispatching.conftest import COLLECTION, MetadataCollection

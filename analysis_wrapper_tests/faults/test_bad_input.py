@@ -26,10 +26,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from analysis_wrapper.cli import main as cli_main
-from analysis_wrapper.dispatch import JobFileError, load_job_file, location_problem
 from analysis_wrapper.inbox import REASON_SUFFIX
+from analysis_wrapper.job_file import JobFileError, load_job_file, location_problem
 from analysis_wrapper.registration import prepare_job
-from analysis_wrapper.resources.store import close_all_stores
+from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper_tests.faults.bad_inputs import (
     ANALYSIS,
     ESCAPE,

@@ -60,7 +60,7 @@ import json, os, sys, time, traceback
 plan = json.loads(open(sys.argv[1]).read())
 me = sys.argv[2]
 from analysis_wrapper.cli import main
-from analysis_wrapper.resources.store import close_all_stores
+from analysis_wrapper.resources.record_store import close_all_stores
 for step in plan:
     open(step["gate"] + ".ready." + me, "w").close()
     while not os.path.exists(step["gate"]):

@@ -15,7 +15,7 @@ import pytest
 
 from analysis_wrapper.cli import main
 from analysis_wrapper.definitions import store_resource
-from analysis_wrapper.resources.store import _open_store, close_all_stores
+from analysis_wrapper.resources.record_store import _open_store, close_all_stores
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.store.base import JobState, Lease, StoreError, utcnow
 from analysis_wrapper.store.mongo import MongoStore

@@ -16,7 +16,8 @@ from pydantic import BaseModel
 from analysis_wrapper.analyses.isi_violations import IsiViolationsParams
 from analysis_wrapper.analyses.isi_violations import analysis as isi
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.dispatch import (
+from analysis_wrapper.fingerprint import fingerprint, partition_key
+from analysis_wrapper.job_file import (
     DispatchJob,
     JobFileError,
     UnknownAnalysisError,
@@ -26,10 +27,9 @@ from analysis_wrapper.dispatch import (
     normalize_location,
     parse_job_text,
 )
-from analysis_wrapper.fingerprint import fingerprint, partition_key
 from analysis_wrapper.make_job import build_analysis_job, select_analysis
 
-DISPATCH_LOGGER = "analysis_wrapper.dispatch"
+DISPATCH_LOGGER = "analysis_wrapper.job_file"
 MAKE_JOB_LOGGER = "analysis_wrapper.make_job"
 
 

@@ -24,6 +24,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.job_bytes import DEFAULT_MAX_JOB_FILE_BYTES, BadJobFileError, read_job_bytes
 from analysis_wrapper.safe_paths import bucket_problem, key_problem
 from analysis_wrapper.strict_json import StrictJSONError, loads_strict
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 ANALYSIS_NAME_PARAMETER = "analysis_name"
 
 
-class JobFileError(ValueError):
+class JobFileError(AnalysisWrapperError, ValueError):
     """A job file that cannot be used. The message names the file, the field and, for JSON, the line."""
 
     def __init__(self, source: str, field: str | None, problem: str, line: int | None = None):
