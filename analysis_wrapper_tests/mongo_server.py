@@ -18,9 +18,11 @@ separate process and is never imported, here or by the package).
 
 Every server is started with ``--sync-on-commit``: without it, writes acknowledged (w:1, j:false) in the
 last fraction of a second before a SIGKILL are lost, which would make kill-and-restart tests flaky. Its
-data folder and log (``secantusd.log``) are kept in a pytest temp folder; a server that does not answer a
-ping within ``START_TIMEOUT_S`` fails the test with the tail of its log (never a skip), and a failed test
-that used a server gets that server's log tail as a report section.
+data folder and log (``secantusd.log``) are kept in a pytest temp folder; the process is a
+:class:`~analysis_wrapper_tests.servers.ServerProcess` (``host`` runs it on a simulated machine of
+:mod:`analysis_wrapper_tests.hosts`). A server that does not answer a ping within ``START_TIMEOUT_S``
+fails the test with the tail of its log (never a skip), and a failed test that used a server gets that
+server's log tail as a report section.
 """
 
 from __future__ import annotations
@@ -28,11 +30,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 import urllib.parse
 import uuid
 from collections.abc import Iterator, Sequence
@@ -42,20 +41,15 @@ from typing import Any
 
 import pytest
 
+from analysis_wrapper_tests.servers import LOOPBACK, ServerError, ServerProcess, free_port, log_tail
 from analysis_wrapper_tests.tls_files import TlsFiles, make_tls_files
 
 ENV_URI = "TEST_MONGODB_URI"
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 REPLICA_SET = "secantus"
 START_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 15.0
 SERVER_FLAGS = ("--sync-on-commit",)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def fresh_database_name(label: str = "t") -> str:
@@ -64,26 +58,17 @@ def fresh_database_name(label: str = "t") -> str:
     return f"{clean}_{uuid.uuid4().hex[:12]}"
 
 
-def _secantusd_binary() -> str:
+def secantusd_binary() -> str:
     beside_python = Path(sys.executable).parent / "secantusd-py"
     if beside_python.is_file():
         return str(beside_python)
     found = shutil.which("secantusd-py")
     if not found:
-        raise RuntimeError(
+        raise ServerError(
             "SecantusDB is not installed: no `secantusd-py` beside the interpreter or on PATH "
             "(`bash scripts/setup.sh dev` installs SecantusDB==0.7.0b3)"
         )
     return found
-
-
-def _log_tail(path: Path | None, lines: int = 30) -> str:
-    if path is None:
-        return "(no log: external server)"
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 @dataclass
@@ -95,9 +80,8 @@ class MongoServer:
     host: str = HOST
     folder: Path | None = None
     flags: tuple[str, ...] = SERVER_FLAGS
-    startup_s: float | None = None  # seconds from spawn to the first answered ping (last start)
     tls: TlsFiles | None = None  # set: the server speaks only TLS, with a certificate of this CA
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    process: ServerProcess | None = field(default=None, repr=False)
 
     @classmethod
     def external(cls, uri: str) -> MongoServer:
@@ -137,10 +121,15 @@ class MongoServer:
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.process is not None and self.process.alive
+
+    @property
+    def startup_s(self) -> float | None:
+        """Seconds from spawn to the first answered ping (last start)."""
+        return None if self.process is None else self.process.startup_s
 
     def log_tail(self, lines: int = 30) -> str:
-        return _log_tail(self.log_path, lines)
+        return log_tail(self.log_path, lines)
 
     def client(self, **options: Any) -> Any:
         """A pymongo client with the store's options (``retryWrites=False``) and a short selection timeout."""
@@ -152,7 +141,7 @@ class MongoServer:
     def command(self) -> list[str]:
         assert self.folder is not None and self.port is not None
         return [
-            _secantusd_binary(),
+            secantusd_binary(),
             # An empty config file: with no --config, secantusd-py reads ./secantusd.toml,
             # ~/.secantus/secantusd.toml or /etc/secantus/secantusd.toml if one exists.
             f"--config={self.folder / 'secantusd.toml'}",
@@ -169,65 +158,43 @@ class MongoServer:
         ]
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> MongoServer:
-        """Start (or start again, same port and data) and wait for a ping; RuntimeError if none comes."""
+        """Start (or start again, same port and data) and wait for a ping; ServerError if none comes."""
         self._require_managed("start")
-        if self.running:
-            raise RuntimeError(f"the server on port {self.port} is already running")
         assert self.folder is not None and self.log_path is not None
+        if self.running:
+            raise ServerError(f"the server on port {self.port} is already running")
         self.folder.mkdir(parents=True, exist_ok=True)
         (self.folder / "secantusd.toml").touch()
-        command = self.command()
-        began = time.monotonic()
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                command, cwd=self.folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self._wait_ready(command, began, timeout_s)
-        self.startup_s = time.monotonic() - began
+        if self.process is None:
+            self.process = ServerProcess("secantusd-py", self.command(), self.log_path, cwd=self.folder)
+        self.process.start(self._answers_ping, timeout_s, every_s=0.02)
         return self
 
-    def _wait_ready(self, command: Sequence[str], began: float, timeout_s: float) -> None:
+    def _answers_ping(self) -> bool:
         import pymongo
 
-        assert self.proc is not None and self.port is not None
-        deadline = began + timeout_s
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"secantusd-py exited with code {self.proc.returncode} before answering a ping:\n"
-                    f"{' '.join(command)}\n{self.log_tail()}"
-                )
-            try:
-                # A plain connect first: pymongo's monitor would re-dial a refused port only every 0.5 s.
-                socket.create_connection((self.host, self.port), timeout=0.5).close()
-                client: Any = pymongo.MongoClient(
-                    self.direct_uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000
-                )
-                try:
-                    client.admin.command("ping")
-                    return
-                finally:
-                    client.close()
-            except (OSError, pymongo.errors.PyMongoError) as exc:  # not up yet
-                last_error = exc
-                time.sleep(0.02)
-        self._signal(signal.SIGKILL)
-        raise RuntimeError(
-            f"secantusd-py did not answer a ping within {timeout_s:.0f} s (last error: {last_error}):\n"
-            f"{' '.join(command)}\n{self.log_tail()}"
+        assert self.port is not None
+        # A plain connect first: pymongo's monitor would re-dial a refused port only every 0.5 s.
+        socket.create_connection((self.host, self.port), timeout=0.5).close()
+        client: Any = pymongo.MongoClient(
+            self.direct_uri, serverSelectionTimeoutMS=2000, connectTimeoutMS=2000
         )
+        try:
+            client.admin.command("ping")
+            return True
+        finally:
+            client.close()
 
     def kill(self) -> None:
         """SIGKILL the server (no shutdown, as a crash); its data folder stays for ``start()``."""
         self._require_managed("kill")
-        self._signal(signal.SIGKILL)
+        if self.process is not None:
+            self.process.kill()
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM and wait (about 2 s), SIGKILL if it does not exit in ``timeout_s``."""
-        if not self.managed:
-            return
-        self._signal(signal.SIGTERM, timeout_s)
+        if self.process is not None:
+            self.process.stop(timeout_s)
 
     def restart(self, kill: bool = True, timeout_s: float = START_TIMEOUT_S) -> MongoServer:
         """Kill (or stop cleanly, ``kill=False``) and start again on the same port with the same data."""
@@ -238,40 +205,34 @@ class MongoServer:
             self.stop()
         return self.start(timeout_s)
 
-    def _signal(self, sig: signal.Signals, timeout_s: float = STOP_TIMEOUT_S) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=timeout_s)
-        except ProcessLookupError:
-            pass
-
     def _require_managed(self, action: str) -> None:
         if not self.managed:
             raise RuntimeError(f"cannot {action} an external server ({ENV_URI}); use mongo_server_factory")
 
 
 def start_mongo_server(
-    folder: Path, flags: Sequence[str] = SERVER_FLAGS, timeout_s: float = START_TIMEOUT_S, tls: bool = False
+    folder: Path,
+    flags: Sequence[str] = SERVER_FLAGS,
+    timeout_s: float = START_TIMEOUT_S,
+    tls: bool = False,
+    address: str = HOST,
 ) -> MongoServer:
-    """Start SecantusDB on a free port with its data and log under ``folder``; RuntimeError if it fails.
-    With ``tls`` it speaks only TLS, with a certificate for 127.0.0.1 signed by a new CA
-    (``server.tls.ca_file``), and its ``uri`` carries ``tls=true&tlsCAFile=``, as DocumentDB's does.
+    """Start SecantusDB on a free port of ``address`` with its data and log under ``folder``; ServerError
+    if it fails. With ``tls`` it speaks only TLS, with a certificate for 127.0.0.1 signed by a new CA
+    (``server.tls.ca_file``), and its ``uri`` carries ``tls=true&tlsCAFile=``, as DocumentDB's does. Off
+    the loopback (``address``), the URI is a direct connection (the replica set names 127.0.0.1).
 
     The port is picked free just before the start; if another process takes it first, the server exits
     with "Address already in use" and a new port is tried (twice more).
     """
     tls_files = make_tls_files(folder / "tls") if tls else None
     for attempt in range(3):
-        port = free_port()
+        port = free_port(address)
+        options = f"replicaSet={REPLICA_SET}" if address == HOST else "directConnection=true"
         server = MongoServer(
-            uri=f"mongodb://{HOST}:{port}/?replicaSet={REPLICA_SET}",
+            uri=f"mongodb://{address}:{port}/?{options}",
             port=port,
+            host=address,
             folder=folder,
             flags=tuple(flags),
             tls=tls_files,
@@ -279,7 +240,7 @@ def start_mongo_server(
         server.uri += server.tls_options
         try:
             return server.start(timeout_s)
-        except RuntimeError as exc:
+        except ServerError as exc:
             if attempt == 2 or "Address already in use" not in str(exc):
                 raise
     raise AssertionError("unreachable")
@@ -298,7 +259,7 @@ class MongoServerFactory:
         folder = self.folder / f"mongo{len(self.servers)}"
         try:
             server = start_mongo_server(folder, flags, timeout_s, tls=tls)
-        except RuntimeError as exc:
+        except ServerError as exc:
             pytest.fail(str(exc))
         self.servers.append(server)
         return server
@@ -318,12 +279,12 @@ def mongo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MongoServ
         return
     try:
         server = start_mongo_server(tmp_path_factory.mktemp("mongo"))
-    except RuntimeError as exc:
+    except ServerError as exc:
         pytest.fail(str(exc))
     try:
         yield server
     finally:
-        server.stop()
+        server.kill()  # the data is thrown away: a clean stop would only cost its 2 s
 
 
 @pytest.fixture

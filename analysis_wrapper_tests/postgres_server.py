@@ -6,33 +6,32 @@
   ``.host``, ``.port``, ``.user``, ``.password``; ``.dsn`` (the ``postgres`` database) and
   ``.dsn_for(db)``; ``.new_database(label)`` creates a fresh, empty database and returns its name;
   ``.env(db)`` is the ``DAGSTER_PG_*`` environment ``deploy/dagster.yaml`` reads; ``.connect(db)`` a psycopg2
-  connection (autocommit); ``.kill()`` stops it as a crash would (``pg_ctl stop -m immediate``: no
+  connection (autocommit); ``.kill()`` stops it as a crash would (SIGQUIT, PostgreSQL's immediate shutdown: no
   checkpoint, recovery at the next start) and ``.start()`` starts it again, same port, same data.
 
-The server is a throwaway cluster: ``initdb`` into a fresh ``mkdtemp`` folder, ``pg_ctl start`` on a free
-port with its socket in that folder, TCP on 127.0.0.1 only. The bootstrap role (``aw_test``, a superuser,
-so it can create databases) has a random password, and TCP connections must give it (scram-sha-256); only
-the socket in the private folder trusts local users. ``fsync=off``: a crash of the server process
-(``kill``) loses nothing with it, only a crash of the machine would. ``initdb`` refuses to run as root, so
-under root ``initdb`` and ``pg_ctl`` run as the ``postgres`` user (``runuser -u postgres --``) on folders it
-owns, and the ``mkdtemp`` folder is made traversable (``o+x``) for it. Missing binaries fail the test with
-the command that installs them (never a skip); a server that does not start fails it with the tail of its
-log, and a failed test that used the server gets that tail as a report section. At session end the server
-is stopped (``-m immediate``) and its folder removed.
+The server is a throwaway cluster: ``initdb`` into a fresh ``mkdtemp`` folder, then ``postgres`` itself as a
+:class:`~analysis_wrapper_tests.servers.ServerProcess` on a free port with its socket in that folder, TCP on
+127.0.0.1 only (``address`` and ``allow_subnet`` put it on the many-hosts test's network instead). The
+bootstrap role (``aw_test``, a superuser, so it can create databases) has a random password, and TCP
+connections must give it (scram-sha-256); only the socket in the private folder trusts local users.
+``fsync=off``: a crash of the server process (``kill``) loses nothing with it, only a crash of the machine
+would. ``initdb`` refuses to run as root, so under root ``initdb`` (``runuser -u postgres --``) and the
+server run as the ``postgres`` user on folders it owns, and the ``mkdtemp`` folder is made traversable
+(``o+x``) for it. Missing binaries fail the test with the command that installs them (never a skip); a
+server that does not start fails it with the tail of its log, and a failed test that used the server gets
+that tail as a report section. At session end the server is stopped (``-m immediate``) and its folder
+removed.
 """
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import os
 import pwd
 import re
 import secrets
-import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -45,8 +44,10 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
+from analysis_wrapper_tests.servers import LOOPBACK, ServerError, ServerProcess, free_port, log_tail
+
 ENV_DSN = "TEST_POSTGRES_DSN"
-HOST = "127.0.0.1"
+HOST = LOOPBACK
 USER = "aw_test"
 OS_USER = "postgres"
 """The account that runs the server when the tests run as root (Debian's package creates it)."""
@@ -55,16 +56,10 @@ INSTALL_HINT = "install Debian's PostgreSQL server: `apt-get install -y postgres
 START_TIMEOUT_S = 30
 STOP_TIMEOUT_S = 30
 SERVER_OPTIONS = (
-    "-c fsync=off",  # a killed server process loses nothing; only a machine crash would
-    "-c max_connections=200",  # dagster dev: webserver, daemon threads, code server, run workers
-    "-c shared_buffers=32MB",
+    "fsync=off",  # a killed server process loses nothing; only a machine crash would
+    "max_connections=200",  # dagster dev: webserver, daemon threads, code server, run workers
+    "shared_buffers=32MB",
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def fresh_database_name(label: str = "t") -> str:
@@ -74,7 +69,7 @@ def fresh_database_name(label: str = "t") -> str:
 
 
 def postgres_bin_dir() -> Path:
-    """The newest ``/usr/lib/postgresql/<version>/bin`` holding ``initdb`` and ``pg_ctl``, else the folder
+    """The newest ``/usr/lib/postgresql/<version>/bin`` holding ``initdb`` and ``postgres``, else the folder
     of an ``initdb`` on PATH; RuntimeError naming the install command when there is none."""
 
     def version(path: Path) -> tuple[int, ...]:
@@ -85,20 +80,11 @@ def postgres_bin_dir() -> Path:
     if on_path:
         candidates.append(Path(on_path).parent)
     for folder in candidates:
-        if (folder / "initdb").is_file() and (folder / "pg_ctl").is_file():
+        if (folder / "initdb").is_file() and (folder / "postgres").is_file():
             return folder
-    raise RuntimeError(
+    raise ServerError(
         f"PostgreSQL server binaries not found (no {BIN_GLOB}/initdb, no initdb on PATH): {INSTALL_HINT}"
     )
-
-
-def _log_tail(path: Path | None, lines: int = 40) -> str:
-    if path is None:
-        return "(no log: external server)"
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 @dataclass
@@ -112,9 +98,9 @@ class PostgresServer:
     database: str = "postgres"
     folder: Path | None = None
     bin_dir: Path | None = None
-    startup_s: float | None = None  # seconds for the last `pg_ctl start` (initdb not included)
     initdb_s: float | None = None
     _as_user: list[str] = field(default_factory=list, repr=False)
+    process: ServerProcess | None = field(default=None, repr=False)
 
     # ---- how to reach it -------------------------------------------------------------------------------
     @classmethod
@@ -210,7 +196,12 @@ class PostgresServer:
         return None if self.folder is None else self.folder / "postgres.log"
 
     def log_tail(self, lines: int = 40) -> str:
-        return _log_tail(self.log_path, lines)
+        return log_tail(self.log_path, lines)
+
+    @property
+    def startup_s(self) -> float | None:
+        """Seconds from the last start to the first password login (initdb not included)."""
+        return None if self.process is None else self.process.startup_s
 
     @property
     def pid(self) -> int | None:
@@ -234,9 +225,9 @@ class PostgresServer:
             check=False,
         )
 
-    def _fail(self, what: str, result: subprocess.CompletedProcess[str] | None = None) -> RuntimeError:
-        output = "" if result is None else (result.stdout + result.stderr).strip()
-        return RuntimeError(
+    def _fail(self, what: str, result: subprocess.CompletedProcess[str]) -> ServerError:
+        output = (result.stdout + result.stderr).strip()
+        return ServerError(
             f"{what} (data in {self.data_dir}):\n{output}\n--- {self.log_path} ---\n{self.log_tail()}"
         )
 
@@ -268,74 +259,38 @@ class PostgresServer:
         return self
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> PostgresServer:
-        """``pg_ctl start`` (again, after ``kill``: same port, same data) and wait until it accepts a
-        password login over TCP; RuntimeError with the log tail if it does not."""
+        """Start ``postgres`` (again, after ``kill``: same port, same data) and wait until it accepts a
+        password login over TCP; ServerError with the log tail if it does not."""
         self._require_managed("start")
         assert self.bin_dir is not None and self.data_dir is not None and self.log_path is not None
-        options = " ".join(
-            [
-                f"-p {self.port}",
-                f"-k {shlex.quote(str(self.socket_dir))}",
-                f"-c listen_addresses={HOST}",
-                *SERVER_OPTIONS,
-            ]
+        options = [f"listen_addresses={self.host}", *SERVER_OPTIONS]
+        argv = [str(self.bin_dir / "postgres"), "-D", str(self.data_dir), "-p", str(self.port)]
+        argv += ["-k", str(self.socket_dir), *(arg for option in options for arg in ("-c", option))]
+        self.process = ServerProcess(
+            "postgres",
+            argv,
+            self.log_path,
+            cwd=self.folder,  # the server's user may not be allowed into ours
+            env={**os.environ, "LC_ALL": "C", "LANG": "C"},
+            user=OS_USER if self._as_user else None,
         )
-        began = time.monotonic()
-        result = self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "start",
-            "--wait",
-            f"--timeout={int(timeout_s)}",
-            f"--pgdata={self.data_dir}",
-            f"--log={self.log_path}",
-            f"--options={options}",
-            timeout_s=timeout_s + 10,
-        )
-        if result.returncode != 0:
-            raise self._fail(f"pg_ctl start failed with code {result.returncode} (port {self.port})", result)
-        self._wait_for_login(began + timeout_s)
-        self.startup_s = time.monotonic() - began
+        self.process.start(self._accepts_login, timeout_s)
         return self
 
-    def _wait_for_login(self, deadline: float) -> None:
-        import psycopg2
-
-        while True:
-            try:
-                self.connect().close()
-                return
-            except psycopg2.OperationalError as exc:
-                if time.monotonic() > deadline:
-                    raise self._fail(f"no password login on {self.host}:{self.port}: {exc}") from exc
-                time.sleep(0.05)
+    def _accepts_login(self) -> bool:
+        self.connect().close()
+        return True
 
     def kill(self) -> None:
-        """Stop as a crash would: ``pg_ctl stop -m immediate`` (no checkpoint; recovery at the next start)."""
+        """Stop as a crash would: SIGQUIT (PostgreSQL's immediate shutdown: no checkpoint, recovery at
+        the next start)."""
         self._require_managed("kill")
-        self._stop("immediate")
+        self.stop()
 
     def stop(self) -> None:
-        """At the end: ``-m immediate`` too (the data is thrown away); SIGKILL if pg_ctl cannot."""
-        if not self.managed:
-            return
-        self._stop("immediate")
-
-    def _stop(self, mode: str) -> None:
-        assert self.bin_dir is not None and self.data_dir is not None
-        pid = self.pid
-        if pid is None:
-            return
-        result = self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "stop",
-            "--wait",
-            f"--mode={mode}",
-            f"--pgdata={self.data_dir}",
-            timeout_s=STOP_TIMEOUT_S,
-        )
-        if result.returncode != 0 and self.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        """Immediate shutdown (SIGQUIT) at the end too (the data is thrown away); SIGKILL if it lingers."""
+        if self.process is not None:
+            self.process.stop(STOP_TIMEOUT_S, sig=signal.SIGQUIT)
 
     def remove(self) -> None:
         """Delete the cluster's folder (the server must be stopped)."""
@@ -368,8 +323,11 @@ def _run_as() -> list[str]:
     return [runuser, "-u", OS_USER, "--"]
 
 
-def start_postgres_server(timeout_s: float = START_TIMEOUT_S) -> PostgresServer:
-    """initdb a new cluster in a new temporary folder and start it on a free port.
+def start_postgres_server(
+    timeout_s: float = START_TIMEOUT_S, address: str = HOST, allow_subnet: str | None = None
+) -> PostgresServer:
+    """initdb a new cluster in a new temporary folder and start it on a free port of ``address``; with
+    ``allow_subnet`` (``10.1.2.0/24``) that network may log in with the password too.
 
     The port is picked free just before the start; if another process takes it first, the server exits
     ("could not bind") and a new port is tried (twice more).
@@ -380,7 +338,7 @@ def start_postgres_server(timeout_s: float = START_TIMEOUT_S) -> PostgresServer:
     try:
         folder.chmod(0o711)  # mkdtemp makes it 0700: the server's user must be able to traverse it
         server = PostgresServer(
-            host=HOST,
+            host=address,
             port=0,
             user=USER,
             password=secrets.token_urlsafe(16),
@@ -395,16 +353,20 @@ def start_postgres_server(timeout_s: float = START_TIMEOUT_S) -> PostgresServer:
         server.log_path.touch()
         server._own(server.log_path)
         if as_user and server._run("test", "-w", str(folder / "data")).returncode != 0:
-            raise RuntimeError(
+            raise ServerError(
                 f"the `{OS_USER}` user cannot reach {folder}: every parent folder must be traversable "
                 f"(o+x); point TMPDIR elsewhere"
             )
         server.init()
+        if allow_subnet is not None:
+            assert server.data_dir is not None
+            with (server.data_dir / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {allow_subnet} scram-sha-256\n")
         for attempt in range(3):
-            server.port = free_port()
+            server.port = free_port(address)
             try:
                 return server.start(timeout_s)
-            except RuntimeError as exc:
+            except ServerError as exc:
                 if attempt == 2 or "could not bind" not in str(exc):
                     raise
         raise AssertionError("unreachable")

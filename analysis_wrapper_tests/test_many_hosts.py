@@ -44,14 +44,8 @@ import csv
 import io
 import json
 import os
-import secrets
-import shlex
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import uuid
@@ -74,15 +68,9 @@ from analysis_wrapper_tests import postgres_server as pg
 from analysis_wrapper_tests.conftest import write_job
 from analysis_wrapper_tests.counting_analysis import RESULT_FILES, TOKEN_FILE, counting, read_log
 from analysis_wrapper_tests.hosts import Host, Network, host_network
-from analysis_wrapper_tests.mongo_server import MongoServer
-from analysis_wrapper_tests.s3_servers import (
-    ACCESS_KEY,
-    REGION,
-    SECRET_KEY,
-    S3Endpoint,
-    _weed_binary,
-    stop_weed,
-)
+from analysis_wrapper_tests.mongo_server import MongoServer, start_mongo_server
+from analysis_wrapper_tests.s3_servers import ACCESS_KEY, REGION, SECRET_KEY, S3Endpoint, start_weed
+from analysis_wrapper_tests.servers import ServerProcess, free_port, log_tail
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEPLOY_INSTANCE_YAML = REPO_ROOT / "deploy" / "dagster.yaml"
@@ -115,212 +103,12 @@ compute_logs:
 """
 
 
-# ---- the shared services, bound to the network's address ----------------------------------------------
-def free_port(address: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((address, 0))
-        return int(sock.getsockname()[1])
-
-
-class NetworkPostgres(pg.PostgresServer):
-    """The fixture's PostgreSQL cluster, listening on ``host`` (not 127.0.0.1) and letting the
-    network's subnet log in with the password (``start_postgres`` adds it to ``pg_hba.conf``)."""
-
-    def start(self, timeout_s: float = pg.START_TIMEOUT_S) -> NetworkPostgres:
-        assert self.bin_dir is not None and self.data_dir is not None and self.log_path is not None
-        options = " ".join(
-            [
-                f"-p {self.port}",
-                f"-k {shlex.quote(str(self.socket_dir))}",
-                f"-c listen_addresses={self.host}",
-                *pg.SERVER_OPTIONS,
-            ]
-        )
-        began = time.monotonic()
-        result = self._run(
-            str(self.bin_dir / "pg_ctl"),
-            "start",
-            "--wait",
-            f"--timeout={int(timeout_s)}",
-            f"--pgdata={self.data_dir}",
-            f"--log={self.log_path}",
-            f"--options={options}",
-            timeout_s=timeout_s + 10,
-        )
-        if result.returncode != 0:
-            raise self._fail(f"pg_ctl start failed with code {result.returncode} (port {self.port})", result)
-        self._wait_for_login(began + timeout_s)
-        self.startup_s = time.monotonic() - began
-        return self
-
-
-def start_postgres(address: str, subnet: str) -> NetworkPostgres:
-    """initdb + start as ``postgres_server.start_postgres_server`` does, on ``address``."""
-    folder = Path(tempfile.mkdtemp(prefix="aw-hosts-postgres-"))  # /tmp: the postgres user can reach it
-    try:
-        folder.chmod(0o711)
-        server = NetworkPostgres(
-            host=address,
-            port=free_port(address),
-            user=pg.USER,
-            password=secrets.token_urlsafe(16),
-            folder=folder,
-            bin_dir=pg.postgres_bin_dir(),
-            _as_user=pg._run_as(),
-        )
-        for sub in (folder / "data", folder / "socket"):
-            sub.mkdir(mode=0o700)
-            server._own(sub)
-        assert server.log_path is not None and server.data_dir is not None
-        server.log_path.touch()
-        server._own(server.log_path)
-        server.init()
-        with (server.data_dir / "pg_hba.conf").open("a") as hba:
-            hba.write(f"host all all {subnet} scram-sha-256\n")
-        return server.start()
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
-
-
-def start_seaweed(folder: Path, address: str) -> tuple[subprocess.Popen[bytes], S3Endpoint, list[int]]:
-    """``weed mini`` as ``s3_servers.start_weed`` starts it, but bound to ``address``."""
-    data, logs = folder / "data", folder / "logs"
-    data.mkdir(parents=True)
-    logs.mkdir()
-    names = ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port"]
-    names += ["filer.port.grpc", "s3.port", "s3.port.grpc"]
-    ports = {name: free_port(address) for name in names}
-    while True:  # the admin server's plugin worker dials admin port + 10000
-        admin = free_port(address)
-        if admin + 10000 <= 65535:
-            with contextlib.suppress(OSError), socket.socket() as sock:
-                sock.bind((address, admin + 10000))
-                break
-    ports["admin.port"], ports["admin.port.grpc"] = admin, admin + 10000
-    command = [
-        _weed_binary(),
-        f"-logdir={logs}",
-        "mini",
-        f"-dir={data}",
-        f"-ip={address}",
-        f"-ip.bind={address}",
-        "-webdav=false",
-        "-s3.port.iceberg=0",
-        "-s3.port.lance=0",
-        "-admin.ui=false",
-        "-master.telemetry=false",
-        "-volume.preStopSeconds=0",
-        f"-s3.localSocket={folder / 's3.sock'}",
-        f"-filer.localSocket={folder / 'filer.sock'}",
-        *(f"-{name}={port}" for name, port in ports.items()),
-    ]
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
-    with (folder / "weed.log").open("wb") as log:
-        proc = subprocess.Popen(
-            command, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    endpoint = S3Endpoint("seaweedfs", f"http://{address}:{ports['s3.port']}")
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            endpoint.client(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5).list_buckets()
-            return proc, endpoint, list(ports.values())
-        except Exception as exc:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop_weed(proc, list(ports.values()))
-                raise RuntimeError(f"weed mini did not start ({exc}):\n{tail(folder / 'weed.log')}") from exc
-            time.sleep(0.2)
-
-
-def start_mongo(folder: Path, address: str) -> MongoServer:
-    port = free_port(address)
-    server = MongoServer(
-        uri=f"mongodb://{address}:{port}/?directConnection=true", port=port, host=address, folder=folder
-    )
-    return server.start()
-
-
-# ---- the hosts' processes -------------------------------------------------------------------------------
-def tail(path: Path, lines: int = 40) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
-
-
-@dataclass
-class HostProcess:
-    """One long-running process of one host, in its own process group, output to ``log_path``."""
-
-    host: Host
-    label: str
-    argv: list[str]
-    cwd: Path
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    starts: int = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== start {self.starts}: {shlex.join(self.argv)} =====\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                self.host.wrap(self.argv),
-                cwd=self.cwd,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL to the whole process group (the process and every child: run workers too)."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        deadline = time.monotonic() + 10
-        while (left := live_group_members(self.proc.pid)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not left, f"SIGKILL to process group {self.proc.pid} left live processes: {left}"
-
-    def stop(self, timeout_s: float = 20) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            self.kill()
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=timeout_s)
-        self.kill()  # the group may have children left
-
-    def tail(self, lines: int = 40) -> str:
-        return tail(self.log_path, lines)
-
-
-def live_group_members(pgid: int) -> list[str]:
-    """The processes of group ``pgid`` that are not zombies (pid, state and command line, from /proc)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        fields = stat.rpartition(")")[2].split()  # state, ppid, pgrp, ...
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            found.append(f"{entry.name} ({fields[0]}): {cmdline[:200]}")
-    return found
+# ---- the hosts' processes: servers of the one launcher, each run on its host ----------------------------
+def host_process(
+    host: Host, argv: list[str], cwd: Path, env: dict[str, str], log_path: Path
+) -> ServerProcess:
+    """One long-running process of one host (:meth:`Host.wrap`), in its own process group."""
+    return ServerProcess(host.name, argv, log_path, cwd=cwd, env=env, host=host)
 
 
 @dataclass
@@ -330,7 +118,7 @@ class Cluster:
     root: Path
     network: Network
     folders: dict[str, Path] = field(default_factory=dict)
-    processes: dict[str, HostProcess] = field(default_factory=dict)
+    processes: dict[str, ServerProcess] = field(default_factory=dict)
     service_logs: dict[str, Path] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     began: float = field(default_factory=time.monotonic)
@@ -341,14 +129,14 @@ class Cluster:
 
     def stop_hosts(self) -> None:
         for process in self.processes.values():
-            process.stop()
+            process.stop(20, require_group_gone=True)
 
     def report(self) -> str:
         parts = [f"network: {self.network.describe()}", f"timings: {self.timings}"]
         for name, process in self.processes.items():
             parts.append(f"--- {name} ({process.log_path}) ---\n{process.tail(60)}")
         for name, path in self.service_logs.items():
-            parts.append(f"--- {name} ({path}) ---\n{tail(path, 20)}")
+            parts.append(f"--- {name} ({path}) ---\n{log_tail(path, 20)}")
         return "\n".join(parts)
 
     def wait_for(
@@ -364,7 +152,7 @@ class Cluster:
         while True:
             for name, process in self.processes.items():
                 if process.proc is not None and not process.alive:
-                    pytest.fail(f"{name} exited with {process.proc.returncode} while waiting for {what}")
+                    pytest.fail(f"{name} exited with {process.returncode} while waiting for {what}")
             if check():
                 self.mark(what)
                 return
@@ -464,20 +252,21 @@ def test_hosts_sharing_only_the_network_record_every_job_once_over_a_code_server
 
     # ---- the network's services -----------------------------------------------------------------------
     with contextlib.ExitStack() as stack:
-        postgres = start_postgres(address, subnet)
+        postgres = pg.start_postgres_server(address=address, allow_subnet=subnet)
         stack.callback(postgres.remove)
         stack.callback(postgres.stop)
         assert postgres.log_path is not None
         cluster.service_logs["postgres"] = postgres.log_path
         database = postgres.new_database("many_hosts")
 
-        weed, s3, weed_ports = start_seaweed(services / "seaweed", address)
-        stack.callback(stop_weed, weed, weed_ports)
+        weed = start_weed(services / "seaweed", address=address, timeout_s=60)
+        stack.callback(weed.stop)
+        s3 = weed.endpoint
         cluster.service_logs["seaweedfs"] = services / "seaweed" / "weed.log"
         bucket = s3.new_bucket("hosts")
         log_bucket = s3.new_bucket("logs")
 
-        mongo = start_mongo(services / "mongo", address)
+        mongo = start_mongo_server(services / "mongo", address=address)
         stack.callback(mongo.kill)
         assert mongo.log_path is not None
         cluster.service_logs["secantusdb"] = mongo.log_path
@@ -490,7 +279,7 @@ def test_hosts_sharing_only_the_network_record_every_job_once_over_a_code_server
 
 def run_hosts(
     cluster: Cluster,
-    postgres: NetworkPostgres,
+    postgres: pg.PostgresServer,
     database: str,
     s3: S3Endpoint,
     bucket: str,
@@ -582,8 +371,8 @@ def run_hosts(
     }
     for name in HOST_NAMES:
         (folders[name] / "environment.json").write_text(json.dumps(envs[name], indent=1))  # its config
-        cluster.processes[name] = HostProcess(
-            hosts[name], name, commands[name], folders[name], envs[name], logs / f"{name}.log"
+        cluster.processes[name] = host_process(
+            hosts[name], commands[name], folders[name], envs[name], logs / f"{name}.log"
         )
 
     # ---- inputs and job files (written by the "dispatcher": this test, in its own folder) -----------
@@ -670,7 +459,7 @@ def run_hosts(
     )
 
     # ---- SIGKILL the code server and its run workers, then start it again -------------------------------
-    code.kill()
+    code.kill(require_group_gone=True)
     cluster.mark("code server killed (SIGKILL to its process group)")
     at_kill = jobs()
     interrupted = {k for k, e in at_kill.items() if e.state == JobState.RUNNING}
@@ -785,7 +574,7 @@ def run_hosts(
 def check_outcome(
     cluster: Cluster,
     *,
-    postgres: NetworkPostgres,
+    postgres: pg.PostgresServer,
     database: str,
     s3: S3Endpoint,
     bucket: str,

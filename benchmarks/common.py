@@ -388,25 +388,22 @@ class SeaweedServer:
         self.folder = data_dir.parent
         self.weed = weed
         self.endpoint = ""
-        self._process: subprocess.Popen[bytes] | None = None
-        self._ports: list[int] = []
+        self._weed: Any = None
 
     def start(self, timeout: float = 60.0) -> SeaweedServer:
         from analysis_wrapper_tests.s3_servers import start_weed
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._process, endpoint, self._ports = start_weed(
+        self._weed = start_weed(
             self.folder, S3_ENV["AWS_ACCESS_KEY_ID"], S3_ENV["AWS_SECRET_ACCESS_KEY"], timeout
         )
-        self.endpoint = endpoint.endpoint_url
+        self.endpoint = self._weed.endpoint.endpoint_url
         return self
 
     def stop(self) -> None:
-        from analysis_wrapper_tests.s3_servers import stop_weed
-
-        if self._process is not None:
-            stop_weed(self._process, self._ports)
-            self._process = None
+        if self._weed is not None:
+            self._weed.stop()
+            self._weed = None
 
     def __enter__(self) -> SeaweedServer:
         return self.start()
@@ -437,7 +434,7 @@ def secantus_server(folder: Path, tls: bool = False) -> Iterator[Any]:
     from analysis_wrapper_tests import mongo_server
 
     try:
-        mongo_server._secantusd_binary()
+        mongo_server.secantusd_binary()
     except RuntimeError as exc:
         raise ServerMissing(str(exc)) from None
     server = mongo_server.start_mongo_server(folder, tls=tls)

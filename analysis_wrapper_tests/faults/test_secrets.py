@@ -32,7 +32,7 @@ from analysis_wrapper_tests.counting_analysis import NAME
 from analysis_wrapper_tests.faults import report
 from analysis_wrapper_tests.faults.test_races import TICK, WORKER
 from analysis_wrapper_tests.mongo_server import MongoServerFactory, fresh_database_name
-from analysis_wrapper_tests.s3_servers import start_weed, stop_weed
+from analysis_wrapper_tests.s3_servers import start_weed
 
 pytestmark = pytest.mark.slow
 
@@ -87,7 +87,8 @@ def test_no_secret_in_any_output_of_a_full_s3_and_mongodb_run(
     import boto3
 
     servers = tmp_path / "servers"  # the servers' own files (their config holds the keys): not searched
-    weed, endpoint, ports = start_weed(servers / "seaweed", access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    weed = start_weed(servers / "seaweed", access_key=ACCESS_KEY, secret_key=SECRET_KEY)
+    endpoint = weed.endpoint
     try:
         mongo, uri = authenticated_mongo(mongo_server_factory)
         database = fresh_database_name("secrets")
@@ -300,4 +301,4 @@ def test_no_secret_in_any_output_of_a_full_s3_and_mongodb_run(
         assert not leaked, "\n".join(leaked)
         assert searched > 50
     finally:
-        stop_weed(weed, ports)
+        weed.stop()
