@@ -33,7 +33,7 @@ from pydantic import ValidationError
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.resources.record_store import StoreResource
-from analysis_wrapper.resources.results_location import ResultsStorageResource
+from analysis_wrapper.resources.results_resources import ResultsStorageResource
 from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, RECORD_FILE
 from analysis_wrapper.result_metadata import location_link
 

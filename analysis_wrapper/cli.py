@@ -447,7 +447,7 @@ def latest_per_input(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def record_files(record: dict[str, Any], s3_client: Any) -> list[dict[str, Any]]:
     """The files of a record's result folder, wherever it is (local folder or S3)."""
-    from analysis_wrapper.resources.results_location import storage_for_location
+    from analysis_wrapper.resources.results_resources import storage_for_location
 
     storage, name = storage_for_location(record["location"], s3_client)
     return [{"name": f.name, "size": f.size} for f in storage.list_files(name)]
@@ -464,7 +464,7 @@ def cmd_results(args: argparse.Namespace) -> int:
     if args.latest:
         records = latest_per_input(records)
     if args.files:
-        from analysis_wrapper.resources.s3_storage import cached_client
+        from analysis_wrapper.resources.s3_client import cached_client
 
         s3_client = (
             cached_client(ctx.defs.resources["s3"])

@@ -21,7 +21,7 @@ from analysis_wrapper.dispatching.definitions import build_dispatch_definitions
 from analysis_wrapper.factory import RESULTS_IO_MANAGER_KEY, AnalysisDefinitions, build_analysis_definitions
 from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager
-from analysis_wrapper.resources.results_location import (
+from analysis_wrapper.resources.results_resources import (
     LocalResultsResource,
     ResultsStorageResource,
     S3ResultsResource,

@@ -1,7 +1,7 @@
 """Give the analysis local paths for its inputs, whatever their location.
 
 Local paths are used in place. ``s3://`` objects (or prefixes) are fetched into a per-run cache
-(:class:`~analysis_wrapper.resources.s3_storage.S3InputCache`), reused within the run and removed
+(:class:`~analysis_wrapper.resources.s3_input_cache.S3InputCache`), reused within the run and removed
 after it; every local path there is built by :func:`~analysis_wrapper.safe_paths.contained_path`, so
 no S3 key can place a file outside the cache.
 """
@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis_wrapper.errors import AnalysisWrapperError
+from analysis_wrapper.s3_uri import S3Uri
 from analysis_wrapper.safe_paths import UnsafePathError
 
 if TYPE_CHECKING:
-    from analysis_wrapper.resources.s3_storage import S3InputCache
+    from analysis_wrapper.resources.s3_input_cache import S3InputCache
 
 
 class InputNotFoundError(AnalysisWrapperError, FileNotFoundError):
@@ -32,7 +33,7 @@ def resolve_inputs(locations: Sequence[str], source: str, cache: S3InputCache | 
     """Local paths for ``locations``; ``source`` names the job in errors."""
     paths = []
     for i, location in enumerate(locations):
-        if location.startswith("s3://"):
+        if S3Uri.matches(location):
             if cache is None:
                 raise InputNotFoundError(
                     f"{source}: input [{i}] {location} is on S3 but no S3 client is configured"

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.job_bytes import DEFAULT_MAX_JOB_FILE_BYTES, BadJobFileError, read_job_bytes
+from analysis_wrapper.s3_uri import S3Uri
 from analysis_wrapper.safe_paths import bucket_problem, key_problem
 from analysis_wrapper.strict_json import StrictJSONError, loads_strict
 
@@ -173,9 +174,9 @@ def location_problem(location: str) -> str | None:
     if scheme.lower() == "s3":
         if scheme != "s3" or not rest.startswith("//"):
             return f"{text!r} is not an s3:// URI: write s3://bucket/key"
-        bucket, _, key = rest[2:].partition("/")
-        return bucket_problem(bucket) or (
-            f"S3 key {key!r} {problem}" if (problem := key_problem(key)) else None
+        uri = S3Uri.parse(text)
+        return bucket_problem(uri.bucket) or (
+            f"S3 key {uri.key!r} {problem}" if (problem := key_problem(uri.key)) else None
         )
     if scheme.lower() == "file":
         parsed = urlparse(text)
@@ -227,7 +228,7 @@ def _comparable(location: str) -> str:
     """A location spelt for comparing containment: ``s3://`` as written (no trailing slash),
     ``file://`` URIs as their path, paths normalised (``a/./b`` = ``a/b``)."""
     text = location.strip()
-    if text.startswith("s3://"):
+    if S3Uri.matches(text):
         return text.rstrip("/")
     if text.startswith("file://"):
         text = unquote(urlparse(text).path)
@@ -279,8 +280,8 @@ def load_job_file(path: Path, max_bytes: int = DEFAULT_MAX_JOB_FILE_BYTES) -> Di
 def normalize_location(location: str, base: Path | None = None) -> str:
     """One spelling per location: ``s3://`` URIs stay, ``file://`` URIs and paths become absolute paths."""
     location = location.strip()
-    if location.startswith("s3://"):
-        return location.rstrip("/") if location.count("/") > 3 else location
+    if S3Uri.matches(location):  # a trailing "/" dropped, but never the one after the bucket
+        return location.rstrip("/") if S3Uri.parse(location).key else location
     if location.startswith("file://"):
         parsed = urlparse(location)
         location = unquote(parsed.path)

@@ -36,7 +36,7 @@ from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import AnalysisResult
 from analysis_wrapper.resources.results_storage import result_files
 from analysis_wrapper.resources.runtime import AnalysisRuntime
-from analysis_wrapper.resources.s3_storage import S3InputCache
+from analysis_wrapper.resources.s3_input_cache import S3InputCache
 from analysis_wrapper.result_metadata import figure_from_file, inputs_table, outputs_table
 from analysis_wrapper.scratch import make_scratch, remove_scratch
 from analysis_wrapper.store.base import JobEntry, StoreError

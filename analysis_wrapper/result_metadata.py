@@ -16,6 +16,8 @@ from typing import Any
 
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
+from analysis_wrapper.s3_uri import S3Uri
+
 FIGURE_MAX_BYTES = 4_000_000
 """Larger figures are linked, not embedded: the event log stores every byte of the metadata."""
 
@@ -60,10 +62,10 @@ def figure_from_file(path: Path) -> MetadataValue | None:
 def location_url(location: str) -> str:
     """A link to a results folder (or a file in it): ``file://`` for a local path, the S3 console
     for ``s3://bucket/key``."""
-    if location.startswith("s3://"):
-        bucket, _, key = location[len("s3://") :].partition("/")
-        prefix = urllib.parse.quote(key.rstrip("/") + "/", safe="/")
-        return f"https://s3.console.aws.amazon.com/s3/buckets/{bucket}?prefix={prefix}"
+    if S3Uri.matches(location):
+        uri = S3Uri.parse(location)
+        prefix = urllib.parse.quote(uri.key.rstrip("/") + "/", safe="/")
+        return f"https://s3.console.aws.amazon.com/s3/buckets/{uri.bucket}?prefix={prefix}"
     if location.startswith(("http://", "https://", "file://")):
         return location
     return Path(location).absolute().as_uri()

@@ -7,7 +7,7 @@ from pathlib import Path
 from dagster import EnvVar
 
 from analysis_wrapper.definitions import build_definitions, build_resources
-from analysis_wrapper.resources.results_location import LocalResultsResource
+from analysis_wrapper.resources.results_resources import LocalResultsResource
 from analysis_wrapper.resources.s3_storage import S3ResultsStorage
 from analysis_wrapper.settings import Settings
 

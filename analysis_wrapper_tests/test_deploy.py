@@ -42,7 +42,7 @@ from packaging.specifiers import SpecifierSet
 
 from analysis_wrapper.definitions import results_storage_resource, store_resource
 from analysis_wrapper.resources.record_store import _open_store
-from analysis_wrapper.resources.results_location import S3ResultsResource
+from analysis_wrapper.resources.results_resources import S3ResultsResource
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.tags import ANALYSIS_TAG
 from analysis_wrapper_tests.tls_files import CA_NAME, make_ca

@@ -18,8 +18,8 @@ from analysis_wrapper.inbox import (
     S3Inbox,
     is_job_file_name,
     open_inbox,
-    split_inbox_uri,
 )
+from analysis_wrapper.s3_uri import S3Uri
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 
 
@@ -27,6 +27,11 @@ def test_job_file_names() -> None:
     assert is_job_file_name("0b6d.json")
     assert not is_job_file_name(".0b6d.json")  # a dispatcher's temporary name
     assert not is_job_file_name("0b6d.json.tmp") and not is_job_file_name("notes.txt")
+
+
+def split_inbox_uri(uri: str) -> tuple[str, str]:
+    inbox = S3Uri.from_setting(uri, "DISPATCH_INBOX")
+    return inbox.bucket, inbox.key
 
 
 def test_split_inbox_uri_and_open() -> None:

@@ -142,7 +142,7 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
     from analysis_wrapper.dispatching.record import dispatch_materialization
     from analysis_wrapper.dispatching.saved import SavedQueryError
     from analysis_wrapper.dispatching.settings import DispatchSettingsError
-    from analysis_wrapper.resources.s3_storage import cached_client
+    from analysis_wrapper.resources.s3_client import cached_client
 
     try:
         name, settings = settings_from_args(args)

@@ -40,7 +40,7 @@ from analysis_wrapper.dispatching.record import dispatch_asset_spec, dispatch_ma
 from analysis_wrapper.dispatching.saved import SavedQuery, load_saved_queries
 from analysis_wrapper.dispatching.settings import DispatchSettings, DispatchSettingsError
 from analysis_wrapper.resources.record_store import StoreResource
-from analysis_wrapper.resources.s3_storage import cached_client
+from analysis_wrapper.resources.s3_client import cached_client
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.store.base import StoreError
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.job_file import normalize_location
+from analysis_wrapper.s3_uri import S3Uri
 
 LIST_THREADS = 8
 
@@ -23,24 +24,20 @@ class FileSearchError(AnalysisWrapperError, RuntimeError):
     """An asset location that cannot be listed; the message names it."""
 
 
-def _split(uri: str) -> tuple[str, str]:
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    return bucket, prefix.strip("/")
-
-
 def find_files(location: str, extension: str, s3_client: Callable[[], Any] | None) -> list[str]:
     """The files under ``location`` whose names end in ``extension``, sorted."""
-    if location.startswith("s3://"):
+    if S3Uri.matches(location):
         if s3_client is None:
             raise FileSearchError(f"{location}: an S3 location, but no S3 client was given")
-        bucket, prefix = _split(location)
+        folder = S3Uri.parse(location)
+        bucket, prefix = folder.bucket, folder.prefix
         client = s3_client()
         paginator = client.get_paginator("list_objects_v2")
         found: list[str] = []
         try:
             for page in paginator.paginate(Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
                 found.extend(
-                    f"s3://{bucket}/{item['Key']}"
+                    str(S3Uri(bucket, item["Key"]))
                     for item in page.get("Contents", [])
                     if item["Key"].endswith(extension) and not item["Key"].endswith("/")
                 )

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis_wrapper.job_file import AnalysisJob
+from analysis_wrapper.s3_uri import S3Uri
 
 NAMESPACE = uuid.UUID("6f1d2a8e-4b51-4c43-9a3e-2f8d6a1c0b7e")
 
@@ -35,19 +36,20 @@ def write_job_files(
 ) -> list[str]:
     """Write ``jobs`` under ``target`` (a folder, or ``s3://bucket/prefix``); the URIs written."""
     written = []
-    if target.startswith("s3://"):
+    if S3Uri.matches(target):
         if s3_client is None:
             raise ValueError(f"output_directory {target}: an S3 prefix, but no S3 client was given")
-        bucket, _, prefix = target.removeprefix("s3://").partition("/")
+        folder = S3Uri.parse(target)
         client = s3_client()
         for offset, job in enumerate(jobs):
-            key = "/".join(
-                p for p in (prefix.strip("/"), job_file_name(job, first_index + offset, tasks_per_job)) if p
-            )
+            uri = folder.join(job_file_name(job, first_index + offset, tasks_per_job))
             client.put_object(
-                Bucket=bucket, Key=key, Body=job_text(job).encode("utf-8"), ContentType="application/json"
+                Bucket=uri.bucket,
+                Key=uri.key,
+                Body=job_text(job).encode("utf-8"),
+                ContentType="application/json",
             )
-            written.append(f"s3://{bucket}/{key}")
+            written.append(str(uri))
         return written
     root = Path(target).expanduser()
     for offset, job in enumerate(jobs):

@@ -33,7 +33,7 @@ from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.job_file import AnalysisJob
 from analysis_wrapper.ownership import Claim, release
 from analysis_wrapper.resources.record_store import StoreResource
-from analysis_wrapper.resources.results_location import ResultsStorageResource
+from analysis_wrapper.resources.results_resources import ResultsStorageResource
 from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, ResultsStorage
 from analysis_wrapper.result_metadata import location_link, record_metadata
 from analysis_wrapper.scratch import remove_scratch

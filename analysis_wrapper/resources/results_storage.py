@@ -1,5 +1,5 @@
 """Where result folders live: ``<root>/<fingerprint>/``, on a local disk or (see ``s3_storage``) in S3;
-``results_location`` holds the Dagster resources that pick one.
+``results_resources`` holds the Dagster resources that pick one.
 
 A storage writes one result folder in a fixed order: the analysis's files, then ``outputs.json``,
 then ``metadata.nd.json``. The IO manager writes the record to the record store only after

@@ -11,7 +11,7 @@ from pydantic import Field
 
 import analysis_wrapper
 from analysis_wrapper.provenance import CodeState, code_state, default_experimenters
-from analysis_wrapper.resources.s3_storage import cached_client
+from analysis_wrapper.resources.s3_client import cached_client
 
 
 class AnalysisRuntime(ConfigurableResource):  # type: ignore[misc]

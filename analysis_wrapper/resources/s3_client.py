@@ -1,5 +1,5 @@
-"""The S3 client every part uses (results, S3 inputs, the S3 inbox): bounded waits, and what a server
-that stops answering means.
+"""The S3 client every part uses (results, S3 inputs, the S3 inbox): bounded waits, one client per
+configuration and process, and what a server that stops answering means.
 
 dagster-aws's ``S3Resource`` sets only ``max_attempts`` (default 5) and leaves botocore's timeouts at
 60 s: against an endpoint that accepts connections but never answers (a frozen server, a stalled
@@ -16,6 +16,7 @@ credentials (the endpoint URL is shown with any user information removed).
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -87,6 +88,24 @@ class BoundedS3Resource(S3Resource):
             aws_session_token=self.aws_session_token,
             config=self.botocore_config(),
         )
+
+
+_clients: dict[str, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def cached_client(resource: S3Resource) -> Any:
+    """One boto3 S3 client per resource configuration and process.
+
+    Building a client reads botocore's service models from disk (about 0.2 s); doing that once per run
+    would double the cost of a small job. boto3 clients are thread-safe, so sharing one is fine.
+    """
+    key = resource.model_dump_json()
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            client = _clients[key] = resource.get_client()
+        return client
 
 
 class S3EndpointError(ResultsStorageError):

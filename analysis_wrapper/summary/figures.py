@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from analysis_wrapper.resources.results_location import storage_for_location
+from analysis_wrapper.resources.results_resources import storage_for_location
 
 UnitsReader = Callable[[dict[str, Any], Any], pd.DataFrame]
 """(record, s3 client) -> per-unit rows of that job (with its ``partition_key``)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from analysis_wrapper.resources.results_location import storage_for_location
+from analysis_wrapper.resources.results_resources import storage_for_location
 from analysis_wrapper.resources.results_storage import (
     OUTPUTS_FILE,
     RECORD_FILE,

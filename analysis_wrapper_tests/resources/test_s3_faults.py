@@ -19,7 +19,8 @@ from analysis_wrapper.definitions import build_resources
 from analysis_wrapper.factory import RESULTS_IO_MANAGER_KEY
 from analysis_wrapper.inbox import open_inbox
 from analysis_wrapper.resources.s3_client import BoundedS3Resource, S3EndpointError
-from analysis_wrapper.resources.s3_storage import MB, S3InputCache, S3ResultsStorage
+from analysis_wrapper.resources.s3_input_cache import S3InputCache
+from analysis_wrapper.resources.s3_storage import MB, S3ResultsStorage
 from analysis_wrapper.settings import Settings
 from analysis_wrapper_tests.s3_servers import S3Endpoint, S3Process
 

@@ -15,7 +15,9 @@ from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
 from analysis_wrapper.resources.results_storage import LocalResultsStorage, ResultsStorage
-from analysis_wrapper.resources.s3_storage import S3ResultsStorage, cached_client, split_bucket
+from analysis_wrapper.resources.s3_client import cached_client
+from analysis_wrapper.resources.s3_storage import S3ResultsStorage
+from analysis_wrapper.s3_uri import S3Uri
 
 
 def storage_for_location(location: str, s3_client: Any = None) -> tuple[ResultsStorage, str]:
@@ -24,9 +26,10 @@ def storage_for_location(location: str, s3_client: Any = None) -> tuple[ResultsS
     Pass the configured ``s3_client`` (endpoint, credentials) for ``s3://`` locations; without it a
     default boto3 client is made, which only knows what the environment says.
     """
-    if location.startswith("s3://"):
-        bucket_and_prefix, _, name = location[len("s3://") :].rstrip("/").rpartition("/")
-        return S3ResultsStorage.from_bucket_setting(bucket_and_prefix, client=s3_client), name
+    if S3Uri.matches(location):
+        folder = S3Uri.parse(location.rstrip("/"))
+        prefix, _, name = folder.key.rpartition("/")
+        return S3ResultsStorage.from_bucket_setting(f"{folder.bucket}/{prefix}", client=s3_client), name
     path = Path(location)
     return LocalResultsStorage(path.parent), path.name
 
@@ -51,7 +54,7 @@ class ResultsStorageResource(ConfigurableResource):  # type: ignore[misc]
 
     def at_location(self, location: str) -> tuple[ResultsStorage, str]:
         """The storage of a recorded ``location`` and its folder name (read back with this S3 client)."""
-        return storage_for_location(location, self.s3_client() if location.startswith("s3://") else None)
+        return storage_for_location(location, self.s3_client() if S3Uri.matches(location) else None)
 
 
 class LocalResultsResource(ResultsStorageResource):
@@ -71,6 +74,5 @@ class S3ResultsResource(ResultsStorageResource):
 
     def results(self) -> ResultsStorage:
         if self._storage is None:
-            bucket, prefix = split_bucket(self.bucket)
-            self._storage = S3ResultsStorage(self.s3_client(), bucket, prefix)
+            self._storage = S3ResultsStorage.from_bucket_setting(self.bucket, self.s3_client())
         return self._storage
