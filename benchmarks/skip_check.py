@@ -53,7 +53,7 @@ store's ``query_count``, which includes the connection setup), and clients opene
 check (the process's one store connection is reported as 1), one per job on the capsule's way.
 
 **The way before, on MongoDB**: ours with ``existing_fingerprints`` sending 10,000 ids per ``$in``
-(``analysis_wrapper.store.mongo.ID_CHUNK``, patched for the call; the package now sends 100). SecantusDB
+(``store.mongo.connection.ID_CHUNK``, patched for the call; the package now sends 100). SecantusDB
 0.7.0b3 looks ``{_id: {$in: [...]}}`` up by ``_id``, then checks every document found against the
 ``$in`` list candidate by candidate (``secantus/query.py``: ``any(... for candidate in arg)``), so a query
 of k ids of which half are recorded costs about k²/4 comparisons in Python: 10,000 ids take tens of
@@ -392,11 +392,11 @@ def _fill_mongo(uri: str, store: Any, n: int) -> float:
 def _chunked(store: Any, chunk: int) -> Way:
     """Ours with ``existing_fingerprints`` sending ``chunk`` ids per ``$in`` (``ID_CHUNK`` patched for the
     call) instead of what the package ships: the way before, for comparison."""
-    import analysis_wrapper.store.mongo as mongo_module
+    import analysis_wrapper.store.mongo.connection as mongo_connection
 
     def way(fps: list[str], tally: Tally) -> int:
         before = store.query_count
-        with mock.patch.object(mongo_module, "ID_CHUNK", chunk):
+        with mock.patch.object(mongo_connection, "ID_CHUNK", chunk):
             found = len(store.existing_fingerprints(ANALYSIS, fps))
         tally.lookups += store.query_count - before
         tally.statements += store.query_count - before
@@ -431,7 +431,7 @@ def _measure_mongo(
 
 def run_mongo(options: RunOptions) -> list[Entry]:
     """The skip check on a real MongoDB wire-protocol server: SecantusDB on 127.0.0.1 (TCP round trips)."""
-    from analysis_wrapper.store.mongo import ID_CHUNK
+    from analysis_wrapper.store.mongo.connection import ID_CHUNK
 
     n = options.sizes.mongo_fingerprints
     checked = _checked(n)

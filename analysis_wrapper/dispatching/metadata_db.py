@@ -1,7 +1,7 @@
 """The metadata collection the dispatcher queries (``METADATA_DOCDB_URI`` / ``_DATABASE`` / ``_COLLECTION``).
 
 The same settings :mod:`analysis_wrapper.input_metadata` reads (the URI defaults to ``DOCDB_URI``),
-and the same connection code as the store (:class:`~analysis_wrapper.store.mongo_connection.MongoConnection`):
+and the same connection code as the store (:class:`~analysis_wrapper.store.mongo.connection.MongoConnection`):
 DocumentDB-ready options, and every failure raised as a ``StoreError`` naming host and database,
 never the password.
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.settings import Settings
-from analysis_wrapper.store.mongo_connection import MongoConnection
+from analysis_wrapper.store.mongo.connection import MongoConnection
 
 
 class MetadataDatabaseNotConfigured(AnalysisWrapperError, RuntimeError):

@@ -200,9 +200,19 @@ class JobRegistry(abc.ABC):
         """Apply ``change`` to each of the jobs that ``match`` right now, atomically per job (one
         conditional statement per chunk of keys); how many changed."""
 
+    @abc.abstractmethod
     def update_each(self, analysis: str, updates: Sequence[tuple[str, JobMatch, JobChange]]) -> int:
-        """Several conditional updates, each with its own match and change; how many changed."""
-        return sum(self.update_jobs(analysis, [key], match, change) for key, match, change in updates)
+        """Several conditional updates, each with its own match and change, batched; how many changed."""
+
+
+@dataclass(frozen=True)
+class RecordQuery:
+    """What :meth:`RecordStore.find_records` asks for, in the backend's query language."""
+
+    analysis: str | None
+    parameters: Mapping[str, Any]
+    code_version: str | None
+    include_superseded: bool
 
 
 class RecordStore(abc.ABC):
@@ -214,21 +224,33 @@ class RecordStore(abc.ABC):
     def existing_fingerprints(self, analysis: str, fingerprints: Iterable[str]) -> set[str]:
         """Which of ``fingerprints`` have a record; one query per (large) batch."""
 
-    @abc.abstractmethod
     def insert_record(self, analysis: str, record: Mapping[str, Any]) -> None:
         """Insert ``record`` under ``record['_id']``; :class:`RecordExistsError` if present."""
+        if "_id" not in record:
+            raise ValueError("a record needs an '_id' (its fingerprint)")
+        self._insert_record(analysis, str(record["_id"]), dict(record))
 
-    @abc.abstractmethod
     def supersede_record(self, analysis: str, fingerprint: str, kept: Mapping[str, Any]) -> None:
         """Under ``force``: store ``kept`` (the old record, with its own ``_id`` and
         ``analysis_wrapper.superseded_by``) and remove the record under ``fingerprint`` so the
-        successor can be inserted. The old record is never lost."""
+        successor can be inserted. The old record is never lost: the copy is written first."""
+        kept_id = str(kept["_id"])
+        if kept_id == fingerprint:
+            raise ValueError("the superseded record needs an '_id' other than the fingerprint")
+        self._supersede_record(analysis, fingerprint, kept_id, dict(kept))
+
+    @abc.abstractmethod
+    def _insert_record(self, analysis: str, fingerprint: str, record: dict[str, Any]) -> None:
+        """``insert_record`` once the record has its fingerprint."""
+
+    @abc.abstractmethod
+    def _supersede_record(self, analysis: str, fingerprint: str, kept_id: str, kept: dict[str, Any]) -> None:
+        """``supersede_record`` once ``kept`` has an ``_id`` of its own."""
 
     @abc.abstractmethod
     def get_record(self, analysis: str, fingerprint: str) -> dict[str, Any] | None:
         """The record with this fingerprint, or None."""
 
-    @abc.abstractmethod
     def find_records(
         self,
         analysis: str | None = None,
@@ -244,6 +266,13 @@ class RecordStore(abc.ABC):
         ``parameters`` keeps records whose ``processing.data_processes[0].code.parameters`` hold
         these exact values; ``code_version`` those of that analysis version. Records replaced under
         ``force`` are left out unless ``include_superseded``. Filters run in the database."""
+        return self._find_records(
+            RecordQuery(analysis, dict(parameters or {}), code_version, include_superseded)
+        )
+
+    @abc.abstractmethod
+    def _find_records(self, query: RecordQuery) -> list[dict[str, Any]]:
+        """``find_records`` in the backend's query language."""
 
 
 class LeaseStore(abc.ABC):

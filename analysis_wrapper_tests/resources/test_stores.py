@@ -9,7 +9,6 @@ import datetime as dt
 import multiprocessing
 import sqlite3
 import threading
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,61 +29,12 @@ from analysis_wrapper.store.base import (
     StoreError,
 )
 from analysis_wrapper.store.mongo import MongoStore
-from analysis_wrapper.store.mongo_connection import ID_CHUNK, uri_hosts
-from analysis_wrapper.store.sqlite import SCHEMA_VERSION, SqliteStore
+from analysis_wrapper.store.mongo.connection import ID_CHUNK, uri_hosts
+from analysis_wrapper.store.sqlite import SqliteStore
+from analysis_wrapper.store.sqlite.connection import SCHEMA_VERSION
 from analysis_wrapper_tests.job_states import register_entries, set_state, set_states
 from analysis_wrapper_tests.mongo_server import MongoServer, fresh_database_name
-
-T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
-
-
-# ---- helpers ------------------------------------------------------------------------------------
-def entry(key: str, fp: str, analysis: str = "demo", **changes: Any) -> JobEntry:
-    fields: dict[str, Any] = {
-        "job": {"inputs": [f"s3://bucket/{key}"], "parameters": {"fp": fp}},
-        "source": f"inbox/{key}.json",
-        **changes,
-    }
-    return JobEntry(analysis=analysis, partition_key=key, fingerprint=fp, **fields)
-
-
-def record(fp: str, analysis: str = "demo", minute: int = 0, **extra: Any) -> dict[str, Any]:
-    return {
-        "_id": fp,
-        "name": fp,
-        "location": f"/results/{fp}",
-        "created": (T0 + dt.timedelta(minutes=minute)).isoformat(),
-        "processing": {"data_processes": [{"code": {"name": analysis, "version": "1.0"}}]},
-        "analysis_wrapper": {"analysis": analysis, "fingerprint": fp},
-        **extra,
-    }
-
-
-def fresh_analysis() -> str:
-    return f"a{uuid.uuid4().hex[:10]}"
-
-
-# ---- the backends -------------------------------------------------------------------------------
-@pytest.fixture(params=["sqlite", "mongodb"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    backend = request.param
-    made: Store
-    database = f"aw_test_{uuid.uuid4().hex[:12]}"
-    if backend == "sqlite":
-        made = SqliteStore(tmp_path / "nested" / "folders" / "records.sqlite")
-    else:
-        server: MongoServer = request.getfixturevalue("mongo_server")
-        made = MongoStore(server.uri, database=database, server_selection_timeout_ms=5000)
-    try:
-        yield made
-    finally:
-        made.close()
-        if backend == "mongodb":
-            client: Any = pymongo.MongoClient(server.uri, serverSelectionTimeoutMS=5000)
-            try:
-                client.drop_database(database)
-            finally:
-                client.close()
+from analysis_wrapper_tests.store_rows import T0, entry, fresh_analysis, record
 
 
 # ---- job registry -------------------------------------------------------------------------------

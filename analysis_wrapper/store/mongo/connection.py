@@ -1,4 +1,5 @@
-"""The connection to MongoDB / AWS DocumentDB behind :class:`~analysis_wrapper.store.mongo.MongoStore`.
+"""The connection to MongoDB / AWS DocumentDB behind :class:`~analysis_wrapper.store.mongo.MongoStore`
+(and the dispatcher's metadata database).
 
 * A lazy pymongo client, DocumentDB-ready: ``retryWrites=False`` (DocumentDB has no retryable writes),
   optional TLS with a CA file, a server selection timeout.
@@ -10,7 +11,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +28,8 @@ from pymongo.errors import (
 )
 
 from analysis_wrapper.settings import redact_uri
-from analysis_wrapper.store.base import StoreError, utcnow
+from analysis_wrapper.store.base import StoreError
+from analysis_wrapper.store.fields import chunks
 
 log = logging.getLogger(__name__)
 
@@ -50,34 +51,6 @@ T = TypeVar("T")
 # Indexes already ensured in this process for clients made from a URI: (uri, database, collection).
 _ENSURED_INDEXES: set[tuple[str, str, str]] = set()
 _ENSURED_LOCK = threading.Lock()
-
-
-def chunks(items: Sequence[T], size: int) -> list[Sequence[T]]:
-    return [items[start : start + size] for start in range(0, len(items), size)]
-
-
-def as_utc(value: Any) -> dt.datetime:
-    """BSON datetimes come back naive (UTC, millisecond precision); strings are ISO-8601."""
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if not isinstance(value, dt.datetime):
-        return utcnow()
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value
-
-
-def bson_time(value: dt.datetime) -> dt.datetime:
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.UTC)
-    return value.astimezone(dt.UTC)
-
-
-def record_sort_key(record: Mapping[str, Any]) -> tuple[str, str]:
-    created = record.get("created")
-    if isinstance(created, dt.datetime):
-        text = bson_time(created).isoformat(timespec="microseconds")
-    else:
-        text = "" if created is None else str(created)
-    return (text, str(record.get("_id")))
 
 
 def _userinfo_and_hosts(uri: str) -> tuple[str, str]:
@@ -212,7 +185,14 @@ class MongoConnection:
     def _find_ids(
         self, action: str, collection: Any, ids: Sequence[str], projection: Mapping[str, Any] | None
     ) -> list[dict[str, Any]]:
-        return self._find(action, collection, {"_id": {"$in": list(ids)}}, projection, batch_size=len(ids))
+        """The documents with these ``ids``: one ``$in`` lookup per :data:`ID_CHUNK` of them."""
+        return [
+            doc
+            for chunk in chunks(ids, ID_CHUNK)
+            for doc in self._find(
+                action, collection, {"_id": {"$in": list(chunk)}}, projection, batch_size=len(chunk)
+            )
+        ]
 
     def _find_one(self, action: str, collection: Any, doc_id: str) -> dict[str, Any] | None:
         doc = self._run(action, lambda: collection.find_one({"_id": doc_id}))
