@@ -4,7 +4,7 @@ A Dagster run costs about a second of its own (run record, event log, launching 
 imports the code), whatever the job. For small jobs that is most of the work, so the inbox sensor
 (``SENSOR_BATCH_SIZE``) and ``analysis-wrapper run`` (``--batch-size``) put several partitions into
 one run of ``<analysis>_batch_job``. Each partition goes through exactly the steps of the result
-asset (:func:`~analysis_wrapper.partition_run.compute_partition`, then the results IO manager), and
+asset (:meth:`~analysis_wrapper.commit.CommitService.run_partition`), and
 the run reports one ``AssetMaterialization`` per partition of ``<analysis>_result``, so the asset's
 partitions, their metadata and their data versions look the same in the UI either way.
 
@@ -40,13 +40,13 @@ from dagster import (
 from pydantic import Field
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.checks import evaluate_checks
-from analysis_wrapper.ownership import end_heartbeat, heartbeat
-from analysis_wrapper.partition_run import PartitionContext, compute_partition
+from analysis_wrapper.commit import CommitService, PartitionOutcome, failure_text
+from analysis_wrapper.ownership import heartbeat_held
+from analysis_wrapper.partition_run import RunPlace
 from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
-from analysis_wrapper.tags import ANALYSIS_TAG, CODE_VERSION_TAG, DATA_VERSION_TAG
+from analysis_wrapper.tags import ANALYSIS_TAG
 
 MAX_ERRORS_SHOWN = 10
 
@@ -57,33 +57,6 @@ class BatchConfig(Config):
     partition_keys: list[str] = Field(description="Partitions of the result asset to run, in order")
     force: bool = Field(False, description="Run even partitions whose fingerprint is recorded")
     dry_run: bool | None = Field(None, description="Post nothing; unset: the DRY_RUN setting")
-
-
-def failure_text(exc: Exception) -> str:
-    return str(exc.description) if isinstance(exc, Failure) else f"{type(exc).__name__}: {exc}"
-
-
-def failure_metadata(exc: Exception, run_id: str) -> dict[str, Any]:
-    """What a failed partition's observation says: the reason and the run whose log has the rest."""
-    message = failure_text(exc)
-    return {
-        "status": f"failed: {message.splitlines()[0] if message else type(exc).__name__}",
-        "reason": MetadataValue.md(f"```\n{message}\n```") if "\n" in message else message,
-        "run_id": run_id,
-    }
-
-
-def mark_failed(store: StoreResource, analysis: str, key: str, run_id: str, exc: Exception) -> None:
-    """Make sure a partition that failed in this batch is ``failed`` with an attempt counted.
-
-    A job this run started was failed where it failed (the analysis, the commit); one refused before
-    it started (bad parameters, no git state) is refused here, as one attempt. A one-partition run
-    leaves that to the run-events sensor (its run carries its attempt); a batch cannot.
-    """
-    entry = store.get_store().get_job(analysis, key)
-    if entry is None or entry.run_id == run_id:
-        return  # gone, or marked by this run already
-    store.lifecycle().refused(entry, run_id, failure_text(exc))
 
 
 def outcome_table(outcomes: dict[str, str]) -> MetadataValue:
@@ -137,60 +110,34 @@ def build_batch_job(
         runtime: AnalysisRuntime,
         results_io_manager: ResourceParam[ResultsIOManager],
     ) -> Iterator[AssetMaterialization | AssetObservation | AssetCheckEvaluation]:
-        heartbeat(store.get_store(), context.run_id, store.lease_ttl_s)
-        try:
-            yield from _run_partitions(context, config, store, runtime, results_io_manager)
-        finally:
-            end_heartbeat(context.run_id)
-
-    def _run_partitions(
-        context: OpExecutionContext,
-        config: BatchConfig,
-        store: StoreResource,
-        runtime: AnalysisRuntime,
-        results_io_manager: ResultsIOManager,
-    ) -> Iterator[AssetMaterialization | AssetObservation | AssetCheckEvaluation]:
         keys = list(dict.fromkeys(config.partition_keys))
         partition_config = config_class(force=config.force, dry_run=config.dry_run)
-        where = PartitionContext(context.run_id, asset_key.to_user_string(), context.log)
+        place = RunPlace(context.run_id, asset_key.to_user_string(), run_script)
         # One run, one code state: git is asked once (three subprocesses), not once per partition.
-        code_state = functools.cache(runtime.code_state)
-        failures: list[str] = []
-        outcomes: dict[str, str] = {}  # per partition, what happened: the run's page lists them
-        for number, key in enumerate(keys, start=1):
-            try:
-                outcome = compute_partition(
-                    analysis, key, partition_config, store, runtime, where, run_script, code_state
-                )
-                stored = results_io_manager.store_result(outcome.result, context.run_id, context.log)
-            except Exception as exc:  # this partition failed (and is marked so); the batch goes on
-                mark_failed(store, analysis.name, key, context.run_id, exc)
-                message = failure_text(exc)
-                context.log.error(f"{analysis.name} partition {key} ({number}/{len(keys)}) failed: {message}")
-                failures.append(f"{key}: {message.splitlines()[0] if message else type(exc).__name__}")
-                outcomes[key] = f"failed: {failures[-1].removeprefix(f'{key}: ')}"
-                yield AssetObservation(
-                    asset_key=asset_key, partition=key, metadata=failure_metadata(exc, context.run_id)
-                )
-                continue
-            outcomes[key] = str(stored.get("status") or "done")
-            fingerprint = outcome.result.job.fingerprint
-            if outcome.result.skipped or outcome.result.dry_run:  # no new result: see factory.compute
-                yield AssetObservation(
-                    asset_key=asset_key, partition=key, metadata={**outcome.metadata, **stored}
-                )
-                continue
-            yield AssetMaterialization(
-                asset_key=asset_key,
-                partition=key,
-                metadata={**outcome.metadata, **stored},
-                tags={DATA_VERSION_TAG: fingerprint, CODE_VERSION_TAG: analysis.version},
-            )
-            for checked in evaluate_checks(analysis, fingerprint, store, results_io_manager.results):
-                yield checked.evaluation(asset_key, key)
+        service = CommitService.from_resources(
+            analysis,
+            store,
+            results_io_manager.results,
+            runtime,
+            place,
+            context.log,
+            code_state=functools.cache(runtime.code_state),
+            counts_refusals=True,
+        )
+        outcomes: dict[str, PartitionOutcome] = {}  # per partition, what happened: the run's page lists them
+        with heartbeat_held(service.store, context.run_id, store.lease_ttl_s):
+            for number, key in enumerate(keys, start=1):
+                outcome = outcomes[key] = service.run_partition(key, partition_config)
+                if outcome.error is not None:
+                    context.log.error(
+                        f"{analysis.name} partition {key} ({number}/{len(keys)}) failed: "
+                        f"{failure_text(outcome.error)}"
+                    )
+                yield from outcome.events(asset_key, analysis.version)
+        failures = [f"{key}: {o.status.removeprefix('failed: ')}" for key, o in outcomes.items() if o.error]
         context.log.info(
             f"{analysis.name} batch: {len(keys) - len(failures)} of {len(keys)} partition(s) ok:\n"
-            + "\n".join(f"  {key}: {outcome}" for key, outcome in outcomes.items())
+            + "\n".join(f"  {key}: {outcome.status}" for key, outcome in outcomes.items())
         )
         if failures:
             shown = "; ".join(failures[:MAX_ERRORS_SHOWN])
@@ -201,7 +148,7 @@ def build_batch_job(
                 f"{len(failures)} of {len(keys)} partition(s) of {analysis.name} failed: {shown}{more}. "
                 "They are marked failed in the job registry; the inbox sensor retries them, or run "
                 "`analysis-wrapper retry`.",
-                metadata={"partitions": outcome_table(outcomes)},
+                metadata={"partitions": outcome_table({k: o.status for k, o in outcomes.items()})},
             )
 
     @job(

@@ -32,10 +32,10 @@ from dagster import (
 from pydantic import ValidationError
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_resources import ResultsStorageResource
 from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, RECORD_FILE
 from analysis_wrapper.result_metadata import location_link
+from analysis_wrapper.store.base import Store
 
 FOLDER_COMPLETE = "folder_complete"
 RECORD_IN_STORE = "record_in_store"
@@ -94,12 +94,12 @@ def _specs(asset_key: AssetKey, partitions: PartitionsDefinition) -> list[AssetC
 
 
 def evaluate_checks(
-    analysis: Analysis[Any, Any], fingerprint: str, store: StoreResource, results: ResultsStorageResource
+    analysis: Analysis[Any, Any], fingerprint: str, store: Store, results: ResultsStorageResource
 ) -> list[CheckOutcome]:
     """The three checks of the result recorded under ``fingerprint`` (one record read, one listing of
     the folder, two small files read)."""
     try:
-        record = store.get_store().get_record(analysis.name, fingerprint)
+        record = store.get_record(analysis.name, fingerprint)
     except Exception as exc:
         reason = f"cannot read the record store: {type(exc).__name__}: {exc}"
         return [CheckOutcome(name, False, reason) for name in CHECK_NAMES]

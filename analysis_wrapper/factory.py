@@ -6,13 +6,12 @@ Each registered :class:`~analysis_wrapper.analysis.Analysis` gets
 * ``<Name>Config``: run config mirrored from its ``Params`` (optional overrides, ``dry_run``, ``force``);
 * ``<name>_result``: the result asset; it loads its job from the registry by partition key (so UI
   materializations and backfills need no config), skips fingerprints already recorded, runs the
-  analysis into a scratch folder and hands the result to the results IO manager;
+  analysis and commits its result through :mod:`analysis_wrapper.commit`;
 * ``<name>_job``: an asset job over that asset, one partition per run;
 * ``<name>_batch_job``: several partitions per run (see :mod:`analysis_wrapper.batch`).
 """
 
 import inspect
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,12 +23,11 @@ from dagster import (
     AssetObservation,
     AssetOut,
     AssetsDefinition,
-    BetaWarning,
     Config,
     DataVersion,
     DynamicPartitionsDefinition,
     JobDefinition,
-    Output,
+    MaterializeResult,
     ResourceParam,
     define_asset_job,
     in_process_executor,
@@ -37,22 +35,19 @@ from dagster import (
 )
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.batch import build_batch_job, failure_metadata
-from analysis_wrapper.checks import check_specs, evaluate_checks
+from analysis_wrapper.batch import build_batch_job
+from analysis_wrapper.checks import check_specs
+from analysis_wrapper.commit import CommitService
 from analysis_wrapper.config import build_config_class
-from analysis_wrapper.ownership import end_heartbeat, heartbeat
-from analysis_wrapper.partition_run import PartitionContext, compute_partition, load_job
+from analysis_wrapper.ownership import heartbeat_held
+from analysis_wrapper.partition_run import RunPlace
 from analysis_wrapper.resources.record_store import StoreResource
-from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, AnalysisResult, ResultsIOManager
+from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.summary.asset import build_summary_asset
 from analysis_wrapper.tags import ANALYSIS_TAG, FINGERPRINT_TAG
 
 __all__ = ["ANALYSIS_TAG", "FINGERPRINT_TAG", "AnalysisDefinitions", "build_analysis_definitions"]
-
-# `Output(data_version=...)` is marked beta in Dagster 1.13; we rely on it knowingly (data version =
-# fingerprint), so its warning would only be noise in every run log.
-warnings.filterwarnings("ignore", message=r".*`data_version`.*", category=BetaWarning)
 
 RESULTS_IO_MANAGER_KEY = "results_io_manager"
 RESULT_OUTPUT = "result"
@@ -86,66 +81,40 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         store: StoreResource,
         runtime: AnalysisRuntime,
         results_io_manager: ResourceParam[ResultsIOManager],
-    ) -> Iterator[Output[AnalysisResult] | AssetObservation | AssetCheckResult]:
-        run_id = context.run.run_id
+    ) -> Iterator[MaterializeResult | AssetObservation | AssetCheckResult]:
         key = context.partition_key
         selected = {check.name for check in context.selected_asset_check_keys}
-        # The run's heartbeat, until the step ends: a started run without one, silent, is taken for dead.
-        heartbeat(store.get_store(), run_id, store.lease_ttl_s)
-        try:
-            if RESULT_OUTPUT not in context.selected_output_names:
-                # Only checks selected (the UI's "Execute" on a check): check the stored result, run nothing.
-                _entry, job = load_job(analysis, store, key, config, context.log)
-                for checked in evaluate_checks(analysis, job.fingerprint, store, results_io_manager.results):
-                    if checked.name in selected:
-                        yield checked.result()
-                return
-            where = PartitionContext(run_id, asset_key.to_user_string(), context.log)
-            yield from computed(context, key, config, store, runtime, results_io_manager, where, selected)
-        finally:
-            end_heartbeat(run_id)
-
-    def computed(
-        context: AssetExecutionContext,
-        key: str,
-        config: Any,
-        store: StoreResource,
-        runtime: AnalysisRuntime,
-        results_io_manager: ResultsIOManager,
-        where: PartitionContext,
-        selected: set[str],
-    ) -> Iterator[Output[AnalysisResult] | AssetObservation | AssetCheckResult]:
-        """One partition's work and what the step reports of it (inside the run's heartbeat)."""
-        run_id = where.run_id
-        try:
-            outcome = compute_partition(analysis, key, config, store, runtime, where, run_script)
-        except Exception as exc:
-            # The reason on the partition's own history (its page says only that the run failed).
-            yield AssetObservation(asset_key=asset_key, partition=key, metadata=failure_metadata(exc, run_id))
-            raise
-        result = outcome.result
-        if result.skipped or result.dry_run:
-            # No materialization: a skip or a dry run is no new result, so the partition keeps showing
-            # its recorded one. An observation says what this run did (and where a dry run wrote).
-            stored = results_io_manager.store_result(result, run_id, context.log)
-            yield AssetObservation(
-                asset_key=asset_key, partition=key, metadata={**outcome.metadata, **stored}
-            )
-            return
-        yield Output(
-            result,
-            output_name=RESULT_OUTPUT,
-            data_version=DataVersion(result.job.fingerprint),
-            metadata=outcome.metadata,
+        place = RunPlace(context.run.run_id, asset_key.to_user_string(), run_script)
+        service = CommitService.from_resources(
+            analysis, store, results_io_manager.results, runtime, place, context.log
         )
-        # The IO manager committed the result when the Output was handed on: check what it stored.
-        for checked in evaluate_checks(analysis, result.job.fingerprint, store, results_io_manager.results):
-            if checked.name in selected:
-                yield checked.result()
+        # The run's heartbeat, until the step ends: a started run without one, silent, is taken for dead.
+        with heartbeat_held(service.store, place.run_id, store.lease_ttl_s):
+            if asset_key not in context.selected_asset_keys:
+                # Only checks selected (the UI's "Execute" on a check): check the stored result, run nothing.
+                checks = service.check_partition(key, config)
+            else:
+                outcome = service.run_partition(key, config)
+                if not outcome.materialized:
+                    # A skip, a dry run or a failure is no new result: the partition keeps showing its
+                    # recorded one. An observation says what this run did (a failure: why, on the
+                    # partition's own history; its page says only that the run failed).
+                    yield AssetObservation(asset_key=asset_key, partition=key, metadata=outcome.metadata)
+                    if outcome.error is not None:
+                        raise outcome.error
+                    return
+                # Committed already: no value for an IO manager to store.
+                yield MaterializeResult(
+                    asset_key=asset_key,
+                    metadata=outcome.metadata,
+                    data_version=DataVersion(str(outcome.fingerprint)),
+                )
+                checks = list(outcome.checks)
+            yield from (checked.result() for checked in checks if checked.name in selected)
 
     # Dagster reads the config class from the annotation of the `config` parameter.
     compute.__annotations__["config"] = config_class
-    compute.__annotations__["return"] = Iterator[Output[AnalysisResult] | AssetObservation | AssetCheckResult]
+    compute.__annotations__["return"] = Iterator[MaterializeResult | AssetObservation | AssetCheckResult]
 
     result_asset = multi_asset(
         name=analysis.asset_name,

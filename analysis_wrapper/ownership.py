@@ -25,8 +25,11 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from analysis_wrapper.procfs import proc_stat
 from analysis_wrapper.store.base import Lease, LeaseStore, utcnow
 
 log = logging.getLogger(__name__)
@@ -66,18 +69,8 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         pass
-    return _proc_state(pid) not in ("Z", "X", "x")
-
-
-def _proc_state(pid: int) -> str | None:
-    """The state letter of ``pid`` in /proc/<pid>/stat (``Z``: zombie), None where unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    fields = stat.rpartition(")")[2].split()  # the command name in parentheses may hold anything
-    return fields[0] if fields else None
+    stat = proc_stat(pid)
+    return stat is None or not stat.exited
 
 
 def holder_dead_here(lease: Lease) -> bool:
@@ -240,6 +233,18 @@ def release(made: Claim) -> None:
             made.store.release_lease(made.key, made.lease.token)
 
 
+@contextmanager
+def claimed(store: LeaseStore, key: str, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> Iterator[Claim | Held]:
+    """:func:`claim` as a context manager: the claim made is released when the block ends, however
+    it ends (the one place a run gives a fingerprint back); a :class:`Held` lease is left alone."""
+    made = claim(store, key, run_id, ttl_s)
+    try:
+        yield made
+    finally:
+        if isinstance(made, Claim):
+            release(made)
+
+
 _heartbeats: dict[tuple[int, str], Claim] = {}
 _heartbeats_lock = threading.Lock()
 
@@ -265,3 +270,13 @@ def end_heartbeat(run_id: str) -> None:
         made = _heartbeats.pop((os.getpid(), run_id), None)
     if made is not None:
         release(made)
+
+
+@contextmanager
+def heartbeat_held(store: LeaseStore, run_id: str, ttl_s: float = DEFAULT_TTL_S) -> Iterator[None]:
+    """The run's heartbeat for as long as the block runs (a step: its partitions and their checks)."""
+    heartbeat(store, run_id, ttl_s)
+    try:
+        yield
+    finally:
+        end_heartbeat(run_id)

@@ -18,6 +18,9 @@ from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
 
 from analysis_wrapper.s3_uri import S3Uri
 
+LOCATION_METADATA_KEY = "results_location"
+"""The results folder a partition's materialization (or observation) names; the IO manager reads it back."""
+
 FIGURE_MAX_BYTES = 4_000_000
 """Larger figures are linked, not embedded: the event log stores every byte of the metadata."""
 

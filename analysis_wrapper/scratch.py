@@ -18,10 +18,12 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from analysis_wrapper.ownership import pid_alive, this_host
+from analysis_wrapper.procfs import proc_stat
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,8 @@ class Owner:
 
 def process_start(pid: int) -> str:
     """The start time of ``pid`` (clock ticks since boot, /proc/<pid>/stat field 22); "0" if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rpartition(")")[2].split()
-    except OSError:
-        return "0"
-    return fields[19] if len(fields) > 19 and fields[19].isdigit() else "0"
+    stat = proc_stat(pid)
+    return str(stat.start_ticks) if stat is not None else "0"
 
 
 def me() -> Owner:
@@ -124,6 +122,16 @@ def make_scratch(base: Path | None, prefix: str) -> Path:
         except FileNotFoundError:
             continue  # another process removed the empty root between our mkdir and mkdtemp
     raise RuntimeError(f"cannot create a scratch folder in {mine}: it keeps disappearing")
+
+
+@contextlib.contextmanager
+def scratch_folder(base: Path | None, prefix: str) -> Iterator[Path]:
+    """A new scratch folder (:func:`make_scratch`) for the block, removed when it ends, however it ends."""
+    path = make_scratch(base, prefix)
+    try:
+        yield path
+    finally:
+        remove_scratch(path)
 
 
 def remove_scratch(path: Path) -> None:
