@@ -90,7 +90,7 @@ def test_run_example_jobs_then_again_all_done(
 
 
 def test_cut_keeps_what_fits_and_marks_what_it_cuts() -> None:
-    from analysis_wrapper.cli import cut
+    from analysis_wrapper.cli.tables import cut
 
     assert cut("abc", 3) == "abc" and cut("abc", None) == "abc"
     assert cut("abcdef", 4) == "abc…" and len(cut("x" * 100, 70)) == 70
@@ -274,7 +274,7 @@ def test_posting_from_a_dirty_tree_is_refused_before_any_job(
 def test_progress_is_a_bar_on_a_terminal_and_lines_otherwise() -> None:
     import io
 
-    from analysis_wrapper.cli import Progress
+    from analysis_wrapper.cli.jobs import Progress
 
     class Terminal(io.StringIO):
         def isatty(self) -> bool:
@@ -422,7 +422,7 @@ def test_store_locked_mid_run_shows_the_cause_and_the_job_ends_failed(
     job runs: the job's line says "database is locked", and the job ends ``failed`` (not ``running``)."""
     from analysis_wrapper.store.base import JobState
     from analysis_wrapper.store.sqlite import SqliteStore
-    from analysis_wrapper_tests.conftest import write_job
+    from analysis_wrapper_tests.harness import write_job
 
     monkeypatch.setenv("ANALYSIS_MODULES", "analysis_wrapper_tests.counting_analysis")
     monkeypatch.setenv("STORE_BUSY_TIMEOUT_S", "1")
@@ -468,7 +468,7 @@ def test_store_locked_past_the_run_leaves_no_job_running_for_ever(
     from analysis_wrapper.settings import load_settings
     from analysis_wrapper.store.base import JobState
     from analysis_wrapper.store.sqlite import SqliteStore
-    from analysis_wrapper_tests.conftest import write_job
+    from analysis_wrapper_tests.harness import write_job
 
     monkeypatch.setenv("ANALYSIS_MODULES", "analysis_wrapper_tests.counting_analysis")
     monkeypatch.setenv("STORE_BUSY_TIMEOUT_S", "1")
@@ -519,7 +519,7 @@ def test_store_locked_past_the_run_leaves_no_job_running_for_ever(
 def test_an_unexpected_error_is_one_line_and_verbose_shows_its_trace(
     workdir: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    import analysis_wrapper.cli as cli_module
+    import analysis_wrapper.cli.tables as cli_module
 
     def broken(_args: Any) -> int:
         try:

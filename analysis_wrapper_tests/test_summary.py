@@ -14,8 +14,8 @@ import pytest
 from dagster import AssetKey, Definitions, evaluate_automation_conditions, materialize
 
 from analysis_wrapper.analyses.isi_violations import analysis as isi
-from analysis_wrapper.summary import results_frame
-from analysis_wrapper_tests.conftest import Harness
+from analysis_wrapper.records import results_frame
+from analysis_wrapper_tests.harness import Harness
 
 
 def summarize(h: Harness) -> Any:

@@ -215,7 +215,7 @@ def _both_modes(
     options: RunOptions, root: Path, jobs: Path, repo: Path, n: int, label: str, floor_s: float, what: str
 ) -> list[Entry]:
     """``analysis-wrapper run`` as shipped (batch runs) and with one Dagster run per job."""
-    from analysis_wrapper.cli import DEFAULT_BATCH_SIZE
+    from analysis_wrapper.runner import DEFAULT_BATCH_SIZE
 
     options.log(f"  analysis-wrapper run: {n} {what} jobs, batches of {DEFAULT_BATCH_SIZE}")
     batched_s = cli_run(options, root / "cli", jobs, repo, n, profile_label=f"overhead_{what}_cli")

@@ -1,14 +1,9 @@
 """All recorded jobs of an analysis together: one table (and a figure) across its jobs.
 
 * :mod:`.table`: one row per record (partition key, inputs, merged parameters, version, outputs,
-  location), the same for the summary asset and for notebooks;
-* :mod:`.notebook`: :func:`results_frame`, the table as a pandas DataFrame with the filters of
-  ``analysis-wrapper results``;
+  location), the same for the summary asset and for notebooks
+  (:func:`analysis_wrapper.records.results_frame`);
 * :mod:`.figures`: the figure across jobs (for ``isi_violations``: per-session fraction of violating
   units and the pooled per-unit ratios), and per-job extras read once from each result folder;
 * :mod:`.asset`: the ``<analysis>_summary`` asset, updated incrementally by declarative automation.
 """
-
-from analysis_wrapper.summary.notebook import results_frame
-
-__all__ = ["results_frame"]

@@ -1,9 +1,8 @@
 """``analysis-wrapper dispatch``: a query (or a saved query) against the metadata database, as jobs.
 
-Hooked into :mod:`analysis_wrapper.cli` by :func:`add_dispatch_parser`. It prints what the query
-found, how many jobs were already recorded or registered, how many it registered, and how many the
-cap (``--max-jobs``) left out; with ``--dry-run`` it registers nothing and lists the jobs it would.
-The dispatch is recorded as a materialization of ``<analysis>_dispatches`` in the Dagster instance.
+It prints what the query found, how many jobs were already recorded or registered, how many it
+registered, and how many the cap (``--max-jobs``) left out; with ``--dry-run`` it registers nothing
+and lists the jobs it would. The dispatch is recorded as a materialization of ``<analysis>_dispatches`` in the Dagster instance.
 """
 
 from __future__ import annotations
@@ -14,7 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from analysis_wrapper.dispatching.settings import DEFAULT_MAX_TASKS
+from pydantic import ValidationError
+
+from analysis_wrapper.dispatching.dispatch_config import DEFAULT_MAX_TASKS, DispatchSettings
+from analysis_wrapper.dispatching.dispatch_run import dispatch, parameter_sets, report_json, resolve_query
+from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
+from analysis_wrapper.dispatching.record import dispatch_materialization
+from analysis_wrapper.dispatching.saved import load_saved_query
+from analysis_wrapper.resources.s3_client import cached_client
+from analysis_wrapper.session import open_session
 
 
 def add_dispatch_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -77,9 +84,6 @@ def add_dispatch_parser(subparsers: Any) -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> tuple[str | None, Any]:
     """(analysis, :class:`DispatchSettings`) from the command line, or from ``--saved`` with the
     command line's options on top."""
-    from analysis_wrapper.dispatching.saved import load_saved_query
-    from analysis_wrapper.dispatching.settings import DispatchSettings
-
     values: dict[str, Any] = {}
     analysis = args.analysis
     if args.saved:
@@ -133,17 +137,6 @@ def print_report(report: Any, out: Any = None) -> None:
 
 
 def cmd_dispatch(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
-    from analysis_wrapper.cli_context import open_context
-    from analysis_wrapper.dispatching.dispatch_run import dispatch, parameter_sets, report_json, resolve_query
-    from analysis_wrapper.dispatching.metadata_db import MetadataDatabase, MetadataDatabaseNotConfigured
-    from analysis_wrapper.dispatching.query import DispatchQueryError
-    from analysis_wrapper.dispatching.record import dispatch_materialization
-    from analysis_wrapper.dispatching.saved import SavedQueryError
-    from analysis_wrapper.dispatching.settings import DispatchSettingsError
-    from analysis_wrapper.resources.s3_client import cached_client
-
     try:
         name, settings = settings_from_args(args)
         resolve_query(settings)  # a bad query or parameters file fails here, before anything is opened
@@ -153,47 +146,32 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         print(f"error: {where}: {first['msg'].removeprefix('Value error, ')}", file=sys.stderr)
         return 2
-    except (SavedQueryError, DispatchSettingsError, DispatchQueryError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    ctx = open_context(args)
+    session = open_session()
+    served = ", ".join(sorted(session.analyses))
     if name is None:
-        if len(ctx.analyses) != 1:
-            print(
-                f"error: --analysis is needed (served here: {', '.join(sorted(ctx.analyses))})",
-                file=sys.stderr,
-            )
+        if len(session.analyses) != 1:
+            print(f"error: --analysis is needed (served here: {served})", file=sys.stderr)
             return 2
-        name = next(iter(ctx.analyses))
-    if name not in ctx.analyses:
-        print(
-            f"error: --analysis {name!r} is not served here (known: {', '.join(sorted(ctx.analyses))})",
-            file=sys.stderr,
-        )
+        name = next(iter(session.analyses))
+    if name not in session.analyses:
+        print(f"error: --analysis {name!r} is not served here (known: {served})", file=sys.stderr)
         return 2
-    try:
-        metadata = MetadataDatabase.from_settings(ctx.settings)
-    except MetadataDatabaseNotConfigured as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    s3 = ctx.defs.resources["s3"]
+    metadata = MetadataDatabase.from_settings(session.settings)
+    s3 = session.resource("s3")
     try:
         report = dispatch(
-            ctx.analyses[name],
+            session.analyses[name],
             settings,
-            ctx.store,
+            session.store,
             metadata,
-            ctx.instance,
+            session.instance,
             s3_client=lambda: cached_client(s3),
             origin=f"saved query {Path(args.saved).stem}" if args.saved else "cli",
         )
-    except DispatchQueryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     finally:
         metadata.close()
     if not report.dry_run:
-        ctx.instance.report_runless_asset_event(dispatch_materialization(report))
+        session.instance.report_runless_asset_event(dispatch_materialization(report))
     if args.json:
         print(json.dumps(report_json(report), indent=2, default=str))
     else:

@@ -1,46 +1,58 @@
-"""What every ``analysis-wrapper`` command opens first: settings, analyses, definitions, the store and
-the Dagster instance (created once, under a lock, when several commands start together). Its own
-module so that commands living elsewhere (``dispatching/cli.py``) open the same way without importing
-the CLI that imports them."""
+"""A session outside the code server: settings, analyses, definitions, the record store and the Dagster
+instance of ``DAGSTER_HOME``, opened once for a CLI command, a notebook or a test, on the same parts the
+code location uses. The instance folder is created once, under a lock, when several sessions start together.
+"""
 
 from __future__ import annotations
 
-import argparse
+import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dagster import DagsterInstance, Definitions, RunsFilter
+
+from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.factory import AnalysisDefinitions
 from analysis_wrapper.settings import Settings, load_settings
+from analysis_wrapper.store.base import Store
+
+SHIPPED_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "dagster_home" / "dagster.yaml"
 
 
 @dataclass
-class Context:
+class Session:
     """What every command needs, built once: settings, analyses, definitions, store, instance."""
 
     settings: Settings
-    analyses: dict[str, Any]
-    built: dict[str, Any]
-    defs: Any
-    store: Any
-    instance: Any
+    analyses: dict[str, Analysis[Any, Any]]
+    built: dict[str, AnalysisDefinitions]
+    defs: Definitions
+    store: Store
+    instance: DagsterInstance
+
+    def resource(self, key: str) -> Any:
+        """The resource ``key`` of the definitions (``store``, ``s3``, ``runtime``)."""
+        assert self.defs.resources is not None
+        return self.defs.resources[key]
 
 
-def open_context(args: argparse.Namespace) -> Context:
+def open_session() -> Session:
     """Settings, analyses, definitions, store and the Dagster instance of ``DAGSTER_HOME`` (default
-    ``./.dagster_home``), for one command."""
-    # The CLI keeps its Dagster instance in ./.dagster_home unless DAGSTER_HOME says otherwise.
+    ``./.dagster_home``); a bad setting is a :class:`SettingsError` naming it."""
     home = Path(os.environ.get("DAGSTER_HOME") or ".dagster_home").absolute()
-    settings = load_settings()  # first: importing the definitions reads the settings too
+    settings = load_settings()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
-
+    # Imported here, not at the top: importing the code location builds its Definitions from the
+    # environment's settings, which must be checked first (a bad one is one line, not a traceback).
     from analysis_wrapper.definitions import build_analysis_set, build_definitions
 
     built = build_analysis_set(settings=settings)
     defs = build_definitions(settings, built=built)
     assert defs.resources is not None
-    return Context(
+    return Session(
         settings=settings,
         analyses={name: d.analysis for name, d in built.items()},
         built=built,
@@ -50,24 +62,20 @@ def open_context(args: argparse.Namespace) -> Context:
     )
 
 
-def open_instance(home: Path) -> Any:
-    """The Dagster instance in ``home``, created once even when several commands start at once.
+def open_instance(home: Path) -> DagsterInstance:
+    """The Dagster instance in ``home``, created once even when several sessions start at once.
 
     A first start writes the shipped instance config (queued runs, concurrency limits, telemetry off,
     so that `dagster dev` on the same DAGSTER_HOME behaves as the README says) and creates Dagster's
     SQLite schemas; two processes doing that together break the folder for good (two alembic heads),
     so the first start holds a lock file and the others wait for it.
     """
-    import fcntl
-
-    from dagster import DagsterInstance, RunsFilter
-
     with open(home / ".analysis_wrapper.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             instance_yaml = home / "dagster.yaml"
             if not instance_yaml.exists():
-                shipped = Path(__file__).resolve().parent.parent / "dagster_home" / "dagster.yaml"
+                shipped = SHIPPED_INSTANCE_YAML
                 text = shipped.read_text() if shipped.is_file() else "telemetry:\n  enabled: false\n"
                 partial = instance_yaml.with_name(f".dagster.yaml.{os.getpid()}")
                 partial.write_text(text)

@@ -1,0 +1,5 @@
+import sys
+
+from analysis_wrapper.cli.app import main
+
+sys.exit(main())
