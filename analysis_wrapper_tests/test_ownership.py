@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from analysis_wrapper import ownership
 from analysis_wrapper.ownership import (
     Claim,
     Held,
@@ -34,10 +35,10 @@ from analysis_wrapper.ownership import (
     run_lease_key,
     this_host,
 )
+from analysis_wrapper.procfs import ProcStat, parse_stat, proc_stat
 from analysis_wrapper.store.base import Lease, Store, utcnow
 from analysis_wrapper.store.mongo import MongoStore
 from analysis_wrapper.store.sqlite import SqliteStore
-from analysis_wrapper_tests.resources.test_stores import store  # noqa: F401 - the shared fixture
 
 KEY = "fingerprint:abc"
 OTHER_HOST = "otherhost/xxxx"
@@ -103,7 +104,7 @@ def releasing() -> Iterator[list[Claim]]:
             release(made)
 
 
-def store_spec(store: Store, request: pytest.FixtureRequest) -> tuple[str, ...]:  # noqa: F811
+def store_spec(store: Store, request: pytest.FixtureRequest) -> tuple[str, ...]:
     """How a child process opens the same store."""
     if isinstance(store, SqliteStore):
         return ("sqlite", str(store.path))
@@ -189,15 +190,21 @@ def end(children: list[subprocess.Popen[str]]) -> None:
 
 def process_state(pid: int) -> str:
     """The state letter of ``pid`` in /proc (``Z`` for a zombie), or "" when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
+    stat = proc_stat(pid)
+    return stat.state if stat is not None else ""
+
+
+def test_proc_stat_reads_a_command_name_holding_spaces_and_parentheses() -> None:
+    line = "4242 (a) b (c)) Z 17 4200 4200 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 98765 0 0"
+    assert parse_stat(line) == ProcStat(4242, "a) b (c)", "Z", 17, 4200, 98765)
+    assert parse_stat(line).exited  # type: ignore[union-attr]
+    assert parse_stat("garbage") is None
+    mine = proc_stat(os.getpid())
+    assert mine is not None and mine.pid == os.getpid() and mine.pgrp == os.getpgrp() and not mine.exited
 
 
 # ---- claims -------------------------------------------------------------------------------------
-def test_a_claim_is_unique_per_key(store: Store) -> None:  # noqa: F811
+def test_a_claim_is_unique_per_key(store: Store) -> None:
     with releasing() as claims:
         first = claimed(claim(store, KEY, "r1", ttl_s=30))
         claims.append(first)
@@ -231,7 +238,20 @@ def test_a_claim_is_unique_per_key(store: Store) -> None:  # noqa: F811
         assert stored(store, KEY).run_id == "r2"  # type: ignore[union-attr]
 
 
-def test_renew_extends_the_expiry(store: Store) -> None:  # noqa: F811
+def test_a_claim_taken_with_a_block_is_released_when_the_block_ends_however(store: Store) -> None:
+    with (
+        pytest.raises(RuntimeError, match="the analysis failed"),
+        ownership.claimed(store, KEY, "r1", 30) as made,
+    ):
+        assert isinstance(made, Claim) and stored(store) is not None
+        with ownership.claimed(store, KEY, "r2", 30) as refused:
+            assert isinstance(refused, Held)  # someone else's: not released by the block
+        assert stored(store).run_id == "r1"  # type: ignore[union-attr]
+        raise RuntimeError("the analysis failed")
+    assert made.released and stored(store) is None
+
+
+def test_renew_extends_the_expiry(store: Store) -> None:
     with releasing() as claims:
         made = claimed(claim(store, KEY, "r1", ttl_s=30))
         claims.append(made)
@@ -247,7 +267,7 @@ def test_renew_extends_the_expiry(store: Store) -> None:  # noqa: F811
         assert not made.lost
 
 
-def test_release_only_by_the_holders_token(store: Store) -> None:  # noqa: F811
+def test_release_only_by_the_holders_token(store: Store) -> None:
     with releasing() as claims:
         made = claimed(claim(store, KEY, "r1", ttl_s=30))
         claims.append(made)
@@ -262,7 +282,7 @@ def test_release_only_by_the_holders_token(store: Store) -> None:  # noqa: F811
         assert stored(store) is None
 
 
-def test_an_expired_lease_can_be_claimed_by_anyone(store: Store) -> None:  # noqa: F811
+def test_an_expired_lease_can_be_claimed_by_anyone(store: Store) -> None:
     with releasing() as claims:
         for key, host in (("fingerprint:here", None), ("fingerprint:far", OTHER_HOST)):
             old = write_lease(store, key=key, host=host, expires_in_s=-1)  # holder alive, not renewing
@@ -274,7 +294,7 @@ def test_an_expired_lease_can_be_claimed_by_anyone(store: Store) -> None:  # noq
             assert lease is not None and (lease.run_id, lease.token) == ("r-new", made.lease.token)
 
 
-def test_lease_dead_says_why(store: Store) -> None:  # noqa: F811
+def test_lease_dead_says_why(store: Store) -> None:
     now = utcnow()
     alive_here = Lease(KEY, "r", this_host(), os.getpid(), "t", now + dt.timedelta(seconds=30))
     assert lease_dead(alive_here) is None
@@ -290,7 +310,7 @@ def test_lease_dead_says_why(store: Store) -> None:  # noqa: F811
 
 
 def test_a_holder_killed_with_sigkill_is_taken_over_at_once(
-    store: Store,  # noqa: F811
+    store: Store,
     request: pytest.FixtureRequest,
 ) -> None:
     child = start_child("hold", store_spec(store, request), (KEY, 60.0))
@@ -317,7 +337,7 @@ def test_a_holder_killed_with_sigkill_is_taken_over_at_once(
             end([child])
 
 
-def test_a_killed_holder_not_yet_reaped_is_dead_too(store: Store, request: pytest.FixtureRequest) -> None:  # noqa: F811
+def test_a_killed_holder_not_yet_reaped_is_dead_too(store: Store, request: pytest.FixtureRequest) -> None:
     """Killed, but its parent (here: this test) has not waited for it yet: a zombie is no holder."""
     child = start_child("hold", store_spec(store, request), (KEY, 60.0))
     with releasing() as claims:
@@ -335,7 +355,7 @@ def test_a_killed_holder_not_yet_reaped_is_dead_too(store: Store, request: pytes
             end([child])
 
 
-def test_a_holder_on_another_host_is_not_taken_over_before_expiry(store: Store) -> None:  # noqa: F811
+def test_a_holder_on_another_host_is_not_taken_over_before_expiry(store: Store) -> None:
     dead_here = a_dead_pid()
     with releasing() as claims:
         for key, pid in (("fingerprint:alive-pid", os.getpid()), ("fingerprint:dead-pid", dead_here)):
@@ -351,7 +371,7 @@ def test_a_holder_on_another_host_is_not_taken_over_before_expiry(store: Store) 
 
 
 # ---- the renewer ---------------------------------------------------------------------------------
-def test_the_renewer_keeps_a_short_lease_alive(store: Store) -> None:  # noqa: F811
+def test_the_renewer_keeps_a_short_lease_alive(store: Store) -> None:
     with releasing() as claims:
         # A long lease first: the renewer thread now waits a third of its 60 s between rounds.
         claims.append(claimed(claim(store, "fingerprint:long", "r-long", ttl_s=60)))
@@ -370,7 +390,7 @@ def test_the_renewer_keeps_a_short_lease_alive(store: Store) -> None:  # noqa: F
         assert held(claim(store, KEY, "r2", ttl_s=30)).lease.run_id == "r1"
 
 
-def test_a_released_lease_stays_released(store: Store) -> None:  # noqa: F811
+def test_a_released_lease_stays_released(store: Store) -> None:
     """The renewer must not bring back a lease given back between two of its rounds."""
     made = claimed(claim(store, KEY, "r1", ttl_s=0.6))
     time.sleep(0.3)  # renewed at least once: the renewer's next round includes it
@@ -382,7 +402,7 @@ def test_a_released_lease_stays_released(store: Store) -> None:  # noqa: F811
     release(other)
 
 
-def _stalled_claim(store: Store, ttl_s: float) -> Claim:  # noqa: F811
+def _stalled_claim(store: Store, ttl_s: float) -> Claim:
     """A claim its process stopped renewing (paused, swapped out): not in the renewer."""
     now = utcnow()
     lease = Lease(KEY, "r1", this_host(), os.getpid(), "stalled", now + dt.timedelta(seconds=ttl_s))
@@ -390,7 +410,7 @@ def _stalled_claim(store: Store, ttl_s: float) -> Claim:  # noqa: F811
     return Claim(lease, store, ttl_s)
 
 
-def test_a_claim_taken_over_after_expiry_is_lost(store: Store) -> None:  # noqa: F811
+def test_a_claim_taken_over_after_expiry_is_lost(store: Store) -> None:
     mine = _stalled_claim(store, 0.2)
     time.sleep(0.25)
     with releasing() as claims:
@@ -404,7 +424,7 @@ def test_a_claim_taken_over_after_expiry_is_lost(store: Store) -> None:  # noqa:
         assert lease is not None and (lease.run_id, lease.token) == ("r2", theirs.lease.token)
 
 
-def test_a_claim_taken_over_and_given_back_meanwhile_is_lost(store: Store) -> None:  # noqa: F811
+def test_a_claim_taken_over_and_given_back_meanwhile_is_lost(store: Store) -> None:
     """The other run claimed, committed and released while this one was stalled: renewing must not
     quietly claim the fingerprint again (the run would write over the other run's results)."""
     mine = _stalled_claim(store, 0.2)
@@ -416,7 +436,7 @@ def test_a_claim_taken_over_and_given_back_meanwhile_is_lost(store: Store) -> No
     assert stored(store) is None
 
 
-def test_an_expired_claim_nobody_took_is_still_ours(store: Store) -> None:  # noqa: F811
+def test_an_expired_claim_nobody_took_is_still_ours(store: Store) -> None:
     mine = _stalled_claim(store, 0.2)
     time.sleep(0.25)
     assert mine.renew() is True
@@ -427,7 +447,7 @@ def test_an_expired_claim_nobody_took_is_still_ours(store: Store) -> None:  # no
     assert stored(store) is None
 
 
-def test_held_for_costs_no_round_trip_while_the_lease_is_fresh(store: Store) -> None:  # noqa: F811
+def test_held_for_costs_no_round_trip_while_the_lease_is_fresh(store: Store) -> None:
     """The IO manager asks before each write; a lease the renewer keeps fresh answers from memory."""
     with releasing() as claims:
         mine = claimed(claim(store, KEY, "r1", ttl_s=30))
@@ -439,7 +459,7 @@ def test_held_for_costs_no_round_trip_while_the_lease_is_fresh(store: Store) -> 
         assert store.query_count == before + 1
 
 
-def test_held_for_is_false_once_another_run_took_the_lease(store: Store) -> None:  # noqa: F811
+def test_held_for_is_false_once_another_run_took_the_lease(store: Store) -> None:
     mine = _stalled_claim(store, 0.2)
     time.sleep(0.25)
     with releasing() as claims:
@@ -448,7 +468,7 @@ def test_held_for_is_false_once_another_run_took_the_lease(store: Store) -> None
         assert mine.lost
 
 
-def test_new_claims_never_starve_the_renewal_of_a_heartbeat(store: Store) -> None:  # noqa: F811
+def test_new_claims_never_starve_the_renewal_of_a_heartbeat(store: Store) -> None:
     """A batch run claims a fingerprint every fraction of a second; each claim wakes the renewer. Its
     rounds must still come, or the run's heartbeat expires while the run lives (and it is taken for lost)."""
     run_id = f"batch-{os.getpid()}-{time.time_ns()}"
@@ -470,7 +490,7 @@ RACE_KEYS = 4
 ROUND_S = 0.1
 
 
-def test_processes_race_to_claim_one_key(store: Store, request: pytest.FixtureRequest) -> None:  # noqa: F811
+def test_processes_race_to_claim_one_key(store: Store, request: pytest.FixtureRequest) -> None:
     keys = [f"fingerprint:race-{i}" for i in range(RACE_KEYS)]
     spec = store_spec(store, request)
     children = [start_child("race", spec, (worker, keys, ROUND_S)) for worker in range(RACERS)]
@@ -499,7 +519,7 @@ def test_processes_race_to_claim_one_key(store: Store, request: pytest.FixtureRe
 
 
 # ---- heartbeats ---------------------------------------------------------------------------------
-def test_heartbeat_is_idempotent_per_process(store: Store) -> None:  # noqa: F811
+def test_heartbeat_is_idempotent_per_process(store: Store) -> None:
     run = "run-hb"
     heartbeat(store, run, ttl_s=30)
     first = stored(store, run_lease_key(run))
@@ -517,7 +537,7 @@ def test_heartbeat_is_idempotent_per_process(store: Store) -> None:  # noqa: F81
     assert stored(store, run_lease_key(run)) is None
 
 
-def test_heartbeat_of_a_run_held_elsewhere_leaves_it_alone(store: Store) -> None:  # noqa: F811
+def test_heartbeat_of_a_run_held_elsewhere_leaves_it_alone(store: Store) -> None:
     run = "run-far"
     write_lease(store, key=run_lease_key(run), run_id=run, host=OTHER_HOST)
     far = stored(store, run_lease_key(run))

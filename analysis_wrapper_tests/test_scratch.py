@@ -9,7 +9,16 @@ import sys
 from pathlib import Path
 
 from analysis_wrapper.ownership import this_host
-from analysis_wrapper.scratch import ROOT_NAME, Owner, make_scratch, me, remove_scratch, scratch_root, sweep
+from analysis_wrapper.scratch import (
+    ROOT_NAME,
+    Owner,
+    make_scratch,
+    me,
+    remove_scratch,
+    scratch_folder,
+    scratch_root,
+    sweep,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MAKE_AND_WAIT = """
@@ -44,6 +53,16 @@ def test_a_scratch_folder_lives_under_its_owner_and_leaves_nothing_when_removed(
     (path / "file.txt").write_text("x")
     remove_scratch(path)
     assert list(tmp_path.iterdir()) == []  # its owner folder and the root went with it
+
+
+def test_a_scratch_folder_taken_with_a_block_goes_when_the_block_ends_however(tmp_path: Path) -> None:
+    try:
+        with scratch_folder(tmp_path, "job-") as path:
+            (path / "file.txt").write_text("x")
+            raise ValueError("the analysis failed")
+    except ValueError:
+        pass
+    assert not path.exists() and list(tmp_path.iterdir()) == []
 
 
 def test_the_first_scratch_of_a_process_sweeps_those_of_killed_processes_only(tmp_path: Path) -> None:
