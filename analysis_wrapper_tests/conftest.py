@@ -1,53 +1,37 @@
-"""Shared fixtures: clean/dirty git work trees, example NWB jobs, and an in-process Dagster harness."""
+"""The fixtures every test folder shares (pytest finds them; nobody imports them): the test servers
+(``pytest_plugins``), clean/dirty git work trees, example NWB jobs, the in-process Dagster harness, the
+record store of each backend, and a real ``dagster dev``. Helpers the tests call live in plain modules
+(:mod:`analysis_wrapper_tests.harness`, :mod:`analysis_wrapper_tests.dagster_dev`, ...)."""
 
 from __future__ import annotations
 
-import json
-import subprocess
+import shutil
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import DagsterInstance, Definitions
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.batch import batch_run_config
-from analysis_wrapper.definitions import build_analysis_set, build_resources
-from analysis_wrapper.registration import find_job_files, prepare_files, register
 from analysis_wrapper.resources.record_store import close_all_stores
-from analysis_wrapper.settings import Settings
+from analysis_wrapper.store.base import Store
+from analysis_wrapper.store.mongo import MongoStore
+from analysis_wrapper.store.sqlite import SqliteStore
+from analysis_wrapper_tests.dagster_dev import SHIPPED_INSTANCE_YAML, DagsterDev, dagster_dev_env
+from analysis_wrapper_tests.harness import (
+    Harness,
+    git_repo,
+    load_examples_module,
+    make_harness,
+    make_settings,
+)
 
 pytest_plugins = [
     "analysis_wrapper_tests.s3_servers",
     "analysis_wrapper_tests.mongo_server",
     "analysis_wrapper_tests.postgres_server",
 ]
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_examples_module() -> Any:
-    """The shipped example generator (``examples/make_examples.py``)."""
-    from examples import make_examples
-
-    return make_examples
-
-
-def git_repo(path: Path, dirty: bool) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    run = lambda *a: subprocess.run(["git", "-C", str(path), *a], check=True, capture_output=True)  # noqa: E731
-    run("init", "-q")
-    run("config", "user.email", "t@example.org")
-    run("config", "user.name", "test")
-    (path / "code.py").write_text("x = 1\n")
-    run("add", "code.py")
-    run("commit", "-qm", "init")
-    if dirty:
-        (path / "code.py").write_text("x = 2\n")
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -67,94 +51,6 @@ def example_jobs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return list(load_examples_module().write_examples(out, n_jobs=3, seed=0))
 
 
-def write_job(folder: Path, inputs: Sequence[Path | str], analysis: str = "echo", **params: Any) -> Path:
-    """An AIND-format job file for the test analyses."""
-    folder.mkdir(parents=True, exist_ok=True)
-    job = {
-        "s3_location": [str(p) for p in inputs],
-        "asset_name": [Path(str(p)).stem for p in inputs],
-        "docdb_record_id": [str(uuid.uuid4()) for _ in inputs],
-        "file_location": None,
-        "distributed_parameters": None,
-        "group_metadata": None,
-        "query": None,
-        "analysis_code": {
-            "url": "https://example.org/code",
-            "parameters": {"analysis_name": analysis, **params},
-        },
-    }
-    path = folder / f"{uuid.uuid4()}.json"
-    path.write_text(json.dumps(job))
-    return path
-
-
-@dataclass
-class Harness:
-    """Definitions + ephemeral instance + store, for in-process materializations."""
-
-    settings: Settings
-    defs: Definitions
-    built: dict[str, Any]
-    instance: DagsterInstance
-    resources: dict[str, Any]
-
-    @property
-    def store(self) -> Any:
-        return self.resources["store"].get_store()
-
-    def submit(self, paths: Sequence[Path]) -> list[Any]:
-        files, missing = find_job_files(paths)
-        prepared = prepare_files(files, {n: d.analysis for n, d in self.built.items()})
-        assert not missing and not prepared.rejected, prepared.rejected
-        jobs = []
-        for name, analysis_jobs in prepared.jobs.items():
-            register(analysis_jobs, self.built[name].analysis, self.store, self.instance)
-            jobs.extend(analysis_jobs)
-        return jobs
-
-    def run_batch(self, analysis: str, keys: Sequence[str], **config: Any) -> Any:
-        """One batch run of ``keys`` (see analysis_wrapper.batch), in-process."""
-        spec = self.built[analysis].analysis
-        return self.defs.resolve_job_def(spec.batch_job_name).execute_in_process(
-            instance=self.instance,
-            run_config=batch_run_config(spec, list(keys), **config),
-            raise_on_error=False,
-        )
-
-    def materialize(self, analysis: str, key: str, raise_on_error: bool = True, **config: Any) -> Any:
-        spec = self.built[analysis].analysis
-        job_def = self.defs.resolve_job_def(spec.job_name)
-        return job_def.execute_in_process(
-            instance=self.instance,
-            partition_key=key,
-            run_config={"ops": {spec.asset_name: {"config": config}}} if config else None,
-            raise_on_error=raise_on_error,
-        )
-
-
-def make_settings(tmp_path: Path, code_repository: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "DAGSTER_HOME": tmp_path / "home",
-        "RESULTS_ROOT": tmp_path / "results",
-        "DRY_RUN_ROOT": tmp_path / "dry_run",
-        "DRY_RUN": False,
-        "CODE_REPOSITORY": code_repository,
-        **overrides,
-    }
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
-
-
-def make_harness(settings: Settings, analyses: Sequence[Analysis[Any, Any]] | None = None) -> Harness:
-    built = build_analysis_set(analyses)
-    resources = build_resources(settings)
-    defs = Definitions(
-        assets=[d.asset for d in built.values()],
-        jobs=[j for d in built.values() for j in (d.job, d.batch_job)],
-        resources=resources,
-    )
-    return Harness(settings, defs, built, DagsterInstance.ephemeral(), resources)
-
-
 @pytest.fixture
 def harness_factory(tmp_path: Path, clean_repo: Path) -> Iterator[Any]:
     def factory(analyses: Sequence[Analysis[Any, Any]] | None = None, **overrides: Any) -> Harness:
@@ -164,3 +60,44 @@ def harness_factory(tmp_path: Path, clean_repo: Path) -> Iterator[Any]:
 
     yield factory
     close_all_stores()
+
+
+@pytest.fixture(params=["sqlite", "mongodb"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """Each record store backend in turn: SQLite in a nested folder, and MongoDB (a fresh database on the
+    session's server, dropped afterwards)."""
+    made: Store
+    if request.param == "sqlite":
+        made = SqliteStore(tmp_path / "nested" / "folders" / "records.sqlite")
+        try:
+            yield made
+        finally:
+            made.close()
+        return
+    server = request.getfixturevalue("mongo_server")
+    database = f"aw_test_{uuid.uuid4().hex[:12]}"
+    made = MongoStore(server.uri, database=database, server_selection_timeout_ms=5000)
+    try:
+        yield made
+    finally:
+        made.close()
+        client = server.client()
+        try:
+            client.drop_database(database)
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def dagster_dev(tmp_path: Path, clean_repo: Path) -> Iterator[tuple[DagsterDev, Path, Path, Path]]:
+    """A ``dagster dev`` (not started) over a fresh DAGSTER_HOME with the shipped instance config:
+    ``(dev, home, inbox, results)``; killed at the end."""
+    home, inbox, results = tmp_path / "home", tmp_path / "inbox", tmp_path / "results"
+    home.mkdir()
+    inbox.mkdir()
+    shutil.copy(SHIPPED_INSTANCE_YAML, home / "dagster.yaml")
+    dev = DagsterDev(dagster_dev_env(home, inbox, results, clean_repo), tmp_path / "dagster_dev.log")
+    try:
+        yield dev, home, inbox, results
+    finally:
+        dev.kill()

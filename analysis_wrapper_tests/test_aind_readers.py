@@ -32,6 +32,7 @@ import pytest
 from analysis_wrapper.analyses.isi_violations import IsiViolationsParams
 from analysis_wrapper.cli import main
 from analysis_wrapper.resources.record_store import close_all_stores
+from analysis_wrapper_tests.environment import scrub_settings
 from analysis_wrapper_tests.mongo_server import MongoServer, fresh_database_name
 
 pytestmark = pytest.mark.slow
@@ -115,8 +116,7 @@ def published(
 
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(work)
-        for name in ("ANALYSIS_BUCKET", "RESULTS_ROOT", "ALLOW_DIRTY", "GIT_COMMIT", "AWS_ENDPOINT_URL"):
-            mp.delenv(name, raising=False)
+        scrub_settings(mp)
         mp.setenv("DAGSTER_HOME", str(work / ".dagster_home"))  # the CLI sets it; restored afterwards
         mp.setenv("DRY_RUN", "0")
         mp.setenv("CODE_REPOSITORY", str(clean_repo))

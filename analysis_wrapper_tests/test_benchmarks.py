@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from analysis_wrapper_tests.environment import scrubbed_environ
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 STATUSES = {"ok", "pending", "not installed", "error"}
 RATIO_KINDS = {"speed-up", "reduction", "time ratio", "value ratio"}
@@ -34,7 +36,7 @@ BENCHMARKS = {
 @pytest.mark.timeout(480)
 def test_quick_benchmark_runs_and_writes_results(tmp_path: Path) -> None:
     output = tmp_path / "results.json"
-    env = {k: v for k, v in os.environ.items() if k not in {"DAGSTER_HOME", "DOCDB_URI", "ANALYSIS_BUCKET"}}
+    env = scrubbed_environ(keep_aws_credentials=True)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--output", str(output)],

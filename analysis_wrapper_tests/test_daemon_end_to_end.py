@@ -5,17 +5,10 @@ nothing twice."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,111 +21,9 @@ from analysis_wrapper.sensors import run_partition_keys
 from analysis_wrapper.store.base import JobState, Store
 from analysis_wrapper.store.mongo import MongoStore
 from analysis_wrapper.store.sqlite import SqliteStore
-from analysis_wrapper_tests.conftest import load_examples_module
+from analysis_wrapper_tests.dagster_dev import DagsterDev, drop, wait_for
+from analysis_wrapper_tests.harness import load_examples_module
 from analysis_wrapper_tests.mongo_server import MongoServer, fresh_database_name
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SHIPPED_INSTANCE_YAML = REPO_ROOT / "dagster_home" / "dagster.yaml"
-PHASE_TIMEOUT_S = 100.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class DagsterDev:
-    """``dagster dev`` in its own process group (so one signal reaches daemon, webserver, code
-    server and run workers), its output in a log file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        exe = Path(sys.executable).parent / "dagster"
-        with self.log_path.open("ab") as log:
-            log.write(f"\n===== start {self.starts} =====\n".encode())
-            log.flush()
-            self.proc = subprocess.Popen(
-                [str(exe), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(free_port())],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def kill(self) -> None:
-        """SIGKILL to the whole process group: nobody gets to clean up."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self.proc = None
-
-    def tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
-@pytest.fixture
-def dagster_dev(tmp_path: Path, clean_repo: Path) -> Iterator[tuple[DagsterDev, Path, Path, Path]]:
-    home = tmp_path / "home"
-    home.mkdir()
-    shutil.copy(SHIPPED_INSTANCE_YAML, home / "dagster.yaml")
-    inbox, results = tmp_path / "inbox", tmp_path / "results"
-    inbox.mkdir()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DAGSTER_", "DOCDB_", "SENSOR_", "AWS_"))
-        and k not in {"ANALYSIS_BUCKET", "ALLOW_DIRTY", "GIT_COMMIT", "RESULTS_ROOT", "DISPATCH_INBOX"}
-    }
-    env.update(
-        {
-            "DAGSTER_HOME": str(home),
-            "DISPATCH_INBOX": str(inbox),
-            "RESULTS_ROOT": str(results),
-            "DRY_RUN": "0",
-            "CODE_REPOSITORY": str(clean_repo),
-            "SENSOR_INTERVAL_S": "1",
-            "RETRY_DELAY_S": "1",
-            "SENSOR_AUDIT_AFTER_S": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    dev = DagsterDev(env, tmp_path / "dagster_dev.log")
-    try:
-        yield dev, home, inbox, results
-    finally:
-        dev.kill()
-
-
-def drop(files: list[Path], inbox: Path) -> None:
-    """As a dispatcher should: write under a hidden name, then rename into place."""
-    for path in files:
-        hidden = inbox / f".{path.name}.tmp"
-        shutil.copy(path, hidden)
-        os.replace(hidden, inbox / path.name)
-
-
-def wait_for(what: str, check: Callable[[], bool], dev: DagsterDev, timeout: float = PHASE_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if dev.proc is not None and dev.proc.poll() is not None:
-            pytest.fail(
-                f"dagster dev exited with {dev.proc.returncode} while waiting for {what}:\n{dev.tail()}"
-            )
-        if check():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; dagster dev log:\n{dev.tail()}")
 
 
 @pytest.mark.slow

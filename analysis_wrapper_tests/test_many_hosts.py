@@ -65,8 +65,8 @@ from analysis_wrapper.sensors import run_partition_keys
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper.store.mongo import MongoStore
 from analysis_wrapper_tests import postgres_server as pg
-from analysis_wrapper_tests.conftest import write_job
 from analysis_wrapper_tests.counting_analysis import RESULT_FILES, TOKEN_FILE, counting, read_log
+from analysis_wrapper_tests.harness import write_job
 from analysis_wrapper_tests.hosts import Host, Network, host_network
 from analysis_wrapper_tests.mongo_server import MongoServer, start_mongo_server
 from analysis_wrapper_tests.s3_servers import ACCESS_KEY, REGION, SECRET_KEY, S3Endpoint, start_weed

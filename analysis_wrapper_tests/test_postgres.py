@@ -15,13 +15,13 @@ from dagster._core.errors import DagsterInvalidConfigError
 from dagster._core.run_coordinator.queued_run_coordinator import QueuedRunCoordinator
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
 
-import analysis_wrapper_tests.test_daemon_end_to_end as e2e
 from analysis_wrapper.analyses.isi_violations import analysis as isi
 from analysis_wrapper.registration import prepare_files
 from analysis_wrapper.sensors import run_partition_keys
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper.store.sqlite import SqliteStore
-from analysis_wrapper_tests.conftest import load_examples_module
+from analysis_wrapper_tests.dagster_dev import DagsterDev, drop, wait_for
+from analysis_wrapper_tests.harness import load_examples_module
 from analysis_wrapper_tests.postgres_server import PostgresServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +48,6 @@ DAGSTER_TABLES = {
 }
 """Tables of Dagster's run, event-log and schedule storage (a subset: every one of these must exist)."""
 
-dagster_dev = e2e.dagster_dev  # the `dagster dev` fixture of the SQLite end-to-end test, reused here
 
 
 def _use_database(server: PostgresServer, database: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,8 +196,8 @@ def test_deploy_config_without_its_password_fails_naming_the_variable(
 # ---- the daemon end to end -------------------------------------------------------------------------------
 @pytest.fixture
 def dagster_dev_on_postgres(
-    dagster_dev: tuple[e2e.DagsterDev, Path, Path, Path], postgres_server: PostgresServer
-) -> tuple[e2e.DagsterDev, Path, Path, Path, str]:
+    dagster_dev: tuple[DagsterDev, Path, Path, Path], postgres_server: PostgresServer
+) -> tuple[DagsterDev, Path, Path, Path, str]:
     """``dagster_dev`` with ``deploy/dagster.yaml`` in its DAGSTER_HOME, on a fresh database."""
     dev, home, inbox, results = dagster_dev
     _home_with_deploy_config(home)
@@ -210,7 +209,7 @@ def dagster_dev_on_postgres(
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_daemon_on_postgres_runs_dropped_jobs_and_survives_kill_9(
-    dagster_dev_on_postgres: tuple[e2e.DagsterDev, Path, Path, Path, str],
+    dagster_dev_on_postgres: tuple[DagsterDev, Path, Path, Path, str],
     postgres_server: PostgresServer,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -232,21 +231,21 @@ def test_daemon_on_postgres_runs_dropped_jobs_and_survives_kill_9(
 
     # Phase 1: the daemon, on PostgreSQL from its first start (it creates the schema), runs dropped jobs.
     dev.start()
-    e2e.drop(files[:3], inbox)
+    drop(files[:3], inbox)
 
     def first_done() -> bool:
         states = {e.partition_key: e.state for e in store.list_jobs(isi.name)}
         return recorded(first_keys) and all(states.get(k) == JobState.DONE for k in first_keys)
 
-    e2e.wait_for("the first 3 jobs to be recorded and done", first_done, dev)
+    wait_for("the first 3 jobs to be recorded and done", first_done, dev)
 
     # Phase 2: more jobs; kill -9 everything while one of them runs, then start again.
-    e2e.drop(files[3:], inbox)
+    drop(files[3:], inbox)
 
     def something_running() -> bool:
         return any(e.state == JobState.RUNNING for e in store.get_jobs(isi.name, second_keys).values())
 
-    e2e.wait_for("a job of the second batch to be running", something_running, dev)
+    wait_for("a job of the second batch to be running", something_running, dev)
     dev.kill()
     interrupted = {e.partition_key for e in store.list_jobs(isi.name) if e.state == JobState.RUNNING}
     assert interrupted and not recorded(sorted(interrupted)), "the kill was meant to land mid-run"
@@ -259,7 +258,7 @@ def test_daemon_on_postgres_runs_dropped_jobs_and_survives_kill_9(
             len(entries) == 6 and all(e.state == JobState.DONE for e in entries) and recorded(list(expected))
         )
 
-    e2e.wait_for("every job to be recorded and done after the restart", all_done, dev)
+    wait_for("every job to be recorded and done after the restart", all_done, dev)
 
     # A job is done before its run worker reports the run's end: wait for that, in PostgreSQL.
     def runs_finished() -> bool:
@@ -268,7 +267,7 @@ def test_daemon_on_postgres_runs_dropped_jobs_and_survives_kill_9(
         )
         return unfinished[0] == 0
 
-    e2e.wait_for("every Dagster run to end", runs_finished, dev)
+    wait_for("every Dagster run to end", runs_finished, dev)
     dev.kill()
 
     # Every job recorded exactly once, one result folder each, no job lost.

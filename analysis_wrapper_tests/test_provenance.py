@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from analysis_wrapper.provenance import DirtyTreeError, check_may_post, code_state, environment_description
-from analysis_wrapper_tests.conftest import write_job
+from analysis_wrapper_tests.harness import write_job
 from analysis_wrapper_tests.sample_analyses import echo
 
 

@@ -9,7 +9,7 @@ from analysis_wrapper.job_file import AnalysisJob
 from analysis_wrapper.registration import prepare_files, register_jobs
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper.store.sqlite import SqliteStore
-from analysis_wrapper_tests.conftest import write_job
+from analysis_wrapper_tests.harness import write_job
 from analysis_wrapper_tests.sample_analyses import echo
 
 

@@ -22,7 +22,7 @@ from analysis_wrapper.cli import main
 from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, RECORD_FILE
 from analysis_wrapper.store.base import JobState
-from analysis_wrapper_tests.conftest import write_job
+from analysis_wrapper_tests.harness import write_job
 from analysis_wrapper_tests.mongo_server import MongoServer, fresh_database_name
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 from analysis_wrapper_tests.sample_analyses import EchoOutputs, echo

@@ -19,6 +19,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from analysis_wrapper_tests.environment import scrubbed_environ
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
@@ -31,12 +33,7 @@ def free_port() -> int:
 
 def ui_env(root: Path, code_repository: Path) -> dict[str, str]:
     """Settings for everything under ``root``: instance, results, inbox; sensors tick every second."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DAGSTER_", "DOCDB_", "SENSOR_", "AWS_"))
-        and k not in {"ANALYSIS_BUCKET", "ALLOW_DIRTY", "GIT_COMMIT", "RESULTS_ROOT", "DISPATCH_INBOX"}
-    }
+    env = scrubbed_environ()
     env.update(
         DAGSTER_HOME=str(root / "home"),
         RESULTS_ROOT=str(root / "results"),
@@ -51,7 +48,7 @@ def ui_env(root: Path, code_repository: Path) -> dict[str, str]:
 
 def prepare_instance(root: Path, code_repository: Path, n_jobs: int = 3) -> dict[str, str]:
     """A DAGSTER_HOME under ``root`` holding ``n_jobs`` recorded example jobs; the environment to use."""
-    from analysis_wrapper_tests.conftest import load_examples_module
+    from analysis_wrapper_tests.harness import load_examples_module
 
     env = ui_env(root, code_repository)
     home = Path(env["DAGSTER_HOME"])

@@ -20,6 +20,9 @@ from aind_data_schema.core.data_description import DataDescription, Funding
 from aind_data_schema_models.modalities import Modality
 from aind_data_schema_models.organizations import Organization
 
+from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
+from analysis_wrapper_tests.mongo_server import MongoServer, fresh_database_name
+
 MODALITIES = {"ecephys": Modality.ECEPHYS, "behavior": Modality.BEHAVIOR, "pophys": Modality.POPHYS}
 
 
@@ -95,3 +98,32 @@ def many_records(n: int, location_root: str) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+COLLECTION = "data_assets"
+
+
+@dataclass
+class MetadataCollection:
+    server: MongoServer
+    database: str
+    records: list[dict[str, Any]]
+
+    def db(self) -> MetadataDatabase:
+        return MetadataDatabase(self.server.uri, database=self.database, collection=COLLECTION)
+
+    def collection(self) -> Any:
+        return self.server.client()[self.database][COLLECTION]
+
+    def by_subject(self, subject: str | None) -> list[dict[str, Any]]:
+        return [r for r in self.records if r["subject"]["subject_id"] == subject]
+
+
+def seeded(server: MongoServer, location_root: str) -> MetadataCollection:
+    database = fresh_database_name("dispatch")
+    client = server.client()
+    try:
+        records = seed_records(client[database][COLLECTION], location_root)
+    finally:
+        client.close()
+    return MetadataCollection(server, database, records)

@@ -21,8 +21,13 @@ from analysis_wrapper.factory import build_analysis_definitions
 from analysis_wrapper.resources.record_store import StoreResource, close_all_stores
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.store.sqlite import SqliteStore
-from analysis_wrapper_tests.dispatching.conftest import COLLECTION, MetadataCollection
-from analysis_wrapper_tests.dispatching.metadata_records import Session, metadata_record
+from analysis_wrapper_tests.dispatching.metadata_records import (
+    COLLECTION,
+    MetadataCollection,
+    Session,
+    metadata_record,
+)
+from analysis_wrapper_tests.environment import scrub_settings, scrubbed_environ
 from analysis_wrapper_tests.sample_analyses import echo
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -206,8 +211,7 @@ def test_cli_dispatch_prints_found_registered_and_already_done(
         "METADATA_DOCDB_COLLECTION": COLLECTION,
         "ANALYSIS_MODULES": "analysis_wrapper_tests.sample_analyses",
     }
-    for name in [k for k in os.environ if k.startswith(("DAGSTER_", "DOCDB_", "METADATA_", "DISPATCH_"))]:
-        monkeypatch.delenv(name)
+    scrub_settings(monkeypatch)
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
@@ -266,11 +270,7 @@ def test_two_cli_dispatches_at_once_register_each_job_once(
 ) -> None:
     """Two real processes dispatch the same query into one DAGSTER_HOME at the same moment: both exit 0,
     each job is registered by exactly one of them, and every partition exists once."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DAGSTER_", "DOCDB_", "METADATA_", "DISPATCH_"))
-    }
+    env = scrubbed_environ(keep_aws_credentials=True)
     env.update(
         DAGSTER_HOME=str(tmp_path / "home"),
         METADATA_DOCDB_URI=metadata.server.uri,

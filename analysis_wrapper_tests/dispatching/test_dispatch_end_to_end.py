@@ -11,14 +11,12 @@ import pytest
 
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper.store.sqlite import SqliteStore
-from analysis_wrapper_tests.dispatching.conftest import COLLECTION, seeded
-from analysis_wrapper_tests.dispatching.metadata_records import Session, metadata_record
+from analysis_wrapper_tests.dagster_dev import REPO_ROOT, DagsterDev, wait_for
+from analysis_wrapper_tests.dispatching.metadata_records import COLLECTION, Session, metadata_record, seeded
 from analysis_wrapper_tests.mongo_server import MongoServer
-from analysis_wrapper_tests.test_daemon_end_to_end import REPO_ROOT, DagsterDev, dagster_dev, wait_for
 
 PHASE_TIMEOUT_S = 200.0  # the daemon also runs the other analyses' sensors and summaries on 2 busy cores
 
-__all__ = ["dagster_dev"]  # the fixture, used here as in the daemon's own end-to-end test
 
 
 def asset_files(root: Path, records: list[dict[str, Any]], skip: str) -> None:

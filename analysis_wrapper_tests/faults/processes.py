@@ -27,8 +27,9 @@ from analysis_wrapper.resources.results_storage import OUTPUTS_FILE, RECORD_FILE
 from analysis_wrapper.resources.s3_storage import S3ResultsStorage
 from analysis_wrapper.scratch import ROOT_NAME, Owner
 from analysis_wrapper.store.base import JobState
-from analysis_wrapper_tests.conftest import write_job
+from analysis_wrapper_tests.environment import scrubbed_environ
 from analysis_wrapper_tests.faults.fault_analysis import NAME, TOKEN_FILE, computations
+from analysis_wrapper_tests.harness import write_job
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -113,14 +114,7 @@ class Workspace:
 
     @classmethod
     def make(cls, root: Path, code_repository: Path, **env: str) -> Workspace:
-        base = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("DAGSTER_", "DOCDB_", "SENSOR_", "S3_"))
-            and k
-            not in {"ANALYSIS_BUCKET", "AWS_ENDPOINT_URL", "ALLOW_DIRTY", "GIT_COMMIT", "DISPATCH_INBOX"}
-            and k not in {"LEASE_TTL_S", "RESULTS_ROOT", "SCRATCH_ROOT", "FAULT_DIR", "ANALYSIS_MODULES"}
-        }
+        base = scrubbed_environ(keep_aws_credentials=True)
         for name in ("tmp", "faults", "logs", "jobs", "inputs"):
             (root / name).mkdir(parents=True, exist_ok=True)
         base.update(

@@ -30,6 +30,7 @@ from analysis_wrapper.inbox import REASON_SUFFIX
 from analysis_wrapper.job_file import JobFileError, load_job_file, location_problem
 from analysis_wrapper.registration import prepare_job
 from analysis_wrapper.resources.record_store import close_all_stores
+from analysis_wrapper_tests.environment import scrub_settings
 from analysis_wrapper_tests.faults.bad_inputs import (
     ANALYSIS,
     ESCAPE,
@@ -216,8 +217,7 @@ def test_every_bad_file_is_quarantined_from_an_s3_inbox_while_good_jobs_register
 def cli_workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, clean_repo: Path) -> Iterator[Path]:
     """The CLI's defaults in ``tmp_path`` (.dagster_home, analysis_results, SQLite), serving echo too."""
     monkeypatch.chdir(tmp_path)
-    for name in ("DAGSTER_HOME", "ANALYSIS_BUCKET", "DOCDB_URI", "RESULTS_ROOT", "ALLOW_DIRTY", "GIT_COMMIT"):
-        monkeypatch.delenv(name, raising=False)
+    scrub_settings(monkeypatch)
     monkeypatch.setenv("DRY_RUN", "0")
     monkeypatch.setenv("CODE_REPOSITORY", str(clean_repo))
     monkeypatch.setenv("ANALYSIS_MODULES", "analysis_wrapper_tests.sample_analyses")

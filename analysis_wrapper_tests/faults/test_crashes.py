@@ -24,11 +24,12 @@ from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from analysis_wrapper.resources.results_storage import RECORD_FILE
 from analysis_wrapper.store.base import JobState
+from analysis_wrapper_tests.dagster_dev import SHIPPED_INSTANCE_YAML, drop
 from analysis_wrapper_tests.faults import report
 from analysis_wrapper_tests.faults.fault_analysis import NAME
 from analysis_wrapper_tests.faults.processes import BIN, Proc, Workspace, sqlite_locked, wait_until
-from analysis_wrapper_tests.s3_servers import S3Process, free_port
-from analysis_wrapper_tests.test_daemon_end_to_end import SHIPPED_INSTANCE_YAML, drop
+from analysis_wrapper_tests.s3_servers import S3Process
+from analysis_wrapper_tests.servers import free_port
 
 pytestmark = pytest.mark.slow
 

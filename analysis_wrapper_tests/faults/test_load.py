@@ -26,9 +26,10 @@ import pytest
 
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper.store.sqlite import SqliteStore
-from analysis_wrapper_tests.conftest import write_job
 from analysis_wrapper_tests.counting_analysis import NAME, read_log
+from analysis_wrapper_tests.environment import scrubbed_environ
 from analysis_wrapper_tests.faults import report
+from analysis_wrapper_tests.harness import write_job
 
 pytestmark = pytest.mark.slow
 
@@ -112,12 +113,7 @@ def test_a_thousand_jobs_through_the_sensor_and_the_daemon_each_done_exactly_onc
         source.write_text(f"load input {i}\n")
         write_job(staged, [source], analysis=NAME, sleep_s=0.0)
     log = tmp_path / "computations.log"
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DAGSTER_", "DOCDB_", "SENSOR_", "AWS_"))
-        and k not in {"ANALYSIS_BUCKET", "ALLOW_DIRTY", "GIT_COMMIT", "RESULTS_ROOT", "DISPATCH_INBOX"}
-    }
+    env = scrubbed_environ()
     env.update(
         DAGSTER_HOME=str(home),
         DISPATCH_INBOX=str(inbox),

@@ -22,10 +22,10 @@ from analysis_wrapper.definitions import build_analysis_set, build_resources
 from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper.sensors import SensorSettings, build_inbox_sensor
 from analysis_wrapper.store.base import JobState
-from analysis_wrapper_tests.conftest import make_settings, write_job
 from analysis_wrapper_tests.faults import report
 from analysis_wrapper_tests.faults.fault_analysis import NAME, faulty
 from analysis_wrapper_tests.faults.processes import S3_WAIT_BOUND_S, Workspace, sqlite_locked, wait_until
+from analysis_wrapper_tests.harness import make_settings, write_job
 from analysis_wrapper_tests.mongo_server import MongoServerFactory, fresh_database_name
 from analysis_wrapper_tests.s3_servers import S3Process
 

@@ -6,7 +6,7 @@ The many-process races on an initialised home (N ``run`` on the same jobs, ``--f
 out: several processes starting together on an empty folder, where Dagster's storage schemas, the shipped
 instance config and the record store are created. Two processes doing that unguarded break the folder
 for good (Dagster stamps its alembic version twice: "more than one head"), so the CLI creates them under
-a lock (``cli_context.open_instance``).
+a lock (``session.open_instance``).
 
 * every command kind (``status``, ``submit``, ``run``, ``retry``, ``results``): 6 trials of 4 processes
   released together on a fresh home, each process a real one that imported everything first; every
@@ -37,10 +37,12 @@ import pytest
 
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper.store.sqlite import SqliteStore
-from analysis_wrapper_tests.conftest import write_job
 from analysis_wrapper_tests.counting_analysis import NAME, read_log
+from analysis_wrapper_tests.environment import scrubbed_environ
 from analysis_wrapper_tests.faults import report
-from analysis_wrapper_tests.test_concurrency import Setup, assert_record_matches_folder
+from analysis_wrapper_tests.faults.scripts import TICK, WORKER
+from analysis_wrapper_tests.harness import write_job
+from analysis_wrapper_tests.shared_home import Setup, assert_record_matches_folder
 
 pytestmark = pytest.mark.slow
 
@@ -52,65 +54,9 @@ PROCESSES = 4
 N_JOBS = 3
 TIMEOUT_S = 240.0
 
-# A worker imports everything once, then runs one command per step, each on its own fresh home,
-# released with the other workers by the step's gate file. stdout and stderr of a step go (at the file
-# descriptor level, so Dagster's and logging's output too) to the step's files.
-WORKER = r"""
-import json, os, sys, time, traceback
-plan = json.loads(open(sys.argv[1]).read())
-me = sys.argv[2]
-from analysis_wrapper.cli import main
-from analysis_wrapper.resources.record_store import close_all_stores
-for step in plan:
-    open(step["gate"] + ".ready." + me, "w").close()
-    while not os.path.exists(step["gate"]):
-        time.sleep(0.002)
-    os.environ.update(step["env"])
-    for name in step.get("unset", []):
-        os.environ.pop(name, None)
-    sys.stdout.flush(); sys.stderr.flush()
-    with open(step["out"], "wb") as out, open(step["err"], "wb") as err:
-        os.dup2(out.fileno(), 1)
-        os.dup2(err.fileno(), 2)
-        try:
-            code = main(step["args"])
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        except BaseException:
-            traceback.print_exc()
-            code = 99
-        sys.stdout.flush(); sys.stderr.flush()
-    close_all_stores()
-    open(step["code"], "w").write(str(code))
-"""
-
-# What the daemon's sensor evaluation does on this home: the inbox sensor's tick, evaluated in a
-# process of its own. It opens the instance as the CLI does (``cli_context.open_instance``, under a lock):
-# Dagster's own processes create their SQLite schemas unguarded, and two of them starting together on an
-# empty folder can break it whatever this package does (the README says to start the CLI first there).
-TICK = r"""
-import os, sys
-from pathlib import Path
-from dagster import build_sensor_context
-from analysis_wrapper.cli_context import open_instance
-from analysis_wrapper.definitions import defs
-instance = open_instance(Path(os.environ["DAGSTER_HOME"]))
-sensor = defs.resolve_sensor_def(sys.argv[1])
-with build_sensor_context(
-    instance=instance, definitions=defs, resources=defs.resources, sensor_name=sensor.name
-) as context:
-    result = sensor(context)
-print("tick:", type(result).__name__)
-"""
-
 
 def _env(home_root: Path, clean_repo: Path, inbox: Path | None = None) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("DAGSTER_", "DOCDB_", "SENSOR_", "AWS_"))
-        and k not in {"ANALYSIS_BUCKET", "ALLOW_DIRTY", "GIT_COMMIT", "RESULTS_ROOT", "DISPATCH_INBOX"}
-    }
+    env = scrubbed_environ()
     (home_root / "tmp").mkdir(parents=True, exist_ok=True)
     env.update(
         DAGSTER_HOME=str(home_root / "home"),

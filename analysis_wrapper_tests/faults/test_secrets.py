@@ -27,10 +27,11 @@ from typing import Any
 
 import pytest
 
-from analysis_wrapper_tests.conftest import write_job
 from analysis_wrapper_tests.counting_analysis import NAME
+from analysis_wrapper_tests.environment import scrubbed_environ
 from analysis_wrapper_tests.faults import report
-from analysis_wrapper_tests.faults.test_races import TICK, WORKER
+from analysis_wrapper_tests.faults.scripts import TICK, WORKER
+from analysis_wrapper_tests.harness import write_job
 from analysis_wrapper_tests.mongo_server import MongoServerFactory, fresh_database_name
 from analysis_wrapper_tests.s3_servers import start_weed
 
@@ -120,12 +121,7 @@ def test_no_secret_in_any_output_of_a_full_s3_and_mongodb_run(
         inbox.mkdir(parents=True)
         (work / "tmp").mkdir()
         home = work / "home"
-        env = {
-            k: v
-            for k, v in os.environ.items()
-            if not k.startswith(("DAGSTER_", "DOCDB_", "SENSOR_", "AWS_"))
-            and k not in {"ANALYSIS_BUCKET", "ALLOW_DIRTY", "GIT_COMMIT", "RESULTS_ROOT", "DISPATCH_INBOX"}
-        }
+        env = scrubbed_environ()
         env.update(
             DAGSTER_HOME=str(home),
             RESULTS_ROOT=str(work / "results"),
