@@ -53,19 +53,14 @@ def latest_per_input(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(latest.values())
 
 
-def record_files(record: dict[str, Any], s3_client: Any) -> list[dict[str, Any]]:
-    """The files of a record's result folder, wherever it is (local folder or S3)."""
-    storage, name = storage_for_location(record["location"], s3_client)
-    return [{"name": f.name, "size": f.size} for f in storage.list_files(name)]
-
-
 def add_files(records: Iterable[dict[str, Any]], s3: S3Resource) -> None:
-    """Give each record a ``files`` list (:func:`record_files`); an S3 client is made only when a
-    record lives in S3."""
+    """Give each record a ``files`` list (name, size) of its result folder, wherever it is (local folder
+    or S3: a client is made only when a record lives there)."""
     records = list(records)
     s3_client = cached_client(s3) if any(r["location"].startswith("s3://") for r in records) else None
     for record in records:
-        record["files"] = record_files(record, s3_client)
+        storage, name = storage_for_location(record["location"], s3_client)
+        record["files"] = [{"name": f.name, "size": f.size} for f in storage.list_files(name)]
 
 
 def jobs_by_key(store: Store, analyses: Iterable[str], keys: Sequence[str]) -> dict[str, JobEntry]:

@@ -1,4 +1,4 @@
-"""Jobs registered and run in this process, as ``analysis-wrapper run`` does it (notebooks and tests too).
+"""Registered jobs run in this process, as ``analysis-wrapper run`` does it (notebooks and tests too).
 
 The jobs of one analysis go in runs of ``batch_size`` (one job: a run of the result asset's partition,
 as the UI does; several: the batch job); each job's outcome is read from its run's events. The run's
@@ -24,7 +24,7 @@ from analysis_wrapper.lifecycle import JobLifecycle
 from analysis_wrapper.ownership import end_heartbeat, fingerprint_key, heartbeat, lease_dead, this_host
 from analysis_wrapper.partition_run import job_of_entry
 from analysis_wrapper.provenance import check_may_post
-from analysis_wrapper.registration import Prepared, Rejected, find_job_files, prepare_files, register
+from analysis_wrapper.registration import Rejected
 from analysis_wrapper.result_metadata import LOCATION_METADATA_KEY
 from analysis_wrapper.session import Session
 from analysis_wrapper.store.base import JobState, StoreError
@@ -59,29 +59,6 @@ class Outcome:
     detail: str | None = None
 
 
-def prepare_paths(session: Session, paths: Sequence[str], analysis: str | None) -> Prepared:
-    """The jobs of job files (or folders of them), and the files rejected with their reasons."""
-    files, missing = find_job_files(Path(p) for p in paths)
-    prepared = prepare_files(files, session.analyses, analysis)
-    prepared.rejected[:0] = missing
-    return prepared
-
-
-def register_prepared(session: Session, prepared: Prepared) -> list[AnalysisJob]:
-    """Register prepared jobs and their partitions; the jobs registered or already known."""
-    jobs = []
-    for name, analysis_jobs in prepared.jobs.items():
-        outcome = register(analysis_jobs, session.analyses[name], session.store, session.instance).outcome
-        for job in analysis_jobs:
-            key = job.partition_key
-            verb = (
-                "registered" if key in outcome.added else ("updated" if key in outcome.changed else "known")
-            )
-            log.info("%s %s %s (%s)", verb, name, key, job.source)
-        jobs.extend(analysis_jobs)
-    return jobs
-
-
 def registered_jobs(session: Session, analysis: str | None) -> tuple[list[AnalysisJob], list[Rejected]]:
     """Every registered job, rebuilt with the current analysis version (its fingerprint may change),
     and the entries that cannot be rebuilt any more."""
@@ -99,12 +76,12 @@ def registered_jobs(session: Session, analysis: str | None) -> tuple[list[Analys
 
 def is_dry_run(session: Session, asked: bool | None) -> bool:
     """Whether a run is a dry run: ``asked`` (``--dry-run`` / ``--no-dry-run``), else ``DRY_RUN``."""
-    return bool(session.resource("runtime").dry_run if asked is None else asked)
+    return bool(session.resources["runtime"].dry_run if asked is None else asked)
 
 
 def check_may_run(session: Session, options: RunOptions) -> None:
     """Fail fast, before any job, when the run would post from a dirty tree (every job would fail)."""
-    runtime = session.resource("runtime")
+    runtime = session.resources["runtime"]
     check_may_post(runtime.code_state(), is_dry_run(session, options.dry_run), runtime.allow_dirty)
 
 
@@ -141,7 +118,7 @@ def _materialize(
         run_config = {"ops": {spec.asset_name: {"config": {"force": options.force, **dry_run}}}}
     else:
         run_config = batch_run_config(spec, [j.partition_key for j in jobs], options.force, options.dry_run)
-    run_id, ttl_s = str(uuid.uuid4()), session.resource("store").lease_ttl_s
+    run_id, ttl_s = str(uuid.uuid4()), session.resources["store"].lease_ttl_s
     tags = {SOURCE_TAG: "cli", HOST_TAG: this_host(), PID_TAG: str(os.getpid())}
     job_def = session.defs.resolve_job_def(spec.job_name if one else spec.batch_job_name)
     heartbeat(session.store, run_id, ttl_s)

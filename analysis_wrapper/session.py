@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,19 +24,16 @@ SHIPPED_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "dagster_home" 
 
 @dataclass
 class Session:
-    """What every command needs, built once: settings, analyses, definitions, store, instance."""
+    """What every command needs, built once: settings, analyses, definitions (and their resources:
+    ``store``, ``s3``, ``runtime``), the store, the instance."""
 
     settings: Settings
     analyses: dict[str, Analysis[Any, Any]]
     built: dict[str, AnalysisDefinitions]
     defs: Definitions
+    resources: Mapping[str, Any]
     store: Store
     instance: DagsterInstance
-
-    def resource(self, key: str) -> Any:
-        """The resource ``key`` of the definitions (``store``, ``s3``, ``runtime``)."""
-        assert self.defs.resources is not None
-        return self.defs.resources[key]
 
 
 def open_session() -> Session:
@@ -57,6 +55,7 @@ def open_session() -> Session:
         analyses={name: d.analysis for name, d in built.items()},
         built=built,
         defs=defs,
+        resources=defs.resources,
         store=defs.resources["store"].get_store(),
         instance=open_instance(home),
     )

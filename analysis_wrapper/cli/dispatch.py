@@ -2,7 +2,8 @@
 
 It prints what the query found, how many jobs were already recorded or registered, how many it
 registered, and how many the cap (``--max-jobs``) left out; with ``--dry-run`` it registers nothing
-and lists the jobs it would. The dispatch is recorded as a materialization of ``<analysis>_dispatches`` in the Dagster instance.
+and lists the jobs it would. The dispatch is recorded as a materialization of
+``<analysis>_dispatches`` in the Dagster instance.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from analysis_wrapper.resources.s3_client import cached_client
 from analysis_wrapper.session import open_session
 
 
-def add_dispatch_parser(subparsers: Any) -> argparse.ArgumentParser:
+def add_dispatch_parser(subparsers: Any) -> None:
+    """The options are named for the command line; each ``dest`` is the :class:`DispatchSettings` field
+    it sets (the AIND dispatcher's setting, named in its help)."""
     dispatch = subparsers.add_parser(
         "dispatch",
         help="find assets in the metadata database and register them as jobs (the AIND dispatcher)",
@@ -32,82 +35,79 @@ def add_dispatch_parser(subparsers: Any) -> argparse.ArgumentParser:
         "one job per asset, group or file as partitions of the analysis; jobs already recorded or "
         "registered are skipped. The inbox sensor (or `analysis-wrapper run`) then runs them.",
     )
-    what = dispatch.add_mutually_exclusive_group(required=True)
-    what.add_argument(
-        "--query", metavar="JSON_OR_FILE", help="docdb_query: a MongoDB filter, as JSON or a JSON file"
+    one_of = dispatch.add_mutually_exclusive_group(required=True).add_argument
+    one_of(
+        "--query",
+        dest="docdb_query",
+        metavar="JSON_OR_FILE",
+        help="docdb_query: a MongoDB filter, as JSON or a JSON file",
     )
-    what.add_argument("--asset-csv", metavar="FILE", help="data_asset_csv: a CSV with an asset_id column")
-    what.add_argument("--saved", metavar="YAML", help="a saved query file (as the dispatch sensors run them)")
-    dispatch.add_argument("--analysis", help="the analysis the jobs are for (default: the only one served)")
-    dispatch.add_argument("--file-extension", metavar="EXT", help="file_extension: one job per matching file")
-    dispatch.add_argument(
+    one_of(
+        "--asset-csv",
+        dest="data_asset_csv",
+        metavar="FILE",
+        help="data_asset_csv: a CSV with an asset_id column",
+    )
+    one_of("--saved", metavar="YAML", help="a saved query file (as the dispatch sensors run them)")
+    add = dispatch.add_argument
+    add("--analysis", help="the analysis the jobs are for (default: the only one served)")
+    add("--file-extension", metavar="EXT", help="file_extension: one job per matching file")
+    add(
         "--split-files",
         type=int,
         metavar="N",
         help="split_files: with --file-extension, N = a job per N files of an asset (default 1), "
         "0 = a job per asset (or group) with all its files",
     )
-    dispatch.add_argument("--group-by", nargs="+", action="extend", metavar="FIELD", help="group_by fields")
-    dispatch.add_argument(
-        "--filter-latest", metavar="FIELD", help="filter_latest: keep the newest record ..."
+    add("--group-by", nargs="+", action="extend", metavar="FIELD", help="group_by fields")
+    add("--filter-latest", metavar="FIELD", help="filter_latest: keep the newest record ...")
+    add("--filter-by", nargs="+", action="extend", metavar="FIELD", help="... per filter_by group")
+    add(
+        "--unwind",
+        dest="unwind_list_fields",
+        nargs="+",
+        action="extend",
+        metavar="FIELD",
+        help="unwind_list_fields",
     )
-    dispatch.add_argument(
-        "--filter-by", nargs="+", action="extend", metavar="FIELD", help="... per filter_by group"
-    )
-    dispatch.add_argument("--unwind", nargs="+", action="extend", metavar="FIELD", help="unwind_list_fields")
-    dispatch.add_argument(
+    add(
         "--keep-null-groups",
-        action="store_true",
+        dest="drop_null_groups",
+        action="store_false",
+        default=None,
         help="drop_null_groups=0: keep records with null group fields",
     )
-    dispatch.add_argument(
+    add(
         "--parameters",
+        dest="parameters_file",
         metavar="FILE",
         help="analysis_parameters.json: parameter sets every job is crossed with",
     )
-    dispatch.add_argument(
+    add(
         "--max-jobs",
+        dest="max_number_of_tasks_dispatched",
         type=int,
         metavar="N",
         help=f"max_number_of_tasks_dispatched: most new jobs registered (default {DEFAULT_MAX_TASKS})",
     )
-    dispatch.add_argument(
-        "--tasks-per-job", type=int, metavar="N", help="tasks_per_job: job files per folder"
-    )
-    dispatch.add_argument("--out", metavar="DIR_OR_S3", help="also write the jobs as files there")
-    dispatch.add_argument("--dry-run", action="store_true", help="register nothing: show what would be")
-    dispatch.add_argument("--json", action="store_true", help="print the report as JSON")
+    add("--tasks-per-job", type=int, metavar="N", help="tasks_per_job: job files per folder")
+    add("--out", dest="output_directory", metavar="DIR_OR_S3", help="also write the jobs as files there")
+    add("--dry-run", action="store_true", default=None, help="register nothing: show what would be")
+    add("--json", action="store_true", help="print the report as JSON")
     dispatch.set_defaults(func=cmd_dispatch)
-    return dispatch
 
 
-def settings_from_args(args: argparse.Namespace) -> tuple[str | None, Any]:
-    """(analysis, :class:`DispatchSettings`) from the command line, or from ``--saved`` with the
-    command line's options on top."""
+def settings_from_args(args: argparse.Namespace) -> tuple[str | None, DispatchSettings]:
+    """(analysis, settings) from the command line, or from ``--saved`` with the command line's options
+    on top."""
     values: dict[str, Any] = {}
     analysis = args.analysis
     if args.saved:
         saved = load_saved_query(Path(args.saved))
         values = saved.settings.model_dump()
         analysis = analysis or saved.analysis
-    options = {
-        "docdb_query": args.query,
-        "data_asset_csv": args.asset_csv,
-        "file_extension": args.file_extension,
-        "split_files": args.split_files,
-        "group_by": args.group_by,
-        "filter_latest": args.filter_latest,
-        "filter_by": args.filter_by,
-        "unwind_list_fields": args.unwind,
-        "drop_null_groups": False if args.keep_null_groups else None,
-        "parameters_file": args.parameters,
-        "max_number_of_tasks_dispatched": args.max_jobs,
-        "tasks_per_job": args.tasks_per_job,
-        "output_directory": args.out,
-        "dry_run": True if args.dry_run else None,
-    }
-    values.update({k: v for k, v in options.items() if v is not None})
-    return analysis, DispatchSettings.model_validate(values)
+    given = {k: v for k, v in vars(args).items() if k in DispatchSettings.model_fields and v is not None}
+    return analysis, DispatchSettings.model_validate({**values, **given})
 
 
 def print_report(report: Any, out: Any = None) -> None:
@@ -157,7 +157,7 @@ def cmd_dispatch(args: argparse.Namespace) -> int:
         print(f"error: --analysis {name!r} is not served here (known: {served})", file=sys.stderr)
         return 2
     metadata = MetadataDatabase.from_settings(session.settings)
-    s3 = session.resource("s3")
+    s3 = session.resources["s3"]
     try:
         report = dispatch(
             session.analyses[name],

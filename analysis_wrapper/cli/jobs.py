@@ -4,25 +4,28 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from analysis_wrapper.job_file import AnalysisJob
 from analysis_wrapper.lifecycle import JobLifecycle
 from analysis_wrapper.records import jobs_by_key
+from analysis_wrapper.registration import find_job_files, prepare_files, register
 from analysis_wrapper.runner import (
     DEFAULT_BATCH_SIZE,
     OUTCOMES,
     RunOptions,
     check_may_run,
-    prepare_paths,
-    register_prepared,
     registered_jobs,
     run_jobs,
 )
 from analysis_wrapper.session import Session, open_session
 from analysis_wrapper.store.base import JobState
+
+log = logging.getLogger(__name__)
 
 
 def add_submit_parser(sub: Any) -> None:
@@ -67,10 +70,17 @@ def register_paths(
         raise SystemExit(
             f"error: --analysis {analysis!r} is not served here (known: {', '.join(session.analyses)})"
         )
-    prepared = prepare_paths(session, paths, analysis)
-    for item in prepared.rejected:
+    files, missing = find_job_files(Path(p) for p in paths)
+    prepared = prepare_files(files, session.analyses, analysis)
+    for item in missing + prepared.rejected:
         print(f"REJECTED {item.message}", file=out)
-    return register_prepared(session, prepared), len(prepared.rejected)
+    for name, jobs in prepared.jobs.items():
+        outcome = register(jobs, session.analyses[name], session.store, session.instance).outcome
+        for job in jobs:
+            key = job.partition_key
+            verb = "registered" if key in outcome.added else "updated" if key in outcome.changed else "known"
+            log.info("%s %s %s (%s)", verb, name, key, job.source)
+    return prepared.all_jobs(), len(missing) + len(prepared.rejected)
 
 
 class Progress:
@@ -144,8 +154,8 @@ def cmd_retry(args: argparse.Namespace) -> int:
         found = jobs_by_key(session.store, names, args.keys)
     else:
         found = {}
-        for entry in session.store.list_jobs(args.analysis, [JobState.FAILED]):
-            found.setdefault(entry.partition_key, entry)
+        for failed in session.store.list_jobs(args.analysis, [JobState.FAILED]):
+            found.setdefault(failed.partition_key, failed)
     lifecycle = JobLifecycle(session.store)
     requeued = 0
     for key in dict.fromkeys(args.keys or list(found)):

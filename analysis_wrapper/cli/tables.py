@@ -122,7 +122,7 @@ def cmd_results(args: argparse.Namespace) -> int:
         include_superseded=args.include_superseded,
     )
     if args.files:
-        add_files(records, session.resource("s3"))
+        add_files(records, session.resources["s3"])
     if args.json:
         print(json.dumps(records, indent=2, default=str))
         return 0
