@@ -29,7 +29,6 @@ from analysis_wrapper.resources.results_resources import (
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.resources.s3_client import BoundedS3Resource
 from analysis_wrapper.sensors import build_sensors
-from analysis_wrapper.sensors.settings import SensorSettings
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.summary.asset import summary_sensor
 
@@ -122,15 +121,14 @@ def build_definitions(
     settings = settings or Settings()
     built = built if built is not None else build_analysis_set(analyses, settings)
     dispatch = build_dispatch_definitions(built, settings)
+    sensor = settings.sensor
     with_summary = [(d.analysis, d.summary) for d in built.values() if d.summary is not None]
-    status = SensorSettings.from_settings(settings).default_status  # SENSOR_START_STOPPED, as the others
-    summaries = [summary for _analysis, summary in with_summary]
     return Definitions(
-        assets=[d.asset for d in built.values()] + summaries + dispatch.assets,
+        assets=[d.asset for d in built.values()] + [s for _a, s in with_summary] + dispatch.assets,
         jobs=[j for d in built.values() for j in (d.job, d.batch_job)] + dispatch.jobs,
-        sensors=build_sensors(built, settings)
+        sensors=build_sensors(built, sensor)
         + dispatch.sensors
-        + [summary_sensor(a, summary, settings.SENSOR_INTERVAL_S, status) for a, summary in with_summary],
+        + [summary_sensor(a, s, sensor.interval_s, sensor.default_status) for a, s in with_summary],
         resources=build_resources(settings),
     )
 

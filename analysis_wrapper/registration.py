@@ -20,6 +20,7 @@ from dagster import DagsterInstance
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.inbox import is_job_file_name
+from analysis_wrapper.job_bytes import DEFAULT_MAX_JOB_FILE_BYTES
 from analysis_wrapper.job_file import AnalysisJob, DispatchJob, JobFileError, load_job_file
 from analysis_wrapper.lifecycle import JobLifecycle, RegisterOutcome
 from analysis_wrapper.make_job import build_analysis_job, select_analysis
@@ -87,14 +88,10 @@ def prepare_files(
     files: Sequence[Path],
     analyses: Mapping[str, Analysis[Any, Any]],
     analysis_override: str | None = None,
-    max_bytes: int | None = None,
+    max_bytes: int = DEFAULT_MAX_JOB_FILE_BYTES,
 ) -> Prepared:
-    """Jobs of ``files``; files larger than ``max_bytes`` (default: the ``MAX_JOB_FILE_BYTES`` setting)
-    are rejected unread. A file failing in any way is rejected with the reason; the others go on."""
-    if max_bytes is None:
-        from analysis_wrapper.settings import Settings
-
-        max_bytes = Settings().MAX_JOB_FILE_BYTES
+    """Jobs of ``files``; files larger than ``max_bytes`` (the CLI passes its ``MAX_JOB_FILE_BYTES``
+    setting) are rejected unread. A file failing in any way is rejected with the reason; the others go on."""
     prepared = Prepared()
     for path in files:
         try:

@@ -6,13 +6,14 @@ Names are kept from the AIND capsule where one exists (``ANALYSIS_BUCKET``, ``DO
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_core import PydanticUseDefault
+from dagster import DefaultSensorStatus
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from analysis_wrapper.errors import AnalysisWrapperError
@@ -22,7 +23,11 @@ _CREDENTIALS = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^?]*@")
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=("settings.env", ".env"), env_file_encoding="utf-8", extra="ignore", case_sensitive=True
+        env_file=("settings.env", ".env"),
+        env_file_encoding="utf-8",
+        env_ignore_empty=True,  # VARIABLE= (empty) means the default, in the environment and the files
+        extra="ignore",
+        case_sensitive=True,
     )
 
     DAGSTER_HOME: Path | None = Field(
@@ -137,22 +142,6 @@ class Settings(BaseSettings):
         "this; one not renewed for this long marks its run dead",
     )
 
-    @field_validator(
-        "DRY_RUN",
-        "ALLOW_DIRTY",
-        "DOCDB_TLS",
-        "SENSOR_START_STOPPED",
-        "RERUN_ON_NEW_VERSION",
-        "RUN_MAX_RUNTIME_S",
-        "SCRATCH_ROOT",
-        mode="before",
-    )
-    @classmethod
-    def _empty_means_default(cls, value: object) -> object:
-        if value == "":
-            raise PydanticUseDefault()
-        return value
-
     @property
     def dagster_home(self) -> Path:
         return Path(self.DAGSTER_HOME or os.environ.get("DAGSTER_HOME") or ".dagster_home").absolute()
@@ -164,6 +153,53 @@ class Settings(BaseSettings):
     @property
     def sqlite_path(self) -> Path:
         return self.dagster_home / "analysis_records.sqlite"
+
+    @property
+    def sensor(self) -> SensorSettings:
+        """The inbox and run-end sensors' group of these settings."""
+        return SensorSettings.model_validate(self, from_attributes=True)
+
+
+def _setting(name: str) -> Any:
+    """A field that is the setting ``name``: read from that attribute of :class:`Settings`, and with
+    its default (validated there, so its bounds are not repeated)."""
+    return Field(Settings.model_fields[name].default, validation_alias=name)
+
+
+class SensorSettings(BaseModel):
+    """What the sensors take from :class:`Settings` (``settings.sensor``), under the sensors' names.
+
+    Each field's alias is its setting, so the group is derived, not copied; tests and benchmarks
+    build one by field name, with the settings' defaults for the rest."""
+
+    model_config = ConfigDict(frozen=True, validate_by_name=True, validate_by_alias=True)
+
+    inbox: str = _setting("DISPATCH_INBOX")
+    interval_s: int = _setting("SENSOR_INTERVAL_S")
+    start_stopped: bool = _setting("SENSOR_START_STOPPED")
+    max_runs_per_tick: int = _setting("SENSOR_MAX_RUNS_PER_TICK")
+    batch_size: int = _setting("SENSOR_BATCH_SIZE")
+    max_queued_runs: int = _setting("SENSOR_MAX_QUEUED_RUNS")
+    max_files_per_tick: int = _setting("SENSOR_MAX_FILES_PER_TICK")
+    tick_budget_s: float = _setting("SENSOR_TICK_BUDGET_S")
+    settle_s: float = _setting("INBOX_SETTLE_S")
+    max_attempts: int = _setting("MAX_ATTEMPTS")
+    retry_delay_s: float = _setting("RETRY_DELAY_S")
+    rerun_on_new_version: bool = _setting("RERUN_ON_NEW_VERSION")
+    run_max_runtime_s: int | None = _setting("RUN_MAX_RUNTIME_S")
+    audit_after_s: float = _setting("SENSOR_AUDIT_AFTER_S")
+    lease_ttl_s: float = _setting("LEASE_TTL_S")
+    max_job_file_bytes: int = _setting("MAX_JOB_FILE_BYTES")
+    reconcile_page: int = 5000
+    """Registry jobs one tick re-fingerprints after a version change (about 0.3 s); not a setting."""
+
+    @property
+    def default_status(self) -> DefaultSensorStatus:
+        return DefaultSensorStatus.STOPPED if self.start_stopped else DefaultSensorStatus.RUNNING
+
+    def retry_delay(self, attempts: int) -> dt.timedelta:
+        """How long a job that failed after ``attempts`` attempts waits: doubling from RETRY_DELAY_S."""
+        return dt.timedelta(seconds=self.retry_delay_s * 2 ** max(attempts - 1, 0))
 
 
 BOOL_VALUES = "1, 0, true, false, yes, no, on, off"

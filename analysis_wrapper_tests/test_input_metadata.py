@@ -55,4 +55,5 @@ def test_no_record_ids_means_no_query() -> None:
             raise AssertionError("queried the database for a job without record ids")
 
     dispatch = DispatchJob(s3_location=["s3://b/a"], docdb_record_id=[])
-    assert fetch_input_metadata(build_analysis_job(dispatch, isi), client=Unusable()) == []
+    job = build_analysis_job(dispatch, isi)
+    assert fetch_input_metadata(job, Settings(_env_file=None), client=Unusable()) == []  # type: ignore[call-arg]

@@ -32,17 +32,18 @@ from analysis_wrapper.inbox import REASON_SUFFIX, Inbox, LocalInbox
 from analysis_wrapper.ownership import end_heartbeat, heartbeat
 from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper.sensors import (
-    RUN_EVENTS_SENSOR_NAME,
+    RUN_CANCELS_SENSOR_NAME,
+    RUN_FAILURES_SENSOR_NAME,
     InboxCursor,
     SensorSettings,
     build_inbox_sensor,
-    build_run_events_sensor,
+    build_run_end_sensors,
 )
 from analysis_wrapper.sensors import inbox_sensor as sensors_module
 from analysis_wrapper.sensors.intake import Intake
 from analysis_wrapper.store.base import JobEntry, JobState, Store
 from analysis_wrapper.tags import ANALYSIS_TAG, ATTEMPT_TAG, BATCH_SIZE_TAG, FINGERPRINT_TAG
-from analysis_wrapper_tests.conftest import make_settings, write_job
+from analysis_wrapper_tests.harness import make_settings, write_job
 from analysis_wrapper_tests.job_states import register_entries, set_state
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 from analysis_wrapper_tests.sample_analyses import echo
@@ -78,12 +79,13 @@ class Env:
         self.sensors = {
             name: build_inbox_sensor(d, self.served, self.config) for name, d in self.built.items()
         }
-        self.run_events_sensor = build_run_events_sensor(self.built, self.config)
+        self.run_end_sensors = build_run_end_sensors(self.built, self.config)
+        self.runs_handled = 0
         self.resources = build_resources(self.settings)
         self.defs = Definitions(
             assets=[d.asset for d in self.built.values()],
             jobs=[j for d in self.built.values() for j in (d.job, d.batch_job)],
-            sensors=[*self.sensors.values(), self.run_events_sensor],
+            sensors=[*self.sensors.values(), *self.run_end_sensors],
             resources=self.resources,
         )
         self.instance = instance or DagsterInstance.ephemeral()
@@ -123,17 +125,32 @@ class Env:
         self.last_summary = SUMMARIES[-1] if SUMMARIES else ""
         return result
 
-    def run_events(self) -> SensorResult:
-        with build_sensor_context(
-            instance=self.instance,
-            cursor=self.cursors.get(RUN_EVENTS_SENSOR_NAME),
-            definitions=self.defs,
-            resources=self.resources,
-        ) as context:
-            result = self.run_events_sensor(context)
-        assert isinstance(result, SensorResult)
-        self.cursors[RUN_EVENTS_SENSOR_NAME] = result.cursor
-        return result
+    def run_events(self) -> str:
+        """A tick of each run-end sensor (Dagster's run failure, then run cancel sensor): how many jobs
+        each marked failed, as ``<n> job(s) marked failed, <m> canceled``; ``runs_handled`` counts the
+        runs the sensors handled (each run event is handled once)."""
+        counts, self.runs_handled = [], 0
+        for sensor in self.run_end_sensors:
+            before = self.failed_jobs()
+            with build_sensor_context(
+                instance=self.instance,
+                cursor=self.cursors.get(sensor.name),
+                definitions=self.defs,
+                resources=self.resources,
+                sensor_name=sensor.name,
+            ) as context:
+                data = sensor.evaluate_tick(context)
+            assert data.cursor is not None
+            self.cursors[sensor.name] = data.cursor
+            self.runs_handled += len(data.dagster_run_reactions or [])
+            counts.append(len(self.failed_jobs() - before))
+        return f"{counts[0]} job(s) marked failed, {counts[1]} canceled"
+
+    def failed_jobs(self) -> set[tuple[str, int, str | None, str | None]]:
+        return {
+            (e.partition_key, e.attempts, e.run_id, e.last_error)
+            for e in self.store.find_jobs("echo", states=[JobState.FAILED], limit=10_000)
+        }
 
     def execute(self, request: Any, analysis: str = "echo") -> Any:
         """Run a requested run in-process, as the daemon would launch it."""
@@ -435,8 +452,7 @@ def test_run_that_dies_without_the_asset_marking_it_fails_the_job(env_factory: A
     env.store.insert_record("echo", {"_id": env.job(committed).fingerprint})
     env.instance.report_run_failed(runs[committed], "killed after commit")
 
-    result = env.run_events()
-    assert "1 job(s) marked failed, 1 canceled" in message(result)
+    assert env.run_events() == "1 job(s) marked failed, 1 canceled"
     entry = env.job(killed)
     assert (entry.state, entry.attempts, entry.run_id) == (JobState.FAILED, 1, runs[killed].run_id)
     assert "run worker was killed" in (entry.last_error or "")
@@ -446,7 +462,7 @@ def test_run_that_dies_without_the_asset_marking_it_fails_the_job(env_factory: A
     assert env.job(finished).state == JobState.DONE
     assert env.job(committed).state == JobState.DONE  # recorded: nothing to retry
     # Events are read once.
-    assert "0 job(s) marked failed, 0 canceled" in message(env.run_events())
+    assert env.run_events() == "0 job(s) marked failed, 0 canceled" and env.runs_handled == 0
 
 
 def test_lost_run_of_a_dead_code_server_is_failed_and_retried(
@@ -748,7 +764,8 @@ def test_definitions_carry_an_inbox_sensor_per_analysis_running_by_default(
     defs = build_definitions(make_settings(tmp_path, clean_repo, SENSOR_INTERVAL_S=7), analyses=[echo, other])
     names = {s.name for s in defs.sensors or []}
     summaries = {"echo_summary_sensor", "other_summary_sensor"}  # the summary assets' automation
-    assert names == {"echo_inbox_sensor", "other_inbox_sensor", RUN_EVENTS_SENSOR_NAME, *summaries}
+    run_ends = {RUN_FAILURES_SENSOR_NAME, RUN_CANCELS_SENSOR_NAME}
+    assert names == {"echo_inbox_sensor", "other_inbox_sensor", *run_ends, *summaries}
     for name in names:
         sensor = defs.resolve_sensor_def(name)
         assert sensor.default_status == DefaultSensorStatus.RUNNING
@@ -840,7 +857,7 @@ def test_a_batch_run_that_dies_fails_its_running_job_and_frees_the_queued_ones(
     assert env.job(waiting).state == JobState.QUEUED
 
     env.instance.report_run_failed(run, "run worker was killed")
-    assert "1 job(s) marked failed" in message(env.run_events())
+    assert "1 job(s) marked failed" in env.run_events()
     entry = env.job(running)
     assert (entry.state, entry.attempts) == (JobState.FAILED, 1)
     assert "run worker was killed" in (entry.last_error or "")
@@ -869,7 +886,7 @@ def test_a_batch_canceled_in_the_queue_goes_out_again_under_a_new_run_key(
         tags=request.tags,
     )
     env.instance.report_run_canceled(run, "canceled from the UI")
-    assert "0 job(s) marked failed, 0 canceled" in message(env.run_events())  # none had started
+    assert env.run_events() == "0 job(s) marked failed, 0 canceled"  # none had started
     start = dt.datetime.now(dt.UTC)
     monkeypatch.setattr(sensors_module, "utcnow", lambda: start + dt.timedelta(seconds=61))
     (again,) = env.tick().run_requests

@@ -63,7 +63,7 @@ def _jobs(uri: str) -> list[Any]:
     from analysis_wrapper.dispatching.grouping import build_pipeline
     from analysis_wrapper.dispatching.jobs import JobSpec, Unusable, groups_from_results, jobs_of_group
     from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
-    from analysis_wrapper.dispatching.settings import DispatchSettings
+    from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
     from analysis_wrapper.job_file import parse_job
     from analysis_wrapper.make_job import build_analysis_job
     from analysis_wrapper_tests.sample_analyses import echo
@@ -116,7 +116,7 @@ def _ours(uri: str, store: Any) -> tuple[float, Any]:
 
     from analysis_wrapper.dispatching.dispatch_run import dispatch
     from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
-    from analysis_wrapper.dispatching.settings import DispatchSettings
+    from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
     from analysis_wrapper_tests.sample_analyses import echo
 
     db = MetadataDatabase(uri, database=META_DB, collection=META_COLLECTION)

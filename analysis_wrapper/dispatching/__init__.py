@@ -2,7 +2,7 @@
 
 One concept per module, in the order a dispatch runs:
 
-* :mod:`.settings` — :class:`DispatchSettings`, the dispatcher's settings (also the Launchpad config);
+* :mod:`.dispatch_config` — :class:`DispatchSettings`, the dispatcher's settings (also the Launchpad config);
 * :mod:`.query` — the ``docdb_query`` (JSON text or file) and the CSV of asset ids, validated;
 * :mod:`.metadata_db` — the metadata collection (``METADATA_DOCDB_*``), credential-free errors;
 * :mod:`.grouping` — the aggregation pipeline: ``group_by``, ``filter_latest``/``filter_by``,

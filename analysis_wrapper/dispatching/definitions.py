@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from dagster import (
-    DefaultSensorStatus,
     Failure,
     JobDefinition,
     OpExecutionContext,
@@ -33,12 +32,12 @@ from dagster import (
 from dagster_aws.s3 import S3Resource
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.dispatching.dispatch_config import DispatchSettings, DispatchSettingsError
 from analysis_wrapper.dispatching.dispatch_run import dispatch
 from analysis_wrapper.dispatching.metadata_db import MetadataDatabase, MetadataDatabaseNotConfigured
 from analysis_wrapper.dispatching.query import DispatchQueryError
 from analysis_wrapper.dispatching.record import dispatch_asset_spec, dispatch_materialization
 from analysis_wrapper.dispatching.saved import SavedQuery, load_saved_queries
-from analysis_wrapper.dispatching.settings import DispatchSettings, DispatchSettingsError
 from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.s3_client import cached_client
 from analysis_wrapper.settings import Settings
@@ -138,14 +137,12 @@ class DispatchCursor:
 def build_saved_query_sensor(
     saved: SavedQuery, analysis: Analysis[Any, Any], settings: Settings
 ) -> SensorDefinition:
-    budget_s = settings.SENSOR_TICK_BUDGET_S
+    budget_s = settings.sensor.tick_budget_s
 
     @sensor(
         name=saved.sensor_name,
         minimum_interval_seconds=settings.DISPATCH_INTERVAL_S,
-        default_status=DefaultSensorStatus.STOPPED
-        if settings.SENSOR_START_STOPPED
-        else DefaultSensorStatus.RUNNING,
+        default_status=settings.sensor.default_status,
         description=f"Re-runs the saved query {saved.path.name} and registers the new {analysis.name} jobs "
         f"(every {settings.DISPATCH_INTERVAL_S} s, at most {budget_s:g} s per tick).",
     )

@@ -45,7 +45,7 @@ from analysis_wrapper.dispatching.jobs import (
 from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
 from analysis_wrapper.dispatching.output import write_job_files
 from analysis_wrapper.dispatching.query import DispatchQueryError, csv_query, load_query
-from analysis_wrapper.dispatching.settings import DispatchSettings
+from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
 from analysis_wrapper.job_file import AnalysisJob, JobFileError, parse_job
 from analysis_wrapper.make_job import build_analysis_job
 from analysis_wrapper.registration import add_partitions, register_jobs

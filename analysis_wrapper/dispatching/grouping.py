@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from analysis_wrapper.dispatching.settings import DispatchSettings
+from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
 
 
 def metadata_key(field: str) -> str:

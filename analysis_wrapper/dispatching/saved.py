@@ -1,6 +1,6 @@
 """Saved queries: one small YAML file per query in ``DISPATCH_QUERIES``, re-run by a sensor each.
 
-A file holds the analysis and the dispatch settings (:class:`~.settings.DispatchSettings`, the same
+A file holds the analysis and the dispatch settings (:class:`~.dispatch_config.DispatchSettings`, the same
 names as the CLI and the Launchpad); ``docdb_query`` may be written as YAML (a mapping) or JSON text::
 
     analysis: isi_violations
@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 from pydantic import ValidationError
 
-from analysis_wrapper.dispatching.settings import DispatchSettings
+from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
 from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.job_file import field_path
 

@@ -21,6 +21,7 @@ Every state change goes through :class:`~analysis_wrapper.lifecycle.JobLifecycle
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -56,7 +57,7 @@ from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.sensors.intake import Intake
 from analysis_wrapper.sensors.recovery import Recovery
 from analysis_wrapper.sensors.runs import batch_run_key, run_key
-from analysis_wrapper.sensors.settings import SensorSettings
+from analysis_wrapper.settings import SensorSettings
 from analysis_wrapper.store.base import JobEntry, JobState, Store, utcnow
 from analysis_wrapper.tags import ANALYSIS_TAG, ATTEMPT_TAG, BATCH_SIZE_TAG, FINGERPRINT_TAG, SOURCE_TAG
 
@@ -67,15 +68,15 @@ log = logging.getLogger(__name__)
 class InboxCursor:
     """The inbox sensor's cursor: small, whatever the inbox or registry holds."""
 
+    last_tick: str = ""
+    """What the last tick did (its summary): first in the cursor, which the UI shows in full on the
+    sensor's page and at the start of each tick's row, so it is read without hovering. Never read back."""
     requested: list[str] = field(default_factory=list)
     """Partition keys the last tick requested runs for; the next tick marks them queued."""
     version: str | None = None
     """The analysis version the registry was last reconciled with."""
     reconcile_after: str | None = None
     """Where the walk after a version change stopped (a partition key); None: no walk under way."""
-    last_tick: str = ""
-    """What the last tick did (its summary): first in the cursor, which the UI shows in full on the
-    sensor's page and at the start of each tick's row, so it is read without hovering. Never read back."""
 
     @classmethod
     def parse(cls, text: str | None) -> InboxCursor:
@@ -93,15 +94,7 @@ class InboxCursor:
             return cls()
 
     def dump(self) -> str:
-        return json.dumps(
-            {
-                "last_tick": self.last_tick,
-                "requested": self.requested,
-                "version": self.version,
-                "reconcile_after": self.reconcile_after,
-            },
-            separators=(",", ":"),
-        )
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
 
 
 def add_requests(partitions: DynamicPartitionsDefinition, keys: Iterable[str]) -> list[Any]:

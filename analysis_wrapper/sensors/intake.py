@@ -28,7 +28,7 @@ from analysis_wrapper.job_bytes import BadJobFileError
 from analysis_wrapper.job_file import AnalysisJob, JobFileError, parse_job_text, resolve_relative_locations
 from analysis_wrapper.make_job import build_analysis_job, select_analysis
 from analysis_wrapper.registration import register_jobs
-from analysis_wrapper.sensors.settings import SensorSettings
+from analysis_wrapper.settings import SensorSettings
 from analysis_wrapper.store.base import Store
 
 
@@ -74,13 +74,17 @@ class Intake:
             except Exception as exc:  # gone (another sensor took it) or unreadable: decided below
                 return exc
 
-        if self.inbox.parallelism > 1 and len(files) > 1:
+        return self._map(read, files)
+
+    def _map(self, action: Any, items: Sequence[Any]) -> list[Any]:
+        """``action`` on every item: in parallel where the inbox allows it (S3)."""
+        if self.inbox.parallelism > 1 and len(items) > 1:
             with ThreadPoolExecutor(max_workers=self.inbox.parallelism) as pool:
-                return list(pool.map(read, files))
-        return [read(file) for file in files]
+                return list(pool.map(action, items))
+        return [action(item) for item in items]
 
     def _each(self, action: Any, items: Sequence[Any]) -> list[Any]:
-        """``action`` on every item (in parallel on S3); a failure is logged and counted, never raised,
+        """:meth:`_map` of ``action``; a failure is logged and counted, never raised,
         so one file that cannot be moved does not stop the tick (it is simply seen again)."""
 
         def guarded(item: Any) -> Any:
@@ -91,10 +95,7 @@ class Intake:
                 self.counts["unmovable"] += 1
                 return None
 
-        if self.inbox.parallelism > 1 and len(items) > 1:
-            with ThreadPoolExecutor(max_workers=self.inbox.parallelism) as pool:
-                return list(pool.map(guarded, items))
-        return [guarded(item) for item in items]
+        return self._map(guarded, items)
 
     def read(self, deadline: float) -> None:
         limit = self.config.max_files_per_tick

@@ -23,11 +23,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunRecord, RunsFilter
+from grpc_health.v1.health_pb2 import HealthCheckRequest
+from grpc_health.v1.health_pb2_grpc import HealthStub
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.batch import batch_keys
@@ -40,7 +44,7 @@ from analysis_wrapper.sensors.runs import (
     attempt_of,
     run_error,
 )
-from analysis_wrapper.sensors.settings import SensorSettings
+from analysis_wrapper.settings import SensorSettings
 from analysis_wrapper.store.base import JobEntry, JobState, Store
 from analysis_wrapper.tags import (
     ANALYSIS_TAG,
@@ -66,38 +70,35 @@ def code_server_gone(run: DagsterRun, timeout_s: int = 5) -> str | None:
     """Why the code server that launched ``run`` is certainly gone, or None when it may be alive.
 
     Runs of Dagster's default run launcher are child processes of that code server (the run's
-    ``dagster/grpc_info`` tag). Only a refused connection counts (no server there); a slow or busy
-    server does not. Runs of other launchers carry no such tag and are left to run monitoring.
+    ``dagster/grpc_info`` tag). It is asked through the standard gRPC health service, which Dagster's
+    code server serves (as ``DagsterApi``). Only a refused connection counts (no server there); a slow
+    or busy server does not. Runs of other launchers carry no such tag and are left to run monitoring.
     """
     info_text = run.tags.get(GRPC_INFO_TAG)
     if not info_text:
         return None
     try:
-        import grpc
-
-        # Private: Dagster has no public client for a code server (README, "Private Dagster APIs").
-        from dagster._grpc.client import DagsterGrpcClient
-
         info = json.loads(info_text)
-        client = DagsterGrpcClient(
-            port=info.get("port"),
-            socket=info.get("socket"),
-            host=info.get("host", "localhost"),
-            use_ssl=bool(info.get("use_ssl", False)),
+        socket = info.get("socket")
+        address = (
+            f"unix:{os.path.abspath(socket)}"
+            if socket
+            else f"{info.get('host', 'localhost')}:{int(info['port'])}"
         )
+        use_ssl = bool(info.get("use_ssl", False))
     except Exception:  # an unexpected tag: leave the run to run monitoring
         log.debug("cannot read grpc_info %r", info_text, exc_info=True)
         return None
+    channel = (
+        grpc.secure_channel(address, grpc.ssl_channel_credentials())
+        if use_ssl
+        else grpc.insecure_channel(address)
+    )
     try:
-        client.get_server_id(timeout=timeout_s)
-    except Exception as exc:  # DagsterUserCodeUnreachableError, caused by the gRPC error
-        cause = exc.__cause__ if exc.__cause__ is not None else exc
-        code = (
-            cause.code()
-            if isinstance(cause, grpc.RpcError) and callable(getattr(cause, "code", None))
-            else None
-        )
-        if code != grpc.StatusCode.UNAVAILABLE:
+        with channel:
+            HealthStub(channel).Check(HealthCheckRequest(service="DagsterApi"), timeout=timeout_s)
+    except grpc.RpcError as exc:
+        if exc.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
             log.debug("code server %s did not answer, but may be alive", info_text, exc_info=True)
             return None
         return (

@@ -1,118 +1,79 @@
-"""The run events sensor (``analysis_wrapper_run_events``): keeps the job registry current from
-Dagster's run failure and cancel events.
+"""The run-end sensors: Dagster's own run status sensors keep the job registry current when a run of
+an analysis job fails (``analysis_wrapper_run_failures``) or is canceled (``analysis_wrapper_run_cancels``).
 
-It reads those events after its cursor and, for runs of an analysis job, marks their jobs failed with
-the run's error when that is news to the registry (:func:`~analysis_wrapper.sensors.runs.apply_run_end`):
-the asset marks the failures it sees itself; this catches runs that die before or around it
-(launch failure, bad config, a run worker killed, a run failed by run monitoring or recovery).
+For each such run they mark its jobs failed with the run's error when that is news to the registry
+(:func:`~analysis_wrapper.sensors.runs.apply_run_end_to_jobs`): the asset marks the failures it sees
+itself; this catches runs that end before or around it (launch failure, bad config, a run failed by
+run monitoring or recovery). Dagster keeps the cursor over the run status events: a sensor starts at
+the newest event on its first tick and then handles every later one, after downtime too, at most
+``DAGSTER_RUN_STATUS_SENSOR_PROCESS_LIMIT`` (5) runs a tick. What it has not reached yet, the inbox
+sensor's audit (:mod:`~analysis_wrapper.sensors.recovery`) finds after ``SENSOR_AUDIT_AFTER_S``, as it
+finds runs that die without any event (a killed run worker of the default run launcher, a CLI run).
 """
 
 from __future__ import annotations
 
-import json
-import time
-from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from dagster import (
-    DagsterEventType,
-    DagsterInstance,
-    RunsFilter,
-    RunStatusChangeRecordsFilter,
+    DagsterRunStatus,
+    RunStatusSensorContext,
     SensorDefinition,
-    SensorEvaluationContext,
-    SensorResult,
-    sensor,
+    run_failure_sensor,
+    run_status_sensor,
 )
 
 from analysis_wrapper.factory import AnalysisDefinitions
 from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.sensors.runs import apply_run_end_to_jobs, run_error
-from analysis_wrapper.sensors.settings import SensorSettings
-from analysis_wrapper.store.base import Store
+from analysis_wrapper.settings import SensorSettings
 
-RUN_EVENTS_SENSOR_NAME = "analysis_wrapper_run_events"
-RUN_EVENTS_PER_TICK = 500
-RUN_EVENTS_LOOKBACK_S = 24 * 3600
-"""On its first tick the run events sensor reads the last day's events (handling them is idempotent)."""
-
-_RUN_END_EVENTS = {"failure": DagsterEventType.RUN_FAILURE, "canceled": DagsterEventType.RUN_CANCELED}
+RUN_FAILURES_SENSOR_NAME = "analysis_wrapper_run_failures"
+RUN_CANCELS_SENSOR_NAME = "analysis_wrapper_run_cancels"
 
 
-def handle_run_events(
-    instance: DagsterInstance,
-    store: Store,
-    jobs: Mapping[str, str],
-    cursor_text: str | None,
-    limit: int = RUN_EVENTS_PER_TICK,
-) -> tuple[str, Counter[str]]:
-    """Mark jobs failed from run failure / cancel events after the cursor; the new cursor and counts.
+def _mark_jobs(jobs: Mapping[str, str], canceled: bool) -> Callable[..., None]:
+    """The sensor function: the jobs of the run that ended (of an analysis in ``jobs``, Dagster job
+    name -> analysis) marked failed with its error. It returns nothing, so one tick handles every
+    event Dagster gives it (a return value would end the tick after one run)."""
 
-    ``jobs`` maps the Dagster job names to watch to their analysis.
-    """
-    try:
-        cursor: dict[str, int] = {k: int(v) for k, v in json.loads(cursor_text or "{}").items()}
-    except (ValueError, AttributeError, TypeError):
-        cursor = {}
-    counts: Counter[str] = Counter()
-    use_job_filter = instance.event_log_storage.supports_run_status_change_job_name_filter
-    for name, event_type in _RUN_END_EVENTS.items():
-        if name in cursor:
-            records_filter = RunStatusChangeRecordsFilter(
-                event_type=event_type,  # type: ignore[arg-type]
-                after_storage_id=cursor[name],
-                job_names=list(jobs) if use_job_filter else None,
-            )
+    def mark_jobs(context: RunStatusSensorContext, store: StoreResource) -> None:
+        run = context.dagster_run
+        message = context.dagster_event.message or ""
+        if canceled:
+            error = f"run {run.run_id} was canceled" + (f": {message}" if message else "")
         else:
-            records_filter = RunStatusChangeRecordsFilter(
-                event_type=event_type,  # type: ignore[arg-type]
-                after_timestamp=time.time() - RUN_EVENTS_LOOKBACK_S,
-            )
-        events = instance.fetch_run_status_changes(records_filter, limit=limit, ascending=True).records
-        if name not in cursor:
-            latest = instance.fetch_run_status_changes(event_type, limit=1).records  # type: ignore[arg-type]
-            cursor[name] = latest[0].storage_id if latest and not events else -1
-        if not events:
-            continue
-        cursor[name] = max(cursor[name], *(e.storage_id for e in events))
-        run_ids = list({e.event_log_entry.run_id for e in events})
-        runs = {
-            r.dagster_run.run_id: r.dagster_run for r in instance.get_run_records(RunsFilter(run_ids=run_ids))
-        }
-        for event in events:
-            run = runs.get(event.event_log_entry.run_id)
-            if run is None or run.job_name not in jobs:
-                continue
-            message = event.event_log_entry.message or ""
-            if name == "canceled":
-                error = f"run {run.run_id} was canceled" + (f": {message}" if message else "")
-            else:
-                error = run_error(instance, run.run_id, message or "the run failed")
-            counts[name] += apply_run_end_to_jobs(store, jobs[run.job_name], run, error)
-    return json.dumps(cursor, sort_keys=True), counts
+            error = run_error(context.instance, run.run_id, message or "the run failed")
+        marked = apply_run_end_to_jobs(store.get_store(), jobs[run.job_name], run, error)
+        if marked:
+            context.log.info(f"{marked} job(s) of {jobs[run.job_name]} marked failed: {error}")
+
+    return mark_jobs
 
 
-def build_run_events_sensor(
+def build_run_end_sensors(
     built: Mapping[str, AnalysisDefinitions], config: SensorSettings
-) -> SensorDefinition:
-    jobs = {
-        job: name for name, d in built.items() for job in (d.analysis.job_name, d.analysis.batch_job_name)
+) -> list[SensorDefinition]:
+    """The run failure and run cancel sensors over every analysis job in ``built``."""
+    monitored = [job for d in built.values() for job in (d.job, d.batch_job)]
+    jobs = {job.name: name for name, d in built.items() for job in (d.job, d.batch_job)}
+    common: dict[str, Any] = {
+        "monitored_jobs": monitored,
+        "minimum_interval_seconds": config.interval_s,
+        "default_status": config.default_status,
     }
-
-    @sensor(
-        name=RUN_EVENTS_SENSOR_NAME,
-        minimum_interval_seconds=config.interval_s,
-        default_status=config.default_status,
-        description=(
-            "Keeps the job registry current from Dagster run events: a failed or canceled run of an "
-            "analysis job marks its job failed (with the error), so the inbox sensors retry it."
-        ),
-    )
-    def run_events(context: SensorEvaluationContext, store: StoreResource) -> SensorResult:
-        cursor, counts = handle_run_events(context.instance, store.get_store(), jobs, context.cursor)
-        summary = f"{counts['failure']} job(s) marked failed, {counts['canceled']} canceled"
-        if counts:
-            context.log.info(summary)
-        return SensorResult(skip_reason=summary, cursor=cursor)
-
-    return run_events
+    failures = run_failure_sensor(
+        name=RUN_FAILURES_SENSOR_NAME,
+        description="A failed run of an analysis job marks its job failed (with the run's error) when the "
+        "asset could not, so the inbox sensor retries it.",
+        **common,
+    )(_mark_jobs(jobs, canceled=False))
+    cancels = run_status_sensor(
+        run_status=DagsterRunStatus.CANCELED,
+        name=RUN_CANCELS_SENSOR_NAME,
+        description="A canceled run of an analysis job marks its started job failed, so the inbox sensor "
+        "retries it.",
+        **common,
+    )(_mark_jobs(jobs, canceled=True))
+    return [failures, cancels]

@@ -13,13 +13,13 @@ import pytest
 from analysis_pipeline_utils.analysis_dispatch_model import AnalysisDispatchModel
 from dagster import DagsterInstance
 
+from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
 from analysis_wrapper.dispatching.dispatch_run import DispatchReport, dispatch
 from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
 from analysis_wrapper.dispatching.query import DispatchQueryError
-from analysis_wrapper.dispatching.settings import DispatchSettings
 from analysis_wrapper.store.base import JobState, StoreError
 from analysis_wrapper.store.sqlite import SqliteStore
-from analysis_wrapper_tests.dispatching.conftest import MetadataCollection, seeded
+from analysis_wrapper_tests.dispatching.metadata_records import MetadataCollection, seeded
 from analysis_wrapper_tests.mongo_server import fresh_database_name
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 from analysis_wrapper_tests.sample_analyses import echo

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
 from analysis_wrapper.dispatching.grouping import build_pipeline
-from analysis_wrapper.dispatching.settings import DispatchSettings
 
 
 @pytest.mark.parametrize(
