@@ -1,10 +1,11 @@
 """Item 4: uploading one results folder to a local S3 server (SeaweedFS ``weed mini`` on 127.0.0.1).
 
 Ours: ``S3ResultsStorage.put_result`` (what the results IO manager calls: clear leftovers, upload the
-files, small ones and parts of large ones 10 at a time in one pool, each verified by MD5 as it goes
-up, then ``outputs.json`` and ``metadata.nd.json``) through the client of dagster-aws's ``S3Resource``,
-as the IO manager makes it. Compared with ``aws s3 cp --recursive`` (awscli), ``s5cmd cp`` and plain
-boto3 (one ``TransferManager`` with the same part sizes and concurrency, unverified) on the same folder,
+files through one boto3 transfer manager, small ones and parts of large ones 10 at a time, each request
+with its CRC32, check the folder, then ``outputs.json`` and ``metadata.nd.json``) through the client of
+dagster-aws's ``S3Resource``, as the IO manager makes it. Compared with ``aws s3 cp --recursive``
+(awscli), ``s5cmd cp`` and plain boto3 (one ``TransferManager`` with the same part sizes and
+concurrency, without our checks) on the same folder,
 same server, same run; each repeat uploads to a new prefix and the order rotates between repeats.
 The tools' times include starting their process (awscli: a Python interpreter); ours runs in the
 process that already holds the client, as in a Dagster run.
