@@ -29,8 +29,8 @@ def find_files(location: str, extension: str, s3_client: Callable[[], Any] | Non
     if S3Uri.matches(location):
         if s3_client is None:
             raise FileSearchError(f"{location}: an S3 location, but no S3 client was given")
-        folder = S3Uri.parse(location)
-        bucket, prefix = folder.bucket, folder.prefix
+        uri = S3Uri.parse(location)
+        bucket, prefix = uri.bucket, uri.prefix
         client = s3_client()
         paginator = client.get_paginator("list_objects_v2")
         found: list[str] = []
