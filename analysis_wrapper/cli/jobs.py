@@ -71,7 +71,7 @@ def register_paths(
             f"error: --analysis {analysis!r} is not served here (known: {', '.join(session.analyses)})"
         )
     files, missing = find_job_files(Path(p) for p in paths)
-    prepared = prepare_files(files, session.analyses, analysis)
+    prepared = prepare_files(files, session.analyses, analysis, session.settings.MAX_JOB_FILE_BYTES)
     for item in missing + prepared.rejected:
         print(f"REJECTED {item.message}", file=out)
     for name, jobs in prepared.jobs.items():
