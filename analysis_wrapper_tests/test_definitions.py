@@ -45,3 +45,14 @@ def test_cloud_settings_pick_pymongo_and_s3_without_exposing_the_password(
     build_definitions(settings)  # the code location loads with cloud settings too
     store = records.get_store()  # used outside a run (CLI), the EnvVar is resolved, not taken literally
     assert store.uri == "mongodb://***@docdb.example.org:27017/?tls=true"
+
+
+def test_an_empty_variable_means_the_default_and_the_sensors_read_their_group(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    for name in ("DRY_RUN", "SCRATCH_ROOT", "RUN_MAX_RUNTIME_S", "DOCDB_URI", "SENSOR_INTERVAL_S"):
+        monkeypatch.setenv(name, "")
+    monkeypatch.setenv("INBOX_SETTLE_S", "2.5")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (settings.DRY_RUN, settings.SCRATCH_ROOT, settings.RUN_MAX_RUNTIME_S) == (True, None, None)
+    assert settings.DOCDB_URI is None
+    sensor = settings.sensor
+    assert (sensor.interval_s, sensor.settle_s, sensor.inbox) == (30, 2.5, "dispatch_inbox")
