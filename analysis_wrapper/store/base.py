@@ -193,16 +193,24 @@ class JobRegistry(abc.ABC):
         """``find_jobs`` in the backend's query language: ``match`` holds states, attempts and
         ``updated_before``; ``limit`` is positive."""
 
-    @abc.abstractmethod
     def update_jobs(
         self, analysis: str, partition_keys: Iterable[str], match: JobMatch, change: JobChange
     ) -> int:
         """Apply ``change`` to each of the jobs that ``match`` right now, atomically per job (one
         conditional statement per chunk of keys); how many changed."""
+        keys = list(dict.fromkeys(partition_keys))
+        return self.update_each_grouped(analysis, [(keys, match, change)]) if keys else 0
 
-    @abc.abstractmethod
     def update_each(self, analysis: str, updates: Sequence[tuple[str, JobMatch, JobChange]]) -> int:
         """Several conditional updates, each with its own match and change, batched; how many changed."""
+        return self.update_each_grouped(analysis, [([key], match, change) for key, match, change in updates])
+
+    @abc.abstractmethod
+    def update_each_grouped(
+        self, analysis: str, updates: Sequence[tuple[Sequence[str], JobMatch, JobChange]]
+    ) -> int:
+        """Each ``(keys, match, change)`` applied to those of ``keys`` that match, all in one batch
+        (SQLite: one write transaction; MongoDB: one ``bulk_write``); how many jobs changed."""
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,7 @@ class MongoConnection:
         projection: Mapping[str, Any] | None = None,
         *,
         sort: list[tuple[str, int]] | None = None,
+        limit: int = 0,
         batch_size: int = 0,
     ) -> list[dict[str, Any]]:
         """A ``find`` read to the end in one round trip (``batch_size`` = the expected count)."""
@@ -176,6 +177,8 @@ class MongoConnection:
             cursor = collection.find(query, projection)
             if sort:
                 cursor = cursor.sort(sort)
+            if limit:
+                cursor = cursor.limit(limit)
             if batch_size:
                 cursor = cursor.batch_size(batch_size)
             return [dict(doc) for doc in cursor]
@@ -193,10 +196,6 @@ class MongoConnection:
                 action, collection, {"_id": {"$in": list(chunk)}}, projection, batch_size=len(chunk)
             )
         ]
-
-    def _find_one(self, action: str, collection: Any, doc_id: str) -> dict[str, Any] | None:
-        doc = self._run(action, lambda: collection.find_one({"_id": doc_id}))
-        return None if doc is None else dict(doc)
 
     def _get_client(self) -> Any:
         if self._client is not None:

@@ -11,7 +11,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pymongo import ASCENDING, IndexModel, UpdateOne
+from pymongo import ASCENDING, IndexModel, UpdateMany
 from pymongo.errors import BulkWriteError
 
 from analysis_wrapper.store.base import (
@@ -146,36 +146,24 @@ class MongoJobRegistry(MongoConnection, JobRegistry):
         if after_key is not None:
             query["partition_key"] = {"$gt": after_key}
         sort = [(field, ASCENDING)] + ([] if order == "key" else [("_id", ASCENDING)])
-        jobs = self._jobs()
+        docs = self._find("find jobs", self._jobs(), query, sort=sort, limit=limit)
+        return [job_from_fields(doc) for doc in docs]
 
-        def read() -> list[dict[str, Any]]:
-            return [dict(doc) for doc in jobs.find(query).sort(sort).limit(limit)]
-
-        return [job_from_fields(doc) for doc in self._run("find jobs", read)]
-
-    def update_jobs(
-        self, analysis: str, partition_keys: Iterable[str], match: JobMatch, change: JobChange
+    def update_each_grouped(
+        self, analysis: str, updates: Sequence[tuple[Sequence[str], JobMatch, JobChange]]
     ) -> int:
-        ids = [_job_id(analysis, key) for key in dict.fromkeys(partition_keys)]
-        if not ids:
-            return 0
-        jobs = self._jobs()
-        condition, update = _match_query(match), _change_update(change)
-        changed = 0
-        for chunk in chunks(ids, ID_CHUNK):
-            query = {**condition, "_id": chunk[0] if len(chunk) == 1 else {"$in": list(chunk)}}
-            result: Any = self._run("update jobs", lambda q=query: jobs.update_many(q, update))  # type: ignore[misc]
-            changed += int(result.modified_count)
-        return changed
-
-    def update_each(self, analysis: str, updates: Sequence[tuple[str, JobMatch, JobChange]]) -> int:
-        """One ``bulk_write`` round trip for many conditional updates (unordered: each stands alone)."""
+        """Unordered ``bulk_write`` round trips (each update stands alone) of ``WRITE_CHUNK`` operations,
+        each on ``ID_CHUNK`` keys at most."""
         if not updates:
             return 0
         jobs = self._jobs()
         operations = [
-            UpdateOne({**_match_query(match), "_id": _job_id(analysis, key)}, _change_update(change))
-            for key, match, change in updates
+            UpdateMany(
+                {**_match_query(match), "_id": ids[0] if len(ids) == 1 else {"$in": list(ids)}}, update
+            )
+            for keys, match, change in updates
+            for update in [_change_update(change)]
+            for ids in chunks([_job_id(analysis, key) for key in keys], ID_CHUNK)
         ]
         changed = 0
         for chunk in chunks(operations, WRITE_CHUNK):

@@ -72,7 +72,8 @@ class MongoRecordStore(MongoConnection, RecordStore):
         self._run("remove a superseded record", lambda: records.delete_one({"_id": fingerprint}))
 
     def get_record(self, analysis: str, fingerprint: str) -> dict[str, Any] | None:
-        return self._find_one("read a record", self._records(analysis), fingerprint)
+        docs = self._find("read a record", self._records(analysis), {"_id": fingerprint})
+        return docs[0] if docs else None
 
     def _record_collections(self) -> list[str]:
         if self.collection:

@@ -21,7 +21,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeVar
@@ -192,19 +192,16 @@ class SqliteConnection:
         self._schema_ready_pid = None
 
     # ---- statements ---------------------------------------------------------------------------
-    def _execute(self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+    def _execute(
+        self, conn: sqlite3.Connection, sql: str, params: Sequence[Any] = (), *, many: bool = False
+    ) -> sqlite3.Cursor:
+        """One statement (``many``: once per row of ``params``), counted; failures as :class:`StoreError`,
+        but a broken unique key as the ``sqlite3.IntegrityError`` its caller turns into its own error."""
         self.query_count += 1
         try:
-            return conn.execute(sql, params)
+            return conn.executemany(sql, params) if many else conn.execute(sql, params)
         except sqlite3.IntegrityError:
             raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"SQLite store {self.path}: {exc}") from exc
-
-    def _executemany(self, conn: sqlite3.Connection, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self.query_count += 1
-        try:
-            conn.executemany(sql, rows)
         except sqlite3.Error as exc:
             raise StoreError(f"SQLite store {self.path}: {exc}") from exc
 

@@ -85,10 +85,11 @@ class SqliteJobRegistry(SqliteConnection, JobRegistry):
             }
             new = [pair for pair in wanted if pair not in known]
             if new:
-                self._executemany(
+                self._execute(
                     conn,
                     f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * len(JOB_FIELDS))})",
                     [[encode(value) for value in job_fields(wanted[pair]).values()] for pair in new],
+                    many=True,
                 )
         return set(new)
 
@@ -122,19 +123,9 @@ class SqliteJobRegistry(SqliteConnection, JobRegistry):
         cursor = self._execute(self._connection(), sql, [analysis, *params, limit])
         return [_job_from_row(row) for row in cursor.fetchall()]
 
-    def update_jobs(
-        self, analysis: str, partition_keys: Iterable[str], match: JobMatch, change: JobChange
-    ) -> int:
-        keys = list(dict.fromkeys(partition_keys))
-        return self.update_each_grouped(analysis, [(keys, match, change)]) if keys else 0
-
-    def update_each(self, analysis: str, updates: Sequence[tuple[str, JobMatch, JobChange]]) -> int:
-        return self.update_each_grouped(analysis, [([key], match, change) for key, match, change in updates])
-
     def update_each_grouped(
         self, analysis: str, updates: Sequence[tuple[Sequence[str], JobMatch, JobChange]]
     ) -> int:
-        """Every conditional update in one write transaction; how many jobs changed."""
         if not updates:
             return 0
         conn = self._connection()
