@@ -112,18 +112,11 @@ def build_batch_job(
     ) -> Iterator[AssetMaterialization | AssetObservation | AssetCheckEvaluation]:
         keys = list(dict.fromkeys(config.partition_keys))
         partition_config = config_class(force=config.force, dry_run=config.dry_run)
-        place = RunPlace(context.run_id, asset_key.to_user_string(), run_script)
+        place = RunPlace(context.run_id, asset_key.to_user_string(), run_script, context.log)
+        records, results, ttl = store.get_store(), results_io_manager.results, store.lease_ttl_s
         # One run, one code state: git is asked once (three subprocesses), not once per partition.
-        service = CommitService.from_resources(
-            analysis,
-            store,
-            results_io_manager.results,
-            runtime,
-            place,
-            context.log,
-            code_state=functools.cache(runtime.code_state),
-            counts_refusals=True,
-        )
+        git = functools.cache(runtime.code_state)
+        service = CommitService(analysis, records, results, runtime, place, ttl, git, counts_refusals=True)
         outcomes: dict[str, PartitionOutcome] = {}  # per partition, what happened: the run's page lists them
         with heartbeat_held(service.store, context.run_id, store.lease_ttl_s):
             for number, key in enumerate(keys, start=1):

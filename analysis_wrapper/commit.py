@@ -47,21 +47,14 @@ from analysis_wrapper.lifecycle import JobLifecycle
 from analysis_wrapper.ownership import Claim, Held, claimed, fingerprint_key
 from analysis_wrapper.partition_run import Computed, RunPlace, compute, load_job, start
 from analysis_wrapper.provenance import CodeState, DirtyTreeError, check_may_post
-from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_resources import ResultsStorageResource
 from analysis_wrapper.resources.results_storage import ResultsStorage
 from analysis_wrapper.resources.runtime import AnalysisRuntime
-from analysis_wrapper.result_metadata import (
-    LOCATION_METADATA_KEY,
-    inputs_table,
-    location_link,
-    record_metadata,
-)
+from analysis_wrapper.result_metadata import LOCATION_METADATA_KEY as LOCATION
+from analysis_wrapper.result_metadata import inputs_table, location_link, record_metadata
 from analysis_wrapper.scratch import scratch_folder
 from analysis_wrapper.store.base import RecordExistsError, Store, StoreError
 from analysis_wrapper.tags import CODE_VERSION_TAG, DATA_VERSION_TAG
-
-LOCATION = LOCATION_METADATA_KEY
 
 
 class ClaimLostError(AnalysisWrapperError, RuntimeError):
@@ -114,14 +107,14 @@ class PartitionOutcome:
 
 @dataclass
 class CommitService:
-    """Runs and commits partitions of ``analysis`` for one Dagster run."""
+    """Runs and commits partitions of ``analysis`` for one Dagster run, with the clients of its
+    resources: ``store`` (``StoreResource.get_store()``) and ``results`` (where folders go)."""
 
     analysis: Analysis[Any, Any]
     store: Store
     results: ResultsStorageResource
     runtime: AnalysisRuntime
     place: RunPlace
-    log: Any
     lease_ttl_s: float
     code_state: Callable[[], CodeState] | None = None
     """Default ``runtime.code_state``; a run of several partitions asks git once (a cached one)."""
@@ -129,22 +122,13 @@ class CommitService:
     """True for a run of several partitions: it carries no attempt tag for the run-events sensor to
     count from, so a partition refused before it started (bad parameters, no git) is failed here."""
 
-    @classmethod
-    def from_resources(
-        cls,
-        analysis: Analysis[Any, Any],
-        store: StoreResource,
-        results: ResultsStorageResource,
-        runtime: AnalysisRuntime,
-        place: RunPlace,
-        log: Any,
-        **options: Any,
-    ) -> CommitService:
-        return cls(analysis, store.get_store(), results, runtime, place, log, store.lease_ttl_s, **options)
-
     @property
     def lifecycle(self) -> JobLifecycle:
         return JobLifecycle(self.store)
+
+    @property
+    def log(self) -> Any:
+        return self.place.log
 
     def run_partition(self, key: str, config: Any) -> PartitionOutcome:
         """Run and commit partition ``key``; ``config`` is the analysis's ``Config`` (overrides,
@@ -212,7 +196,9 @@ class CommitService:
             prefix = f"{analysis.name}-{job.fingerprint[:12]}-{run_id[:8]}-"
             with scratch_folder(base, prefix) as scratch:
                 computed = self._compute(job, code, dry_run, scratch)
-                return self._store(computed, {**common, **computed.metadata}, scratch, dry_run, force, made)
+                stored = self._store(computed, scratch, force, made)
+        metadata = {**common, **computed.metadata, **stored}
+        return PartitionOutcome(key, metadata, job.fingerprint, materialized=stored["status"] == "recorded")
 
     def _recorded_already(self, job: AnalysisJob, force: bool) -> bool:
         if force or not self.store.existing_fingerprints(job.analysis, [job.fingerprint]):
@@ -233,36 +219,24 @@ class CommitService:
 
     def _compute(self, job: AnalysisJob, code: CodeState, dry_run: bool, scratch: Path) -> Computed:
         try:
-            return compute(self.analysis, job, self.runtime, self.place, code, dry_run, scratch, self.log)
+            return compute(self.analysis, job, self.runtime, self.place, code, dry_run, scratch)
         except Exception as exc:  # nothing half-done is kept: the scratch folder goes, the job is failed
             self._mark_failed(job, f"{type(exc).__name__}: {exc}")
             if isinstance(exc, InputNotFoundError):
                 raise Failure(str(exc)) from None
             raise
 
-    def _store(
-        self,
-        computed: Computed,
-        metadata: dict[str, Any],
-        scratch: Path,
-        dry_run: bool,
-        force: bool,
-        made: Claim,
-    ) -> PartitionOutcome:
-        job = computed.job
+    def _store(self, computed: Computed, scratch: Path, force: bool, made: Claim) -> dict[str, Any]:
         try:
-            if dry_run:
-                stored = self._write_dry_run(computed, scratch)
-            else:
-                stored = self._commit(computed, scratch, force, made)
+            if computed.dry_run:
+                return self._write_dry_run(computed, scratch)
+            return self._commit(computed, scratch, force, made)
         except ClaimLostError as exc:
             self.log.warning(str(exc))
-            stored = {LOCATION: "", "status": "skipped: claim lost to another run"}
+            return {LOCATION: "", "status": "skipped: claim lost to another run"}
         except Exception as exc:
-            self._mark_failed(job, f"storing results failed: {exc}")
+            self._mark_failed(computed.job, f"storing results failed: {exc}")
             raise
-        recorded = stored["status"] == "recorded"
-        return PartitionOutcome(job.partition_key, {**metadata, **stored}, job.fingerprint, recorded)
 
     def _mark_failed(self, job: AnalysisJob, reason: str) -> None:
         try:

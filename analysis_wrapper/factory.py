@@ -84,10 +84,9 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
     ) -> Iterator[MaterializeResult | AssetObservation | AssetCheckResult]:
         key = context.partition_key
         selected = {check.name for check in context.selected_asset_check_keys}
-        place = RunPlace(context.run.run_id, asset_key.to_user_string(), run_script)
-        service = CommitService.from_resources(
-            analysis, store, results_io_manager.results, runtime, place, context.log
-        )
+        place = RunPlace(context.run.run_id, asset_key.to_user_string(), run_script, context.log)
+        records, results = store.get_store(), results_io_manager.results
+        service = CommitService(analysis, records, results, runtime, place, store.lease_ttl_s)
         # The run's heartbeat, until the step ends: a started run without one, silent, is taken for dead.
         with heartbeat_held(service.store, place.run_id, store.lease_ttl_s):
             if asset_key not in context.selected_asset_keys:
@@ -114,7 +113,6 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
 
     # Dagster reads the config class from the annotation of the `config` parameter.
     compute.__annotations__["config"] = config_class
-    compute.__annotations__["return"] = Iterator[MaterializeResult | AssetObservation | AssetCheckResult]
 
     result_asset = multi_asset(
         name=analysis.asset_name,

@@ -32,11 +32,13 @@ from analysis_wrapper.store.base import JobEntry, Store
 
 @dataclass(frozen=True)
 class RunPlace:
-    """Where a partition runs: its run, the asset it materializes, the script named in its record."""
+    """Where a partition runs: its run, the asset it materializes, the script its record names, and
+    the run's log."""
 
     run_id: str
     asset_key: str
     run_script: str
+    log: Any
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,7 @@ class Computed:
     outputs: BaseModel
     record: dict[str, Any]
     metadata: dict[str, Any]
+    dry_run: bool
 
 
 def job_of_entry(
@@ -115,7 +118,6 @@ def compute(
     code: CodeState,
     dry_run: bool,
     scratch: Path,
-    log: Any,
 ) -> Computed:
     """Run the analysis into ``scratch`` (its S3 inputs fetched beside it, removed after) and build
     its provenance record and page metadata. Raises whatever the analysis raises."""
@@ -124,7 +126,7 @@ def compute(
         started = dt.datetime.now(dt.UTC)
         clock = time.perf_counter()
         job = job.model_copy(update={"input_paths": resolve_inputs(job.inputs, job.source, cache)})
-        outputs = analysis.run(job, analysis.params.model_validate(job.parameters), scratch, log)
+        outputs = analysis.run(job, analysis.params.model_validate(job.parameters), scratch, place.log)
         outputs = analysis.outputs.model_validate(outputs)
     finally:
         cache.cleanup()
@@ -153,5 +155,5 @@ def compute(
     figure = figure_from_file(scratch / analysis.figure) if analysis.figure else None
     if figure is not None:
         metadata["figure"] = figure
-    log.info(f"{analysis.name} finished {job.partition_key} in {duration:.2f} s.")
-    return Computed(job, outputs, record, metadata)
+    place.log.info(f"{analysis.name} finished {job.partition_key} in {duration:.2f} s.")
+    return Computed(job, outputs, record, metadata, dry_run)

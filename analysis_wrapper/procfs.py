@@ -1,9 +1,6 @@
-"""The one reader of ``/proc/<pid>/stat``: what the ownership and scratch modules ask about a process.
-
-A pid means something only with its start time (pids are reused), and a process that was killed but
-not yet waited for (a zombie) still answers ``kill(pid, 0)``; both are in ``/proc/<pid>/stat``. Its
-second field, the command name in parentheses, may hold spaces and parentheses itself, so the line is
-split at its last ``)``.
+"""The one reader of ``/proc/<pid>/stat`` (see proc(5)): a process's state (a zombie still answers
+``kill(pid, 0)``), its process group, and its start time (which tells a reused pid apart). The command
+name in parentheses may hold spaces and parentheses itself, so the line is split at its last ``)``.
 """
 
 from __future__ import annotations
@@ -13,21 +10,16 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class ProcStat:
-    """The fields of ``/proc/<pid>/stat`` this package reads (see proc(5))."""
-
     pid: int
     comm: str
-    state: str
-    """``R``, ``S``, ``D``, ... ``Z`` a zombie, ``X``/``x`` dead."""
+    state: str  # R, S, D, ...; Z a zombie, X/x dead
     ppid: int
     pgrp: int
-    """The process group (what a SIGKILL of the group reaches)."""
-    start_ticks: int
-    """Field 22: start time in clock ticks since boot; tells a reused pid apart."""
+    start_ticks: int  # field 22: clock ticks since boot
 
     @property
     def exited(self) -> bool:
-        """Ended or killed, though not yet waited for by its parent."""
+        """Ended or killed, though maybe not yet waited for by its parent."""
         return self.state in ("Z", "X", "x")
 
 

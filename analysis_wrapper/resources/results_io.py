@@ -49,26 +49,20 @@ class ResultsIOManager(ConfigurableIOManager):  # type: ignore[misc]
         data = json.loads(storage.read_bytes(name, OUTPUTS_FILE))
         return outputs_model(upstream.definition_metadata).model_validate(data)
 
-    def _input_location(self, definition_metadata: Any, metadata: Any) -> str:
-        """The folder of the partition whose latest materialization has ``metadata``: its own
-        location, unless it says the partition was skipped (materializations of older versions did).
-        Then the record's, by fingerprint."""
-
-        def value(entry: Any) -> str:
-            return str(getattr(entry, "value", entry) or "")
-
-        status = value(metadata.get("status"))
-        if not status.startswith("skipped"):
-            return value(metadata[LOCATION_METADATA_KEY])
-        analysis = value((definition_metadata or {}).get("analysis"))
-        fingerprint = value(metadata.get("fingerprint"))
+    def _input_location(self, definition: Any, metadata: Any) -> str:
+        """The folder the partition's latest materialization names; the record's, by fingerprint, when
+        it says the partition was skipped (materializations of earlier versions did)."""
+        value = {k: str(getattr(v, "value", v) or "") for k, v in {**(definition or {}), **metadata}.items()}
+        if not value.get("status", "").startswith("skipped"):
+            return value[LOCATION_METADATA_KEY]
+        analysis, fingerprint = value.get("analysis"), value.get("fingerprint")
         record = (
             self.store.get_store().get_record(analysis, fingerprint) if analysis and fingerprint else None
         )
         if record is None:
             raise FileNotFoundError(
                 f"fingerprint {fingerprint or '?'} of {analysis or 'this analysis'} is not recorded: the "
-                f"partition's latest materialization was {status!r}"
+                f"partition's latest materialization was {value['status']!r}"
             )
         return str(record["location"])
 

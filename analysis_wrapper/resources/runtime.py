@@ -39,10 +39,3 @@ class AnalysisRuntime(ConfigurableResource):  # type: ignore[misc]
 
     def people(self) -> list[str]:
         return list(self.experimenters) or default_experimenters()
-
-    def scratch_dir(self) -> Path | None:
-        if not self.scratch_root:
-            return None
-        path = Path(self.scratch_root)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
