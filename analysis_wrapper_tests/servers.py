@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shlex
 import socket
 import subprocess
@@ -21,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from signal import SIGCONT, SIGKILL, SIGTERM
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from analysis_wrapper_tests.hosts import Host
@@ -84,12 +85,6 @@ def live_group_members(pgid: int) -> list[str]:
     return found
 
 
-def _group_of(user: str) -> int:
-    import pwd
-
-    return pwd.getpwnam(user).pw_gid
-
-
 @dataclass
 class ServerProcess:
     """One server process of the tests; see the module docstring."""
@@ -100,7 +95,7 @@ class ServerProcess:
     cwd: Path | None = None
     env: Mapping[str, str] | None = None
     host: Host | None = None
-    user: str | None = None  # run as this account (its primary group, no supplementary groups): root only
+    user: str | None = None  # run as this account (root only: PostgreSQL refuses to run as root)
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     starts: int = 0
     startup_s: float | None = None  # seconds from spawn to the first true probe (last start)
@@ -123,6 +118,9 @@ class ServerProcess:
         self.starts += 1
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         argv = list(self.argv) if self.host is None else self.host.wrap(self.argv)
+        account: dict[str, Any] = {}  # as another user: its primary group, no supplementary groups
+        if self.user is not None:
+            account = {"user": self.user, "group": pwd.getpwnam(self.user).pw_gid, "extra_groups": []}
         with self.log_path.open("ab") as log:
             log.write(f"\n===== start {self.starts}: {shlex.join(self.argv)} =====\n".encode())
             log.flush()
@@ -133,11 +131,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                **(
-                    {}
-                    if self.user is None
-                    else {"user": self.user, "group": _group_of(self.user), "extra_groups": []}
-                ),
+                **account,
             )
         return self
 

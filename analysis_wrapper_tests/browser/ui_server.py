@@ -8,11 +8,7 @@ in its own process group, and stops it with the group.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +16,10 @@ import urllib.request
 from pathlib import Path
 
 from analysis_wrapper_tests.environment import scrubbed_environ
+from analysis_wrapper_tests.servers import ServerProcess, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ui_env(root: Path, code_repository: Path) -> dict[str, str]:
@@ -69,14 +60,13 @@ def prepare_instance(root: Path, code_repository: Path, n_jobs: int = 3) -> dict
 
 
 class UiServer:
-    """``dagster dev`` (webserver, daemon, code server) in its own process group."""
+    """``dagster dev`` (webserver, daemon, code server) in its own process group (the one launcher)."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = env
-        self.log_path = log_path
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen[bytes] | None = None
+        argv = [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(self.port)]
+        self.process = ServerProcess("dagster dev", argv, log_path, cwd=REPO_ROOT, env=env)
 
     def start(self, timeout_s: float = 90) -> None:
         self.launch()
@@ -84,54 +74,18 @@ class UiServer:
 
     def launch(self) -> None:
         """Start ``dagster dev`` without waiting for it (:meth:`wait`)."""
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(BIN / "dagster"),
-                    "dev",
-                    "-w",
-                    "workspace.yaml",
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                ],
-                cwd=REPO_ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self.process.spawn()
 
     def wait(self, timeout_s: float = 90) -> None:
-        """Until the webserver answers (``dagster dev`` failing or silent for ``timeout_s``: an error)."""
-        assert self.proc is not None, "launch() first"
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dagster dev exited with {self.proc.returncode}:\n{self.tail()}")
-            with (
-                contextlib.suppress(OSError),
-                urllib.request.urlopen(f"{self.url}/server_info", timeout=2) as answer,
-            ):
-                if answer.status == 200:
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"dagster dev did not answer on {self.url} in {timeout_s:.0f} s:\n{self.tail()}")
+        """Until the webserver answers (``dagster dev`` failing or silent for ``timeout_s``: ServerError)."""
+        self.process.wait_ready(self._answers, time.monotonic() + timeout_s, every_s=0.5)
+
+    def _answers(self) -> bool:
+        with urllib.request.urlopen(f"{self.url}/server_info", timeout=2) as answer:
+            return bool(answer.status == 200)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=20)
-        self.proc = None
+        self.process.stop(20)
 
     def tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
+        return self.process.tail(lines)
