@@ -84,8 +84,8 @@ def results_frame(
 ) -> pd.DataFrame:
     """One row per record (:func:`find_records`, the filters of ``analysis-wrapper results``), as the
     ``<analysis>_summary`` asset holds them (:mod:`analysis_wrapper.summary.table`)."""
-    # Imported here: importing the code location builds its Definitions from the environment's
-    # settings, and the CLI (which imports this module) must check those first.
+    # Imported here, as in session.open_session: importing the code location builds its Definitions
+    # from the environment's settings, which the CLI (importing this module) checks first.
     from analysis_wrapper.definitions import store_resource
 
     store = store_resource(settings or Settings()).get_store()

@@ -19,8 +19,6 @@ from analysis_wrapper.factory import AnalysisDefinitions
 from analysis_wrapper.settings import Settings, load_settings
 from analysis_wrapper.store.base import Store
 
-SHIPPED_INSTANCE_YAML = Path(__file__).resolve().parent.parent / "dagster_home" / "dagster.yaml"
-
 
 @dataclass
 class Session:
@@ -44,7 +42,8 @@ def open_session() -> Session:
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     # Imported here, not at the top: importing the code location builds its Definitions from the
-    # environment's settings, which must be checked first (a bad one is one line, not a traceback).
+    # environment's settings (DRY_RUN=maybe: pydantic's ValidationError, a traceback before any command
+    # runs); load_settings has checked them above, so a bad one is one line (SettingsError).
     from analysis_wrapper.definitions import build_analysis_set, build_definitions
 
     built = build_analysis_set(settings=settings)
@@ -74,7 +73,7 @@ def open_instance(home: Path) -> DagsterInstance:
         try:
             instance_yaml = home / "dagster.yaml"
             if not instance_yaml.exists():
-                shipped = SHIPPED_INSTANCE_YAML
+                shipped = Path(__file__).resolve().parent.parent / "dagster_home" / "dagster.yaml"
                 text = shipped.read_text() if shipped.is_file() else "telemetry:\n  enabled: false\n"
                 partial = instance_yaml.with_name(f".dagster.yaml.{os.getpid()}")
                 partial.write_text(text)
