@@ -43,7 +43,7 @@ from analysis_wrapper_tests.faults.bad_inputs import (
 from analysis_wrapper_tests.faults.report import record
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 from analysis_wrapper_tests.sample_analyses import echo
-from analysis_wrapper_tests.test_sensors import Env
+from analysis_wrapper_tests.sensor_ticks import Env
 
 FINGERPRINT_FOLDER = re.compile(r"^[0-9a-f]{64}(\.superseded-.*)?$")
 PARTITION_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
