@@ -10,7 +10,7 @@ from typing import Any
 from dagster import AssetCheckEvaluation
 
 from analysis_wrapper.checks import CHECK_NAMES
-from analysis_wrapper_tests.conftest import Harness, write_job
+from analysis_wrapper_tests.harness import Harness, write_job
 from analysis_wrapper_tests.sample_analyses import echo
 
 

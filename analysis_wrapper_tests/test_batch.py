@@ -9,7 +9,7 @@ from dagster import AssetKey, AssetRecordsFilter, DagsterEventType, DagsterRunSt
 
 from analysis_wrapper.batch import batch_keys
 from analysis_wrapper.store.base import JobState
-from analysis_wrapper_tests.conftest import write_job
+from analysis_wrapper_tests.harness import write_job
 from analysis_wrapper_tests.sample_analyses import echo
 
 ASSET = AssetKey(echo.asset_name)

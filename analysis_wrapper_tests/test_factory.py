@@ -11,7 +11,7 @@ from dagster import AssetKey, AssetRecordsFilter, AssetsDefinition, asset
 
 from analysis_wrapper.analyses.isi_violations import analysis as isi
 from analysis_wrapper.store.base import JobState
-from analysis_wrapper_tests.conftest import Harness, write_job
+from analysis_wrapper_tests.harness import Harness, write_job
 from analysis_wrapper_tests.sample_analyses import EchoOutputs, echo
 
 

@@ -18,7 +18,7 @@ import pytest
 from analysis_wrapper.inputs import UnsafeInputError, resolve_inputs
 from analysis_wrapper.job_file import JobFileError, load_job_file
 from analysis_wrapper.resources.s3_input_cache import S3InputCache
-from analysis_wrapper_tests.conftest import write_job
+from analysis_wrapper_tests.harness import write_job
 from analysis_wrapper_tests.s3_servers import S3Endpoint
 from analysis_wrapper_tests.sample_analyses import echo
 

@@ -28,7 +28,7 @@ from analysis_wrapper.store.base import JobEntry, JobState, Store
 from analysis_wrapper.store.mongo import MongoStore
 from analysis_wrapper.store.sqlite import SqliteStore
 from analysis_wrapper_tests.job_states import set_state
-from analysis_wrapper_tests.resources.test_stores import entry, store  # noqa: F401 - the shared fixture
+from analysis_wrapper_tests.store_rows import entry
 
 S = JobState
 E = JobEvent
@@ -184,7 +184,7 @@ def test_every_event_but_registered_has_a_case() -> None:
 
 
 @pytest.mark.parametrize(("event", "state"), TABLE_CASES)
-def test_transition_table(store: Store, event: JobEvent, state: JobState) -> None:  # noqa: F811
+def test_transition_table(store: Store, event: JobEvent, state: JobState) -> None:
     before = make_job(store, state)
     allowed = state in TRANSITIONS[event].sources
     case = CASES[event]
@@ -203,7 +203,7 @@ def test_transition_table(store: Store, event: JobEvent, state: JobState) -> Non
 
 
 # ---- registration -------------------------------------------------------------------------------
-def test_registered_adds_new_keys_in_input_order(store: Store) -> None:  # noqa: F811
+def test_registered_adds_new_keys_in_input_order(store: Store) -> None:
     lc = JobLifecycle(store)
     first = lc.register([entry("k3", "f3"), entry("k1", "f1"), entry("k2", "f2")])
     assert (first.added, first.changed, first.unchanged) == (["k3", "k1", "k2"], [], [])
@@ -221,7 +221,7 @@ def test_registered_adds_new_keys_in_input_order(store: Store) -> None:  # noqa:
     assert lc.register([]).added == []
 
 
-def test_register_reregisters_changed_and_leaves_unchanged_alone(store: Store) -> None:  # noqa: F811
+def test_register_reregisters_changed_and_leaves_unchanged_alone(store: Store) -> None:
     lc = JobLifecycle(store)
     lc.register([entry("c1", "old-1"), entry("c2", "old-2"), entry("u", "fu")])
     for key in ("c1", "c2", "u"):
@@ -246,7 +246,7 @@ def test_register_reregisters_changed_and_leaves_unchanged_alone(store: Store) -
 
 
 # ---- the guards ---------------------------------------------------------------------------------
-def test_started_from_a_fresh_job_without_run_id(store: Store) -> None:  # noqa: F811
+def test_started_from_a_fresh_job_without_run_id(store: Store) -> None:
     lc = JobLifecycle(store)
     lc.register([entry(K, FP)])
     job = read(store)
@@ -260,7 +260,7 @@ def test_started_from_a_fresh_job_without_run_id(store: Store) -> None:  # noqa:
 
 
 @pytest.mark.parametrize("meanwhile", ["attempts", "run id", "state"])
-def test_started_refused_when_the_job_changed_since_read(store: Store, meanwhile: str) -> None:  # noqa: F811
+def test_started_refused_when_the_job_changed_since_read(store: Store, meanwhile: str) -> None:
     as_read = make_job(store, S.QUEUED)
     if meanwhile == "attempts":  # another run started and was sent back, same state and run id
         set_state(store, A, K, state=S.QUEUED, count_attempt=True)
@@ -274,7 +274,7 @@ def test_started_refused_when_the_job_changed_since_read(store: Store, meanwhile
 
 
 @pytest.mark.parametrize("dry_run", [False, True])
-def test_started_refused_for_a_job_re_registered_since_read(store: Store, dry_run: bool) -> None:  # noqa: F811
+def test_started_refused_for_a_job_re_registered_since_read(store: Store, dry_run: bool) -> None:
     """Re-registered with new parameters between a run's read and its start: state, run id and
     attempts look as read (pending, none, 0), only the fingerprint moved on. The run computing the
     old fingerprint must not take the job (it would mark it done with the old fingerprint's record)."""
@@ -290,7 +290,7 @@ def test_started_refused_for_a_job_re_registered_since_read(store: Store, dry_ru
 
 
 @pytest.mark.parametrize("event", [E.RECORDED, E.DRY_RAN, E.FAILED])
-def test_run_events_refused_for_another_run(store: Store, event: JobEvent) -> None:  # noqa: F811
+def test_run_events_refused_for_another_run(store: Store, event: JobEvent) -> None:
     before = make_job(store, S.RUNNING, run_id="r-current")
     lc = JobLifecycle(store)
     calls = {
@@ -304,7 +304,7 @@ def test_run_events_refused_for_another_run(store: Store, event: JobEvent) -> No
     assert read(store).state == TRANSITIONS[event].target
 
 
-def test_run_lost_late_failure_over_a_newer_done_is_refused(store: Store) -> None:  # noqa: F811
+def test_run_lost_late_failure_over_a_newer_done_is_refused(store: Store) -> None:
     lc = JobLifecycle(store)
     as_read = make_job(store, S.RUNNING, run_id="r1")
     assert lc.recorded(A, K, "r1")  # the run committed; its "failure" arrives late
@@ -314,7 +314,7 @@ def test_run_lost_late_failure_over_a_newer_done_is_refused(store: Store) -> Non
     assert_unchanged(store, done)
 
 
-def test_run_lost_refused_while_running_under_another_run(store: Store) -> None:  # noqa: F811
+def test_run_lost_refused_while_running_under_another_run(store: Store) -> None:
     lc = JobLifecycle(store)
     stale = make_job(store, S.RUNNING, run_id="r1")
     set_state(store, A, K, state=S.RUNNING, run_id="r2", count_attempt=True)  # a newer attempt runs
@@ -328,7 +328,7 @@ def test_run_lost_refused_while_running_under_another_run(store: Store) -> None:
 
 
 @pytest.mark.parametrize("state", [S.PENDING, S.QUEUED])
-def test_run_lost_pending_or_queued_only_when_its_attempt_is_ahead(store: Store, state: JobState) -> None:  # noqa: F811
+def test_run_lost_pending_or_queued_only_when_its_attempt_is_ahead(store: Store, state: JobState) -> None:
     lc = JobLifecycle(store)
     job = make_job(store, state, attempts=2)
     for attempt in (None, 0, 1, 2):  # unknown, older or the attempt it already counted: stale news
@@ -339,7 +339,7 @@ def test_run_lost_pending_or_queued_only_when_its_attempt_is_ahead(store: Store,
     assert (after.state, after.run_id, after.attempts, after.last_error) == (S.FAILED, "r-lost", 3, "gone")
 
 
-def test_run_lost_refused_when_the_job_changed_since_read(store: Store) -> None:  # noqa: F811
+def test_run_lost_refused_when_the_job_changed_since_read(store: Store) -> None:
     lc = JobLifecycle(store)
     pending = make_job(store, S.PENDING, key="p")
     set_state(store, A, "p", state=S.PENDING, count_attempt=True)  # its attempt started meanwhile
@@ -355,7 +355,7 @@ def test_run_lost_refused_when_the_job_changed_since_read(store: Store) -> None:
     assert_unchanged(store, current, "r")
 
 
-def test_reregister_refused_when_the_fingerprint_changed_meanwhile(store: Store) -> None:  # noqa: F811
+def test_reregister_refused_when_the_fingerprint_changed_meanwhile(store: Store) -> None:
     lc = JobLifecycle(store)
     as_read = make_job(store, S.FAILED)
     assert lc.reregister(as_read, entry(K, "fp-by-someone-else")) is True
@@ -370,7 +370,7 @@ def test_reregister_refused_when_the_fingerprint_changed_meanwhile(store: Store)
     assert lc.reregister_many([]) == 0
 
 
-def test_retry_due_refused_when_attempts_changed(store: Store) -> None:  # noqa: F811
+def test_retry_due_refused_when_attempts_changed(store: Store) -> None:
     lc = JobLifecycle(store)
     as_read = make_job(store, S.FAILED)
     set_state(store, A, K, state=S.RUNNING, run_id="r2", count_attempt=True)  # retried and failed again
@@ -383,7 +383,7 @@ def test_retry_due_refused_when_attempts_changed(store: Store) -> None:  # noqa:
     assert lc.retry_due([]) == 0
 
 
-def test_sent_back_and_retry_asked_refused_when_run_or_state_changed(store: Store) -> None:  # noqa: F811
+def test_sent_back_and_retry_asked_refused_when_run_or_state_changed(store: Store) -> None:
     lc = JobLifecycle(store)
     queued = make_job(store, S.QUEUED, key="q", run_id="r1")
     set_state(store, A, "q", state=S.QUEUED, run_id="r2")  # queued again, for another run
@@ -401,7 +401,7 @@ def test_sent_back_and_retry_asked_refused_when_run_or_state_changed(store: Stor
     assert lc.sent_back([]) == 0
 
 
-def test_refused_counts_an_attempt_only_when_attempts_are_as_read(store: Store) -> None:  # noqa: F811
+def test_refused_counts_an_attempt_only_when_attempts_are_as_read(store: Store) -> None:
     lc = JobLifecycle(store)
     as_read = make_job(store, S.PENDING)
     set_state(store, A, K, state=S.PENDING, count_attempt=True)
@@ -410,7 +410,7 @@ def test_refused_counts_an_attempt_only_when_attempts_are_as_read(store: Store) 
     assert_unchanged(store, current)
 
 
-def test_found_recorded_only_for_the_recorded_fingerprint(store: Store) -> None:  # noqa: F811
+def test_found_recorded_only_for_the_recorded_fingerprint(store: Store) -> None:
     lc = JobLifecycle(store)
     before = make_job(store, S.FAILED)
     assert lc.found_recorded(A, K, "some-other-fp", "r9") is False
@@ -420,7 +420,7 @@ def test_found_recorded_only_for_the_recorded_fingerprint(store: Store) -> None:
     assert (after.state, after.run_id, after.last_error, after.attempts) == (S.DONE, OLD_RUN, None, 1)
 
 
-def test_batch_events_change_only_the_jobs_in_a_source_state(store: Store) -> None:  # noqa: F811
+def test_batch_events_change_only_the_jobs_in_a_source_state(store: Store) -> None:
     lc = JobLifecycle(store)
     jobs = {state: make_job(store, state, key=f"b-{state.value}") for state in JobState}
     keys = [*(job.partition_key for job in jobs.values()), "unknown"]
@@ -489,7 +489,7 @@ print(json.dumps(won), flush=True)
 calls ``started`` on each job, as the test read it, at the same wall-clock moments as the others."""
 
 
-def store_spec(store: Store, request: pytest.FixtureRequest) -> tuple[str, ...]:  # noqa: F811
+def store_spec(store: Store, request: pytest.FixtureRequest) -> tuple[str, ...]:
     """How a child process opens the same store."""
     if isinstance(store, SqliteStore):
         return ("sqlite", str(store.path))
@@ -536,7 +536,7 @@ def race(spec: tuple[str, ...], jobs: list[JobEntry], racers: int) -> dict[int, 
                 child.wait()
 
 
-def test_processes_race_to_start_one_job(store: Store, request: pytest.FixtureRequest) -> None:  # noqa: F811
+def test_processes_race_to_start_one_job(store: Store, request: pytest.FixtureRequest) -> None:
     lc = JobLifecycle(store)
     keys = [f"race-{i}" for i in range(RACE_ROUNDS)]
     lc.register([entry(key, f"fp-{key}") for key in keys])
@@ -556,7 +556,7 @@ def test_processes_race_to_start_one_job(store: Store, request: pytest.FixtureRe
         assert now.last_error == job.last_error
 
 
-def test_already_recorded_refused_for_a_job_re_registered_meanwhile(store: Store) -> None:  # noqa: F811
+def test_already_recorded_refused_for_a_job_re_registered_meanwhile(store: Store) -> None:
     lc = JobLifecycle(store)
     make_job(store, S.PENDING)
     assert lc.reregister(read(store), entry(K, "fp-new"))
@@ -567,7 +567,7 @@ def test_already_recorded_refused_for_a_job_re_registered_meanwhile(store: Store
     assert read(store).state == S.SKIPPED
 
 
-def test_register_reports_only_the_changes_it_made(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+def test_register_reports_only_the_changes_it_made(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     lc = JobLifecycle(store)
     lc.register([entry("k1", "a1"), entry("k2", "a2")])
     real = store.update_each

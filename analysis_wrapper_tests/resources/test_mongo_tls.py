@@ -22,7 +22,7 @@ from analysis_wrapper.store.mongo import MongoStore
 from analysis_wrapper_tests.dispatching.metadata_records import seed_records
 from analysis_wrapper_tests.job_states import register_entries
 from analysis_wrapper_tests.mongo_server import MongoServer, MongoServerFactory, fresh_database_name
-from analysis_wrapper_tests.resources.test_stores import entry, record
+from analysis_wrapper_tests.store_rows import entry, record
 
 SETTINGS_ENV = ("DOCDB_URI", "DOCDB_TLS", "DOCDB_TLS_CA_FILE", "DOCDB_DATABASE")
 

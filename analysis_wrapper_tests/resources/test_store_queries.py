@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from analysis_wrapper.store.base import Store
-from analysis_wrapper_tests.resources.test_stores import record, store  # noqa: F401 - the shared fixture
+from analysis_wrapper_tests.store_rows import record
 
 
 def analysis_record(fp: str, minute: int, version: str, **parameters: Any) -> dict[str, Any]:
@@ -18,7 +18,7 @@ def analysis_record(fp: str, minute: int, version: str, **parameters: Any) -> di
     return made
 
 
-def test_find_records_by_parameters_and_version(store: Store) -> None:  # noqa: F811
+def test_find_records_by_parameters_and_version(store: Store) -> None:
     store.insert_record("isi", analysis_record("f1", 1, "1.0", threshold=1.5, tag="a", flags=[1, 2], on=True))
     store.insert_record("isi", analysis_record("f2", 2, "1.0", threshold=2.0, tag="b", flags=[1], on=False))
     f3 = analysis_record("f3", 3, "2.0", threshold=1.5, tag=None, flags=[1, 2], on=True)
@@ -39,7 +39,7 @@ def test_find_records_by_parameters_and_version(store: Store) -> None:  # noqa: 
     assert ids(code_version="1.0") == ["f1", "f2"]
 
 
-def test_superseded_records_are_left_out_unless_asked(store: Store) -> None:  # noqa: F811
+def test_superseded_records_are_left_out_unless_asked(store: Store) -> None:
     store.insert_record("isi", analysis_record("g1", 1, "1.0", threshold=1.5))
     kept = analysis_record("g1.superseded-x", 1, "1.0", threshold=1.5)
     kept["analysis_wrapper"]["superseded_by"] = "g1"
