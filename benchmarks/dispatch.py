@@ -59,11 +59,11 @@ def _fill_metadata(uri: str, n: int) -> None:
 
 def _jobs(uri: str) -> list[Any]:
     """The jobs both ways dispatch, built as the dispatch pass builds them."""
+    from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
     from analysis_wrapper.dispatching.dispatch_run import resolve_query
     from analysis_wrapper.dispatching.grouping import build_pipeline
     from analysis_wrapper.dispatching.jobs import JobSpec, Unusable, groups_from_results, jobs_of_group
     from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
-    from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
     from analysis_wrapper.job_file import parse_job
     from analysis_wrapper.make_job import build_analysis_job
     from analysis_wrapper_tests.sample_analyses import echo
@@ -114,9 +114,9 @@ def _dispatcher_way(jobs: list[Any], exists: Callable[[str], bool], folder: Path
 def _ours(uri: str, store: Any) -> tuple[float, Any]:
     from dagster import DagsterInstance
 
+    from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
     from analysis_wrapper.dispatching.dispatch_run import dispatch
     from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
-    from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
     from analysis_wrapper_tests.sample_analyses import echo
 
     db = MetadataDatabase(uri, database=META_DB, collection=META_COLLECTION)

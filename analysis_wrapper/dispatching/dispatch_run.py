@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
 from analysis_wrapper.dispatching.files import find_files_of
 from analysis_wrapper.dispatching.grouping import build_pipeline
 from analysis_wrapper.dispatching.jobs import (
@@ -45,7 +46,6 @@ from analysis_wrapper.dispatching.jobs import (
 from analysis_wrapper.dispatching.metadata_db import MetadataDatabase
 from analysis_wrapper.dispatching.output import write_job_files
 from analysis_wrapper.dispatching.query import DispatchQueryError, csv_query, load_query
-from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
 from analysis_wrapper.job_file import AnalysisJob, JobFileError, parse_job
 from analysis_wrapper.make_job import build_analysis_job
 from analysis_wrapper.registration import add_partitions, register_jobs
