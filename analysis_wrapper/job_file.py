@@ -1,4 +1,5 @@
-"""Dispatched jobs: the AIND job-file format, loading with precise errors, and parameter merge.
+"""Dispatched jobs: the AIND job-file format and loading with precise errors (the parameter merge is
+:mod:`analysis_wrapper.parameters`).
 
 A job file is what the AIND analysis dispatcher writes today (its ``AnalysisDispatchModel``): the
 data assets to analyse (``s3_location``, ``asset_name``, ``docdb_record_id``, optional
@@ -17,7 +18,7 @@ import logging
 import os
 import posixpath
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -302,29 +303,6 @@ def resolve_relative_locations(job: DispatchJob, base: Path) -> DispatchJob:
             ),
         }
     )
-
-
-def merge_parameters(job: DispatchJob, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Merge parameters, lowest precedence first: ``analysis_code.parameters`` < run-config
-    overrides < ``distributed_parameters`` (the capsule's order, so results stay comparable)."""
-    merged = job.base_parameters
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    merged.update(job.distributed_parameters or {})
-    return merged
-
-
-def describe_parameter_changes(merged: Mapping[str, Any], validated: Mapping[str, Any]) -> list[str]:
-    """Human-readable lines for every value the Params model defaulted, coerced or dropped."""
-    lines = []
-    for name, value in validated.items():
-        if name not in merged:
-            lines.append(f"{name}: not given, default {value!r} used")
-        elif merged[name] != value:
-            lines.append(f"{name}: {merged[name]!r} became {value!r} after validation")
-    for name in merged:
-        if name not in validated:
-            lines.append(f"{name}: not a parameter of this analysis, ignored")
-    return lines
 
 
 class AnalysisJob(BaseModel):

@@ -23,9 +23,13 @@ from analysis_wrapper.job_file import (
     DispatchJob,
     JobFileError,
     UnknownAnalysisError,
-    describe_parameter_changes,
     field_path,
+)
+from analysis_wrapper.parameters import (
+    check_parameter_names,
+    describe_parameter_changes,
     merge_parameters,
+    parameters_to_validate,
 )
 
 log = logging.getLogger(__name__)
@@ -40,8 +44,10 @@ def build_analysis_job(
 ) -> AnalysisJob:
     """Merge and validate parameters, then fix inputs, fingerprint and partition key.
 
-    Raises :class:`JobFileError` naming the parameter when the ``Params`` model rejects a value.
+    Raises :class:`JobFileError` naming the parameter when the ``Params`` model rejects a value or
+    does not know its name (:func:`~analysis_wrapper.parameters.check_parameter_names`).
     """
+    check_parameter_names(dispatch, overrides, analysis.params, analysis.name, source)
     merged = merge_parameters(dispatch, overrides)
     distributed = dispatch.distributed_parameters or {}
     for name, value in (overrides or {}).items():
@@ -56,7 +62,7 @@ def build_analysis_job(
                 distributed[name],
             )
     try:
-        params = analysis.validate_params(merged)
+        params = analysis.validate_params(parameters_to_validate(merged, analysis.params))
     except ValidationError as exc:
         first = exc.errors()[0]
         raise JobFileError(

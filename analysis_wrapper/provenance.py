@@ -5,7 +5,8 @@ The record keeps the AIND field paths their readers query (``name``, ``location`
 ``.output_parameters``, ``.start_date_time``, ``.end_date_time``, ``.experimenters``, ``.notes``,
 ``.process_type`` = "Analysis"); the ``processing`` part is a valid aind-data-schema 2.x
 ``Processing``. What Dagster and this wrapper know (run id, partition key, asset key, git commit,
-dirty flag, package versions) sits beside it under ``analysis_wrapper``.
+dirty flag, the digest of the analysis's source files, package versions) sits beside it under
+``analysis_wrapper``.
 
 AIND's readers (``get_docdb_records_partial`` of analysis-pipeline-utils) compare two parts of
 ``code`` as whole embedded documents, which MongoDB does field by field, in order, extra or missing
@@ -20,8 +21,8 @@ fields included:
 ``created`` (what ``latest_only`` sorts on, as text) and the process times are fixed-width UTC
 ISO-8601 with microseconds, so sorting them as text sorts them as time.
 
-Git commit and dirty flag go into the record, never into the fingerprint: a new commit alone does not
-re-run anything. Posting results from a dirty tree is refused unless explicitly allowed.
+Git commit, dirty flag and source digest go into the record, never into the fingerprint: a new commit
+alone does not re-run anything. Posting results from a dirty tree is refused unless explicitly allowed.
 """
 
 from __future__ import annotations
@@ -32,16 +33,19 @@ import getpass
 import importlib.metadata
 import platform
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
+from analysis_wrapper.analysis_source import AnalysisSource, git
 from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.job_file import AnalysisJob
 from analysis_wrapper.settings import redact_uri
+
+if TYPE_CHECKING:
+    from analysis_wrapper.analysis import Analysis
 
 AIND_PROCESSING_SCHEMA_VERSION = "2.3.3"
 AIND_PROCESSING_DESCRIBED_BY = (
@@ -57,52 +61,53 @@ class DirtyTreeError(AnalysisWrapperError, RuntimeError):
 
 @dataclass(frozen=True)
 class CodeState:
-    """Which code ran: git commit (or ``GIT_COMMIT``), whether the tree had uncommitted changes,
-    and the repository URL (credentials removed)."""
+    """Which code ran: git commit (or ``GIT_COMMIT``), whether it had uncommitted changes, the
+    repository URL (credentials removed) and the digest of the analysis's own source files."""
 
     commit: str | None
     dirty: bool
     repository_url: str | None
     source: str  # "git", "GIT_COMMIT" or "unknown"
+    source_digest: str | None = None
 
 
-def _git(repo: Path, *args: str) -> str | None:
-    try:
-        done = subprocess.run(
-            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=15, check=False
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
+def code_state(
+    repo: Path | None, git_commit_env: str | None = None, analysis: Analysis[Any, Any] | None = None
+) -> CodeState:
+    """Read the code state of the git work tree holding ``repo`` (``CODE_REPOSITORY``), or, for None,
+    the tree holding ``analysis``'s source (without an analysis: ``analysis_wrapper``'s own).
 
-
-def code_state(repo: Path, git_commit_env: str | None = None) -> CodeState:
-    """Read the code state of the git work tree holding ``repo``.
-
-    Untracked files do not make a tree dirty (results and example data live in the work tree);
-    changes to tracked files do. Without a git work tree, ``GIT_COMMIT`` names the commit.
+    Changes to tracked files make a tree dirty; untracked files do not (results and example data live
+    in the work tree), except among the analysis's own source (:mod:`analysis_wrapper.analysis_source`):
+    an analysis module never committed is not in the recorded commit. A source the tree ignores (a
+    package installed into a virtual environment inside it) is outside any tree, like one installed
+    from a wheel. Without a git work tree, ``GIT_COMMIT`` names the commit.
     """
-    top = _git(repo, "rev-parse", "--show-toplevel")
-    if top is not None:
-        commit = _git(repo, "rev-parse", "HEAD")
-        status = _git(repo, "status", "--porcelain", "--untracked-files=no")
-        remote = _git(repo, "config", "--get", "remote.origin.url")
+    source = AnalysisSource.of(analysis) if analysis is not None else None
+    digest = source.digest() if source else None
+    where = repo or (source.folder if source else Path(__file__).parent)
+    top = git(where, "rev-parse", "--show-toplevel")
+    if top is not None and not (repo is None and source is not None and source.ignored_in(Path(top))):
+        status = git(where, "status", "--porcelain", "--untracked-files=no")
+        remote = git(where, "config", "--get", "remote.origin.url")
         return CodeState(
-            commit=commit,
-            dirty=bool(status),
+            commit=git(where, "rev-parse", "HEAD"),
+            dirty=bool(status) or (source is not None and source.changed_in(Path(top))),
             repository_url=redact_uri(remote) if remote else None,
             source="git",
+            source_digest=digest,
         )
     if git_commit_env:
-        return CodeState(commit=git_commit_env.strip(), dirty=False, repository_url=None, source="GIT_COMMIT")
-    return CodeState(commit=None, dirty=False, repository_url=None, source="unknown")
+        return CodeState(git_commit_env.strip(), False, None, "GIT_COMMIT", digest)
+    return CodeState(commit=None, dirty=False, repository_url=None, source="unknown", source_digest=digest)
 
 
 def check_may_post(state: CodeState, dry_run: bool, allow_dirty: bool) -> None:
     """Refuse a non-dry run from a dirty tree unless allowed; say how to proceed."""
     if state.dirty and not dry_run and not allow_dirty:
         raise DirtyTreeError(
-            "The analysis code has uncommitted changes, so its results could not be reproduced from the "
+            "The analysis code has uncommitted changes (changed tracked files, or untracked or changed "
+            "files among the analysis's own source), so its results could not be reproduced from the "
             f"recorded commit {state.commit or '(none)'}. Commit the changes, or run with DRY_RUN=1, or set "
             "ALLOW_DIRTY=1 to post anyway (the record will say dirty: true)."
         )
@@ -231,6 +236,7 @@ def build_record(
             "requested_code": requested.model_dump(mode="json") if requested else None,
             "git_commit": code.commit,
             "git_dirty": code.dirty,
+            "source_digest": code.source_digest,
             "code_state_source": code.source,
             "dry_run": dry_run,
             "duration_s": round((finished - started).total_seconds(), 6),

@@ -21,13 +21,12 @@ from analysis_wrapper.job_file import (
     DispatchJob,
     JobFileError,
     UnknownAnalysisError,
-    describe_parameter_changes,
     load_job_file,
-    merge_parameters,
     normalize_location,
     parse_job_text,
 )
 from analysis_wrapper.make_job import build_analysis_job, select_analysis
+from analysis_wrapper.parameters import describe_parameter_changes, merge_parameters
 
 DISPATCH_LOGGER = "analysis_wrapper.job_file"
 MAKE_JOB_LOGGER = "analysis_wrapper.make_job"
@@ -143,6 +142,13 @@ def test_real_aind_job_with_every_optional_key_loads_intact(tmp_path: Path) -> N
 
 def test_real_aind_job_builds_the_expected_analysis_job(tmp_path: Path) -> None:
     path = write(tmp_path / "job.json", full_aind_job().model_dump_json())
+    # extra_setting is no parameter of isi_violations: the job is refused (it used to be ignored).
+    with pytest.raises(JobFileError, match="not a parameter of isi_violations") as info:
+        build_analysis_job(load_job_file(path), isi, source=str(path))
+    assert (info.value.source, info.value.field) == (str(path), "analysis_code.parameters.extra_setting")
+    data = json.loads(path.read_text())
+    del data["analysis_code"]["parameters"]["extra_setting"]
+    write_job(path, data)
     job = build_analysis_job(load_job_file(path), isi, source=str(path))
     expected_params = {
         "analysis_name": "isi_violations",
@@ -472,16 +478,25 @@ def test_describe_parameter_changes_is_silent_when_nothing_changed() -> None:
 
 
 def test_build_analysis_job_logs_parameter_changes(caplog: pytest.LogCaptureFixture) -> None:
-    job = dispatch_with(base={"isi_threshold_ms": "2", "surplus": True})
+    # dry_run is a key of the job format (the capsule's switch), not a parameter: ignored, as before.
+    job = dispatch_with(base={"isi_threshold_ms": "2", "dry_run": True})
     with caplog.at_level(logging.INFO, logger=MAKE_JOB_LOGGER):
         built = build_analysis_job(job, isi, source="inbox/j.json")
     messages = [r.getMessage() for r in caplog.records if r.name == MAKE_JOB_LOGGER]
     assert any("isi_threshold_ms" in m and "'2'" in m and "2.0" in m for m in messages)
-    assert any("surplus" in m and "ignored" in m for m in messages)
+    assert any("dry_run" in m and "ignored" in m for m in messages)
     assert any("min_isi_ms" in m and "default" in m for m in messages)
     assert all("inbox/j.json" in m and "isi_violations" in m for m in messages)
     assert built.parameters["isi_threshold_ms"] == 2.0
-    assert "surplus" not in built.parameters
+    assert "dry_run" not in built.parameters
+
+
+def test_a_parameter_the_analysis_does_not_know_is_rejected() -> None:
+    # It used to be logged as "not a parameter of this analysis, ignored" (issue 19).
+    job = dispatch_with(base={"isi_threshold_ms": "2", "surplus": True})
+    with pytest.raises(JobFileError, match="not a parameter of isi_violations") as info:
+        build_analysis_job(job, isi, source="inbox/j.json")
+    assert info.value.field == "analysis_code.parameters.surplus"
 
 
 def test_build_analysis_job_logs_to_the_given_logger(caplog: pytest.LogCaptureFixture) -> None:

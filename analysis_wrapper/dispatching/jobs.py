@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from analysis_wrapper.job_file import ANALYSIS_NAME_PARAMETER
+from analysis_wrapper.parameters import FILE_LOCATION_PARAMETER
 from analysis_wrapper.provenance import data_asset
 
 CODE_FIELDS = (
@@ -115,7 +116,7 @@ def analysis_code(
 ) -> dict[str, Any]:
     parameters: dict[str, Any] = {ANALYSIS_NAME_PARAMETER: spec.analysis, **spec.fixed_parameters}
     if file_location:
-        parameters["file_location"] = list(file_location)
+        parameters[FILE_LOCATION_PARAMETER] = list(file_location)
     parameters.update(params or {})
     code: dict[str, Any] = dict.fromkeys(CODE_FIELDS)
     code.update(
