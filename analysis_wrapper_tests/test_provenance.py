@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,20 @@ def test_record_keeps_the_aind_field_paths(record: dict[str, Any], tmp_path: Pat
     assert process["experimenters"] and isinstance(process["experimenters"], list)
     assert "partition" in process["notes"]
     extra = record["analysis_wrapper"]
-    for key in ("run_id", "partition_key", "asset_key", "git_commit", "git_dirty", "environment"):
+    for key in (
+        "run_id",
+        "partition_key",
+        "asset_key",
+        "git_commit",
+        "git_dirty",
+        "source_digest",
+        "environment",
+    ):
         assert key in extra
     assert extra["asset_key"] == "echo_result" and extra["git_dirty"] is False
+    # The digest of the analysis's own source files (echo's: the test package, which other work may be
+    # changing meanwhile: test_source_state compares values), beside the commit.
+    assert re.fullmatch("[0-9a-f]{64}", extra["source_digest"])
     assert len(extra["git_commit"]) == 40
     assert extra["environment"]["packages"]["dagster"] == environment_description()["packages"]["dagster"]
 

@@ -255,6 +255,26 @@ def bad_inputs(input_path: str, escape_to: Path) -> list[BadInput]:
         {"analysis_name": "other"},
         "no analysis named 'other'",
     )
+    # Parameter names echo does not take, hostile ones too: refused (issue 19; they used to be ignored,
+    # and these two were valid jobs).
+    field(
+        "misspelt-parameter",
+        "distributed_parameters",
+        {"scael": 2.0},
+        "field 'distributed_parameters.scael': not a parameter of echo (did you mean scale?)",
+    )
+    field(
+        "hostile-parameters",
+        "analysis_code.parameters",
+        {"analysis_name": ANALYSIS, "scale": 4.0, far: far, "results_dir": far},
+        "not a parameter of echo",
+    )
+    field(
+        "hostile-distributed",
+        "distributed_parameters",
+        {"output": str(escape_to), "scale": 5.0},
+        "field 'distributed_parameters.output': not a parameter of echo",
+    )
     # Absurd parameters.
     for name, value, expect in (
         ("scale-negative", -1, "greater than 0"),
@@ -300,14 +320,6 @@ def hostile_valid_jobs(input_path: str, escape_to: Path) -> dict[str, dict[str, 
     return {
         "hostile-asset-name.json": changed(scaled(2.0), "asset_name", [far]),
         "absolute-asset-name.json": changed(scaled(3.0), "asset_name", [str(escape_to)]),
-        "hostile-parameters.json": changed(
-            base,
-            "analysis_code.parameters",
-            {"analysis_name": ANALYSIS, "scale": 4.0, far: far, "results_dir": far},
-        ),
-        "hostile-distributed.json": changed(
-            base, "distributed_parameters", {"output": str(escape_to), "scale": 5.0}
-        ),
         "hostile-metadata.json": changed(
             changed(scaled(6.0), "group_metadata", {"path": far, "s3": f"s3://x/{far}"}), "query", far
         ),
