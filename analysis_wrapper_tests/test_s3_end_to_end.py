@@ -208,8 +208,10 @@ def test_upload_failing_halfway_leaves_no_record_and_the_next_run_completes(
     assert "storing results failed" in entry.last_error and "403" in entry.last_error
     assert h.store.get_record("runlog", job.fingerprint) is None
     partial = keys_under(moto_s3, bucket, folder)
-    (dead_log,) = [k for k in partial if k.startswith("logs/")]
-    assert partial == {"summary.txt", dead_log}  # half a folder: no outputs.json, no metadata.nd.json
+    dead_logs = {k for k in partial if k.startswith("logs/")}
+    # Half a folder at most: no outputs.json, no metadata.nd.json. Which of the other files landed
+    # depends on the transfer manager, which cancels the uploads not yet started at the first failure.
+    assert len(dead_logs) <= 1 and partial - dead_logs <= {"summary.txt"}
 
     moto_s3.client().delete_bucket_policy(Bucket=bucket)
     assert h.materialize("runlog", job.partition_key).success
@@ -219,7 +221,7 @@ def test_upload_failing_halfway_leaves_no_record_and_the_next_run_completes(
     assert entry.state == JobState.DONE and entry.attempts == 2
     files = keys_under(moto_s3, bucket, folder)
     (new_log,) = [k for k in files if k.startswith("logs/")]
-    assert new_log != dead_log
+    assert new_log not in dead_logs
     assert files == {"summary.txt", "sub/detail.txt", new_log, OUTPUTS_FILE, RECORD_FILE}
 
 
