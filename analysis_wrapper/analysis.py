@@ -57,6 +57,10 @@ class Analysis(Generic[P, OutT]):
     run: RunFunction[P, OutT]
     description: str = ""
     figure: str | None = None
+    #: The capsule this analysis replaces (its ``processing.data_processes[0].code`` url and version):
+    #: a job the capsule already recorded counts as done (:mod:`analysis_wrapper.capsule_records`).
+    capsule_code_url: str | None = None
+    capsule_code_version: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME_PATTERN.match(self.name):
