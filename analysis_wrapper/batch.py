@@ -115,7 +115,7 @@ def build_batch_job(
         place = RunPlace(context.run_id, asset_key.to_user_string(), run_script, context.log)
         records, results, ttl = store.get_store(), results_io_manager.results, store.lease_ttl_s
         # One run, one code state: git is asked once (three subprocesses), not once per partition.
-        git = functools.cache(runtime.code_state)
+        git = functools.cache(functools.partial(runtime.code_state, analysis))
         service = CommitService(analysis, records, results, runtime, place, ttl, git, counts_refusals=True)
         outcomes: dict[str, PartitionOutcome] = {}  # per partition, what happened: the run's page lists them
         with heartbeat_held(service.store, context.run_id, store.lease_ttl_s):

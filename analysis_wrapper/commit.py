@@ -170,7 +170,7 @@ class CommitService:
         }
         if self._recorded_already(job, force):
             return self._skipped(job, common, "already recorded")
-        code = (self.code_state or self.runtime.code_state)()
+        code = self.code_state() if self.code_state else self.runtime.code_state(self.analysis)
         try:
             check_may_post(code, dry_run, self.runtime.allow_dirty)
         except DirtyTreeError as exc:

@@ -148,6 +148,7 @@ def compute(
     metadata: dict[str, Any] = {
         "git_commit": code.commit or "unknown",
         "git_dirty": code.dirty,
+        "source_digest": code.source_digest or "unknown",
         "duration_s": round(duration, 3),
         "outputs": outputs_table(outputs.model_dump(mode="json")),
         "dry_run": dry_run,

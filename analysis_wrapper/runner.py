@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,10 +79,13 @@ def is_dry_run(session: Session, asked: bool | None) -> bool:
     return bool(session.resources["runtime"].dry_run if asked is None else asked)
 
 
-def check_may_run(session: Session, options: RunOptions) -> None:
-    """Fail fast, before any job, when the run would post from a dirty tree (every job would fail)."""
+def check_may_run(session: Session, options: RunOptions, analyses: Iterable[str]) -> None:
+    """Fail fast, before any job runs, when the run would post from dirty code (every job of that
+    analysis would fail); ``analyses`` are the names of the analyses the run's jobs are for."""
     runtime = session.resources["runtime"]
-    check_may_post(runtime.code_state(), is_dry_run(session, options.dry_run), runtime.allow_dirty)
+    dry_run = is_dry_run(session, options.dry_run)
+    for name in sorted(analyses):
+        check_may_post(runtime.code_state(session.analyses[name]), dry_run, runtime.allow_dirty)
 
 
 def run_jobs(session: Session, jobs: Sequence[AnalysisJob], options: RunOptions) -> Iterator[Outcome]:

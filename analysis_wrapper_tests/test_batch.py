@@ -122,7 +122,7 @@ def test_partitions_failed_before_they_start_use_up_an_attempt(
 
     from analysis_wrapper.resources.runtime import AnalysisRuntime
 
-    def no_git(self: Any) -> Any:
+    def no_git(self: Any, *analysis: Any) -> Any:
         raise OSError("git is gone")
 
     monkeypatch.setattr(AnalysisRuntime, "code_state", no_git)

@@ -120,7 +120,6 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     session = open_session()
     options = RunOptions(args.force, args.dry_run, args.verbose, args.batch_size)
-    check_may_run(session, options)
     if args.paths:
         jobs, rejected = register_paths(session, args.paths, args.analysis, sys.stdout)
     else:
@@ -129,6 +128,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"SKIPPED registered job {item.source}: {item.message}", file=sys.stderr)
         rejected = 0
     unique = list({(j.analysis, j.partition_key): j for j in jobs}.values())
+    check_may_run(session, options, {j.analysis for j in unique})
     counts = dict.fromkeys(OUTCOMES, 0)
     progress = Progress(len(unique), sys.stdout)
     for done in run_jobs(session, unique, options):

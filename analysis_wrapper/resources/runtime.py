@@ -9,7 +9,7 @@ from dagster import ConfigurableResource
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-import analysis_wrapper
+from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.provenance import CodeState, code_state, default_experimenters
 from analysis_wrapper.resources.s3_client import cached_client
 
@@ -29,9 +29,11 @@ class AnalysisRuntime(ConfigurableResource):  # type: ignore[misc]
         default=None, description="Where analyses write before results are stored"
     )
 
-    def code_state(self) -> CodeState:
-        repo = Path(self.code_repository) if self.code_repository else Path(analysis_wrapper.__file__).parent
-        return code_state(repo, self.git_commit)
+    def code_state(self, analysis: Analysis[Any, Any] | None = None) -> CodeState:
+        """The code state of ``analysis``: ``CODE_REPOSITORY``'s work tree, else the one holding the
+        analysis's own source (see :func:`analysis_wrapper.provenance.code_state`)."""
+        repo = Path(self.code_repository) if self.code_repository else None
+        return code_state(repo, self.git_commit, analysis)
 
     def s3_client(self) -> Any:
         """The shared S3 client (for S3 inputs), built on first use."""
