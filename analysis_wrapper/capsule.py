@@ -67,7 +67,7 @@ def is_capsule_module(module: ModuleType) -> bool:
 
 def _model(module: ModuleType, value: Any, what: str) -> type[BaseModel]:
     if not (isinstance(value, type) and issubclass(value, BaseModel)):
-        raise CapsuleModuleError(f"{module.__name__}.{what} must be a pydantic model (a GenericModel), got {value!r}")
+        raise CapsuleModuleError(f"{module.__name__}.{what} must be a pydantic model (a GenericModel): {value!r}")
     return value
 
 
@@ -122,7 +122,7 @@ def _run_function(module: ModuleType, outputs: type[BaseModel]) -> Any:
                 os.chdir(previous)
         if returned is not None and not isinstance(returned, dict | BaseModel):
             raise CapsuleModuleError(
-                f"{module.__name__}.run_analysis returned {type(returned).__name__}: a dict (the outputs) or None"
+                f"{module.__name__}.run_analysis returned {type(returned).__name__}: want a dict or None"
             )
         return outputs.model_validate(returned)
 
@@ -135,8 +135,8 @@ def capsule_analysis(module: ModuleType) -> Analysis[Any, Any]:
     """The :class:`Analysis` serving a capsule module (see the module docstring for the rules)."""
     if not is_capsule_module(module):
         raise CapsuleModuleError(
-            f"{module.__name__} is not a capsule module: it needs AnalysisSpecification (or AnalysisInputModel), "
-            "AnalysisOutputModel and run_analysis at module level"
+            f"{module.__name__} is not a capsule module: it needs AnalysisSpecification (or "
+            "AnalysisInputModel), AnalysisOutputModel and run_analysis at module level"
         )
     params = _model(module, _specification(module), "AnalysisSpecification")
     outputs = _outputs_model(module, _model(module, getattr(module, OUTPUT_MODEL_NAME), OUTPUT_MODEL_NAME))
