@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 from dagster_aws.s3 import S3Resource
 
+from analysis_wrapper.code_location import store_resource
 from analysis_wrapper.resources.results_resources import storage_for_location
 from analysis_wrapper.resources.s3_client import cached_client
 from analysis_wrapper.settings import Settings
@@ -84,10 +85,6 @@ def results_frame(
 ) -> pd.DataFrame:
     """One row per record (:func:`find_records`, the filters of ``analysis-wrapper results``), as the
     ``<analysis>_summary`` asset holds them (:mod:`analysis_wrapper.summary.table`)."""
-    # Imported here, as in session.open_session: importing the code location builds its Definitions
-    # from the environment's settings, which the CLI (importing this module) checks first.
-    from analysis_wrapper.definitions import store_resource
-
     store = store_resource(settings or Settings()).get_store()
     return summary_frame(
         find_records(

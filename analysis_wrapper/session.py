@@ -15,6 +15,7 @@ from typing import Any
 from dagster import DagsterInstance, Definitions, RunsFilter
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.code_location import build_analysis_set, build_definitions
 from analysis_wrapper.factory import AnalysisDefinitions
 from analysis_wrapper.settings import Settings, load_settings
 from analysis_wrapper.store.base import Store
@@ -41,13 +42,8 @@ def open_session() -> Session:
     settings = load_settings()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
-    # Imported here, not at the top: importing the code location builds its Definitions from the
-    # environment's settings (DRY_RUN=maybe: pydantic's ValidationError, a traceback before any command
-    # runs); load_settings has checked them above, so a bad one is one line (SettingsError).
-    from analysis_wrapper.definitions import build_analysis_set, build_definitions
-
     built = build_analysis_set(settings=settings)
-    defs = build_definitions(settings, built=built)
+    defs = build_definitions(settings=settings, built=built)
     assert defs.resources is not None
     return Session(
         settings=settings,

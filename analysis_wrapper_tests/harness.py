@@ -16,7 +16,7 @@ from dagster import DagsterInstance, Definitions
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.batch import batch_run_config
-from analysis_wrapper.definitions import build_analysis_set, build_resources
+from analysis_wrapper.code_location import build_analysis_set, build_resources
 from analysis_wrapper.registration import find_job_files, prepare_files, register
 from analysis_wrapper.settings import Settings
 

@@ -11,7 +11,7 @@ from typing import Any
 from dagster import DagsterInstance, Definitions, SensorResult, build_sensor_context
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.definitions import build_analysis_set, build_resources
+from analysis_wrapper.code_location import build_analysis_set, build_resources
 from analysis_wrapper.sensors import SensorSettings, build_inbox_sensor, build_run_end_sensors
 from analysis_wrapper.store.base import JobEntry, JobState, Store
 from analysis_wrapper_tests.harness import make_settings, write_job

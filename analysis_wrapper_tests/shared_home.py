@@ -61,7 +61,7 @@ class Setup:
 
     def counting_defs(self) -> Any:
         """The counting analysis's Dagster definitions (asset, partitions), as the subprocesses build them."""
-        from analysis_wrapper.definitions import build_analysis_set
+        from analysis_wrapper.code_location import build_analysis_set
 
         if self._defs is None:
             self._defs = build_analysis_set([counting])[NAME]
@@ -77,7 +77,7 @@ class Setup:
 
     def io_manager(self) -> Any:
         """The results IO manager the subprocesses use (same settings), in this process."""
-        from analysis_wrapper.definitions import build_resources
+        from analysis_wrapper.code_location import build_resources
         from analysis_wrapper.factory import RESULTS_IO_MANAGER_KEY
         from analysis_wrapper.settings import Settings
 

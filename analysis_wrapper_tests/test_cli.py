@@ -464,7 +464,7 @@ def test_store_locked_past_the_run_leaves_no_job_running_for_ever(
     job's run ended and fails the job (through the lifecycle: RUN_LOST)."""
     from dagster import DagsterInstance, build_sensor_context
 
-    from analysis_wrapper.definitions import build_definitions
+    from analysis_wrapper.code_location import build_definitions
     from analysis_wrapper.settings import load_settings
     from analysis_wrapper.store.base import JobState
     from analysis_wrapper.store.sqlite import SqliteStore
@@ -499,7 +499,7 @@ def test_store_locked_past_the_run_leaves_no_job_running_for_ever(
     (stuck,) = store.list_jobs("counting")
     assert stuck.state == JobState.RUNNING  # nobody could write meanwhile
 
-    defs = build_definitions(load_settings())
+    defs = build_definitions(settings=load_settings())
     instance = DagsterInstance.from_config(str(home))
     try:
         sensor = defs.resolve_sensor_def("counting_inbox_sensor")

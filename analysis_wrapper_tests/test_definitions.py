@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dagster import EnvVar
 
-from analysis_wrapper.definitions import build_definitions, build_resources
+from analysis_wrapper.code_location import build_definitions, build_resources
 from analysis_wrapper.resources.results_resources import LocalResultsResource
 from analysis_wrapper.resources.s3_storage import S3ResultsStorage
 from analysis_wrapper.settings import Settings
@@ -42,7 +42,7 @@ def test_cloud_settings_pick_pymongo_and_s3_without_exposing_the_password(
     assert isinstance(storage, S3ResultsStorage)
     assert storage.uri("f" * 64) == f"s3://results-bucket/analyses/isi/{'f' * 64}"
     assert storage.client.meta.endpoint_url == "http://127.0.0.1:9"
-    build_definitions(settings)  # the code location loads with cloud settings too
+    build_definitions(settings=settings)  # the code location loads with cloud settings too
     store = records.get_store()  # used outside a run (CLI), the EnvVar is resolved, not taken literally
     assert store.uri == "mongodb://***@docdb.example.org:27017/?tls=true"
 

@@ -40,7 +40,7 @@ from dagster_aws.s3 import S3Resource
 from dagster_aws.s3.compute_log_manager import S3ComputeLogManager
 from packaging.specifiers import SpecifierSet
 
-from analysis_wrapper.definitions import results_storage_resource, store_resource
+from analysis_wrapper.code_location import results_storage_resource, store_resource
 from analysis_wrapper.resources.record_store import _open_store
 from analysis_wrapper.resources.results_resources import S3ResultsResource
 from analysis_wrapper.settings import Settings

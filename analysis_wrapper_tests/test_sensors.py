@@ -628,10 +628,12 @@ def test_definitions_carry_an_inbox_sensor_per_analysis_running_by_default(
 ) -> None:
     from dagster import DefaultSensorStatus
 
-    from analysis_wrapper.definitions import build_definitions
+    from analysis_wrapper.code_location import build_definitions
 
     other = dataclasses.replace(echo, name="other")
-    defs = build_definitions(make_settings(tmp_path, clean_repo, SENSOR_INTERVAL_S=7), analyses=[echo, other])
+    defs = build_definitions(
+        settings=make_settings(tmp_path, clean_repo, SENSOR_INTERVAL_S=7), analyses=[echo, other]
+    )
     names = {s.name for s in defs.sensors or []}
     summaries = {"echo_summary_sensor", "other_summary_sensor"}  # the summary assets' automation
     run_ends = {RUN_FAILURES_SENSOR_NAME, RUN_CANCELS_SENSOR_NAME}
@@ -643,7 +645,7 @@ def test_definitions_carry_an_inbox_sensor_per_analysis_running_by_default(
     targets = {job.name for job in defs.resolve_sensor_def("echo_inbox_sensor").jobs}
     assert targets == {echo.job_name, echo.batch_job_name}
     stopped = build_definitions(
-        make_settings(tmp_path, clean_repo, SENSOR_START_STOPPED=True), analyses=[echo]
+        settings=make_settings(tmp_path, clean_repo, SENSOR_START_STOPPED=True), analyses=[echo]
     )
     assert {s.default_status for s in stopped.sensors or []} == {DefaultSensorStatus.STOPPED}
     close_all_stores()

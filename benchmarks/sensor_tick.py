@@ -240,7 +240,7 @@ def tick_main(
     from dagster import DagsterInstance, SensorResult, build_sensor_context
     from dagster_aws.s3 import S3Resource
 
-    from analysis_wrapper.definitions import build_analysis_set
+    from analysis_wrapper.code_location import build_analysis_set
     from analysis_wrapper.resources.record_store import StoreResource
     from analysis_wrapper.sensors import InboxCursor, SensorSettings, build_inbox_sensor
 

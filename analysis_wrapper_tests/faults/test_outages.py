@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, Definitions, SensorResult, build_sensor_context
 
-from analysis_wrapper.definitions import build_analysis_set, build_resources
+from analysis_wrapper.code_location import build_analysis_set, build_resources
 from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper.sensors import SensorSettings, build_inbox_sensor
 from analysis_wrapper.store.base import JobState

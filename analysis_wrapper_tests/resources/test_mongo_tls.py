@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from analysis_wrapper.cli import main
-from analysis_wrapper.definitions import store_resource
+from analysis_wrapper.code_location import store_resource
 from analysis_wrapper.resources.record_store import _open_store, close_all_stores
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.store.base import JobState, Lease, StoreError, utcnow

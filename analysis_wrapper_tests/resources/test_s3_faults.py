@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from analysis_wrapper.definitions import build_resources
+from analysis_wrapper.code_location import build_resources
 from analysis_wrapper.factory import RESULTS_IO_MANAGER_KEY
 from analysis_wrapper.inbox import open_inbox
 from analysis_wrapper.resources.s3_client import BoundedS3Resource, S3EndpointError
