@@ -43,6 +43,7 @@ OUTPUT_MODEL_NAME = "AnalysisOutputModel"
 RUN_FUNCTION_NAME = "run_analysis"
 DEFAULT_VERSION = "0"
 _OUTPUTS_ATTRIBUTE = "AnalysisWrapperOutputs"
+_ANALYSIS_ATTRIBUTE = "_analysis_wrapper_analysis"
 
 _working_directory_lock = threading.Lock()
 
@@ -67,7 +68,7 @@ def is_capsule_module(module: ModuleType) -> bool:
 
 def _model(module: ModuleType, value: Any, what: str) -> type[BaseModel]:
     if not (isinstance(value, type) and issubclass(value, BaseModel)):
-        raise CapsuleModuleError(f"{module.__name__}.{what} must be a pydantic model (a GenericModel): {value!r}")
+        raise CapsuleModuleError(f"{module.__name__}.{what} must be a pydantic model, got {value!r}")
     return value
 
 
@@ -132,7 +133,17 @@ def _run_function(module: ModuleType, outputs: type[BaseModel]) -> Any:
 
 
 def capsule_analysis(module: ModuleType) -> Analysis[Any, Any]:
-    """The :class:`Analysis` serving a capsule module (see the module docstring for the rules)."""
+    """The :class:`Analysis` serving a capsule module (see the module docstring for the rules): one per
+    module, so finding the module twice (an entry point and ``ANALYSIS_MODULES``) finds one analysis."""
+    made = getattr(module, _ANALYSIS_ATTRIBUTE, None)
+    if isinstance(made, Analysis):
+        return made
+    made = _make_analysis(module)
+    setattr(module, _ANALYSIS_ATTRIBUTE, made)
+    return made
+
+
+def _make_analysis(module: ModuleType) -> Analysis[Any, Any]:
     if not is_capsule_module(module):
         raise CapsuleModuleError(
             f"{module.__name__} is not a capsule module: it needs AnalysisSpecification (or "

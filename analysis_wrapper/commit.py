@@ -39,6 +39,7 @@ from dagster import (
 )
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.capsule_records import recorded_jobs
 from analysis_wrapper.checks import CheckOutcome, evaluate_checks
 from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.inputs import InputNotFoundError
@@ -168,8 +169,8 @@ class CommitService:
             "analysis_version": analysis.version,
             "job_source": entry.source or "registry",
         }
-        if self._recorded_already(job, force):
-            return self._skipped(job, common, "already recorded")
+        if (skipped := self._skip_if_recorded(job, common, force)) is not None:
+            return skipped
         code = self.code_state() if self.code_state else self.runtime.code_state(self.analysis)
         try:
             check_may_post(code, dry_run, self.runtime.allow_dirty)
@@ -183,8 +184,9 @@ class CommitService:
                     f"{made.lease.describe()}; that run records it."
                 )
                 return self._skipped(job, common, f"being computed by run {made.lease.run_id}")
-            if self._recorded_already(job, force):  # committed by another run between our look and our claim
-                return self._skipped(job, common, "already recorded")
+            # Committed by another run between our look and our claim?
+            if (skipped := self._skip_if_recorded(job, common, force)) is not None:
+                return skipped
             refused = start(self.lifecycle, self.store, entry, run_id, dry_run)
             if refused is not None and refused.startswith("re-registered"):
                 return self._skipped(job, common, refused)
@@ -200,15 +202,33 @@ class CommitService:
         metadata = {**common, **computed.metadata, **stored}
         return PartitionOutcome(key, metadata, job.fingerprint, materialized=stored["status"] == "recorded")
 
-    def _recorded_already(self, job: AnalysisJob, force: bool) -> bool:
-        if force or not self.store.existing_fingerprints(job.analysis, [job.fingerprint]):
-            return False
+    def _skip_if_recorded(
+        self, job: AnalysisJob, common: dict[str, Any], force: bool
+    ) -> PartitionOutcome | None:
+        """The skip of a job recorded already, by us or by the capsule the analysis replaces
+        (:func:`~analysis_wrapper.capsule_records.recorded_jobs`); None when it is due (or forced)."""
+        found = {} if force else recorded_jobs(self.store, {self.analysis.name: self.analysis}, [job])
+        if job.fingerprint not in found:
+            return None
+        by_capsule = found[job.fingerprint]
+        what = f"already {by_capsule.describe()}" if by_capsule else "already recorded"
         self.log.info(
-            f"Skipping {job.partition_key}: fingerprint {job.fingerprint} is already recorded. "
+            f"Skipping {job.partition_key}: fingerprint {job.fingerprint} is {what}. "
             "Set force: true in run config to run it again."
         )
         self.lifecycle.found_recorded(job.analysis, job.partition_key, job.fingerprint, self.place.run_id)
-        return True
+        if by_capsule:  # the capsule's record is only read: it shows where the result is
+            return PartitionOutcome(
+                job.partition_key,
+                {
+                    **common,
+                    **by_capsule.metadata(),
+                    LOCATION: by_capsule.location,
+                    "status": f"skipped: {what}",
+                },
+                job.fingerprint,
+            )
+        return self._skipped(job, common, what)
 
     def _skipped(self, job: AnalysisJob, common: dict[str, Any], reason: str) -> PartitionOutcome:
         """A skip shows the recorded result it defers to, read from its record (if any)."""

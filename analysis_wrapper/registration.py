@@ -19,6 +19,7 @@ from typing import Any
 from dagster import DagsterInstance
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.capsule_records import recorded_jobs
 from analysis_wrapper.inbox import is_job_file_name
 from analysis_wrapper.job_bytes import DEFAULT_MAX_JOB_FILE_BYTES
 from analysis_wrapper.job_file import AnalysisJob, DispatchJob, JobFileError, load_job_file
@@ -128,10 +129,16 @@ class Registration:
 
 
 def register_jobs(
-    jobs: Sequence[AnalysisJob], store: Store, *, checked_unrecorded: bool = False
+    jobs: Sequence[AnalysisJob],
+    store: Store,
+    *,
+    checked_unrecorded: bool = False,
+    analyses: Mapping[str, Analysis[Any, Any]] | None = None,
 ) -> Registration:
     """Register ``jobs`` (of any analyses) in the job registry: one batched registration and one
-    batched skip check per analysis. Duplicates (same analysis and partition key) collapse to the first.
+    batched skip check per analysis (:func:`~analysis_wrapper.capsule_records.recorded_jobs`: also the
+    records of the capsule an analysis of ``analyses`` replaces). Duplicates (same analysis and
+    partition key) collapse to the first.
 
     ``checked_unrecorded``: the caller has just found none of these fingerprints recorded (the
     dispatch pass does, before it picks what to register), so the skip check is not repeated. A
@@ -144,11 +151,12 @@ def register_jobs(
     keys = [key for _a, key in unique]
     if checked_unrecorded:
         return Registration(outcome, set(), keys)
+    found = recorded_jobs(store, analyses or {}, list(unique.values()))
     recorded: set[str] = set()
     for name in {a for a, _k in unique}:
-        of_analysis = [job for (a, _k), job in unique.items() if a == name]
-        found = store.existing_fingerprints(name, [job.fingerprint for job in of_analysis])
-        done = [(job.partition_key, job.fingerprint) for job in of_analysis if job.fingerprint in found]
+        done = [
+            (k, job.fingerprint) for (a, k), job in unique.items() if a == name and job.fingerprint in found
+        ]
         if done:
             lifecycle.already_recorded(name, done)
         recorded.update(key for key, _fp in done)
@@ -185,6 +193,6 @@ def register(
 ) -> Registration:
     """Register ``jobs`` of one analysis (:func:`register_jobs`) and add their dynamic partitions.
     Every key is (re-)added, so a registry that outlived its Dagster instance heals itself."""
-    registration = register_jobs(jobs, store)
+    registration = register_jobs(jobs, store, analyses={analysis.name: analysis})
     add_partitions(instance, analysis.partitions_name, registration.keys)
     return registration

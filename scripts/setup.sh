@@ -17,8 +17,11 @@ fi
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 if [ "$kind" = dev ]; then
   "$venv/bin/pip" install -q -e '.[dev]'
-  # The AIND dispatcher's own model, to write job files exactly as it does (tests only). Its declared
-  # dependencies (Code Ocean client, s3fs) are not needed for that module and make pip backtrack for minutes.
+  # analysis-pipeline-utils: the AIND dispatcher's own model (to write job files exactly as it does) and the
+  # capsule's record functions (tests of capsule modules and their records). Its clients (Code Ocean, AIND's
+  # DocumentDB API) are installed so its modules import as a capsule's run_capsule.py imports them; its
+  # fsspec[s3] (s3fs) is left out: not needed here, and it makes pip backtrack for minutes.
+  "$venv/bin/pip" install -q codeocean==0.15.0 aind-data-access-api==1.10.0
   "$venv/bin/pip" install -q --no-deps analysis-pipeline-utils==0.2.8
 else
   "$venv/bin/pip" install -q -e .

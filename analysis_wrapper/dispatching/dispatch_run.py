@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.capsule_records import recorded_jobs
 from analysis_wrapper.dispatching.dispatch_config import DispatchSettings
 from analysis_wrapper.dispatching.files import find_files_of
 from analysis_wrapper.dispatching.grouping import build_pipeline
@@ -284,9 +285,7 @@ class Dispatcher:
                     report.already_registered += 1
             else:
                 rest.append(job)
-        recorded = (
-            self.store.existing_fingerprints(name, [job.fingerprint for job in rest]) if rest else set()
-        )
+        recorded = recorded_jobs(self.store, {name: self.analysis}, rest) if rest else {}
         report.already_recorded += sum(1 for job in rest if job.fingerprint in recorded)
         return [job for job in rest if job.fingerprint not in recorded]
 

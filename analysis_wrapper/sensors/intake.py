@@ -181,7 +181,7 @@ class Intake:
             target = self.inbox.registered_uri(file, self.name)
             targets.append((file, target, data))
             jobs.setdefault(job.partition_key, job.model_copy(update={"source": target}))
-        registration = register_jobs(list(jobs.values()), self.store)
+        registration = register_jobs(list(jobs.values()), self.store, analyses={self.name: self.analysis})
         outcome, recorded = registration.outcome, registration.recorded
         fresh = set(outcome.added) | set(outcome.changed)
         self.counts["already done"] += len(recorded)

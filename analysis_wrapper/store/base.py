@@ -282,6 +282,15 @@ class RecordStore(abc.ABC):
     def _find_records(self, query: RecordQuery) -> list[dict[str, Any]]:
         """``find_records`` in the backend's query language."""
 
+    @abc.abstractmethod
+    def capsule_records(
+        self, analysis: str, code_url: str, code_version: str, input_urls: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """Records the AIND capsule at ``code_url`` / ``code_version`` wrote among ``analysis``'s records
+        (``processing.data_processes[0].code`` url and version) whose ``input_data`` names any of
+        ``input_urls``: one query per batch. Each has ``_id``, ``location`` and that ``code``'s
+        ``input_data`` and ``parameters``; :mod:`analysis_wrapper.capsule_records` matches them to jobs."""
+
 
 class LeaseStore(abc.ABC):
     """Claims unique per key. Times are the claimant's UTC clock."""

@@ -7,15 +7,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from pymongo import ASCENDING, IndexModel
 from pymongo.errors import DuplicateKeyError
 
 from analysis_wrapper.store.base import RecordExistsError, RecordQuery, RecordStore
-from analysis_wrapper.store.fields import iso_utc
-from analysis_wrapper.store.mongo.connection import MongoConnection
+from analysis_wrapper.store.fields import chunks, iso_utc
+from analysis_wrapper.store.mongo.connection import ID_CHUNK, MongoConnection
 
 _CODE = "processing.data_processes.0.code"
 
@@ -117,3 +117,24 @@ class MongoRecordStore(MongoConnection, RecordStore):
             for doc in self._find("read records", self._record_collection(name), find, sort=sort)
         ]
         return sorted(found, key=record_sort_key) if len(names) > 1 else found
+
+    def capsule_records(
+        self, analysis: str, code_url: str, code_version: str, input_urls: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        """In the collection the capsule wrote (DocumentDB's): by code url, version and any input url."""
+        urls, records = list(dict.fromkeys(input_urls)), self._records(analysis)
+        wanted = {"_id": 1, "location": 1, f"{_CODE}.input_data": 1, f"{_CODE}.parameters": 1}
+        return [
+            doc
+            for chunk in chunks(urls, ID_CHUNK)
+            for doc in self._find(
+                "look up the capsule's records",
+                records,
+                {
+                    f"{_CODE}.url": code_url,
+                    f"{_CODE}.version": code_version,
+                    f"{_CODE}.input_data.url": {"$in": list(chunk)},
+                },
+                wanted,
+            )
+        ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from analysis_wrapper.store.base import RecordExistsError, RecordQuery, RecordStore, utcnow
@@ -21,6 +21,14 @@ _EXISTING_BY_JSON = (
 )
 """The recorded ones among a JSON array of fingerprints: one index probe per key."""
 _CODE = "$.processing.data_processes[0].code"
+_CAPSULE_RECORDS = (
+    f"SELECT record_json FROM records WHERE analysis = ? AND json_extract(record_json, '{_CODE}.url') = ? "
+    f"AND json_extract(record_json, '{_CODE}.version') = ?"
+)
+_READS_ANY = (
+    f" AND EXISTS (SELECT 1 FROM json_each(record_json, '{_CODE}.input_data') AS asset "
+    "WHERE json_extract(asset.value, '$.url') IN (SELECT value FROM json_each(?)))"
+)
 
 
 class SqliteRecordStore(SqliteConnection, RecordStore):
@@ -103,3 +111,23 @@ class SqliteRecordStore(SqliteConnection, RecordStore):
         sql = "SELECT record_json FROM records" + (" WHERE " + " AND ".join(where) if where else "")
         cursor = self._execute(self._connection(), sql + " ORDER BY created_at, rowid", args)
         return [dict(json.loads(row[0])) for row in cursor.fetchall()]
+
+    def capsule_records(
+        self, analysis: str, code_url: str, code_version: str, input_urls: Sequence[str]
+    ) -> list[dict[str, Any]]:
+        conn, urls = self._connection(), list(dict.fromkeys(input_urls))
+        if not urls:
+            return []
+        if not self._uses_json_each(conn):  # no input filter: every record of the capsule (a superset)
+            rows = self._execute(conn, _CAPSULE_RECORDS, [analysis, code_url, code_version]).fetchall()
+        else:
+            rows = [
+                row
+                for chunk in chunks(urls, JSON_CHUNK)
+                for row in self._execute(
+                    conn,
+                    _CAPSULE_RECORDS + _READS_ANY,
+                    [analysis, code_url, code_version, json.dumps(list(chunk))],
+                ).fetchall()
+            ]
+        return [dict(json.loads(row[0])) for row in rows]
