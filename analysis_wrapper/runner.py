@@ -19,6 +19,7 @@ from typing import Any
 from dagster import DagsterInstance, ExecuteInProcessResult
 
 from analysis_wrapper.batch import batch_run_config
+from analysis_wrapper.capsule_records import recorded_jobs
 from analysis_wrapper.job_file import AnalysisJob, JobFileError
 from analysis_wrapper.lifecycle import JobLifecycle
 from analysis_wrapper.ownership import end_heartbeat, fingerprint_key, heartbeat, lease_dead, this_host
@@ -91,15 +92,12 @@ def check_may_run(session: Session, options: RunOptions, analyses: Iterable[str]
 def run_jobs(session: Session, jobs: Sequence[AnalysisJob], options: RunOptions) -> Iterator[Outcome]:
     """Run ``jobs`` (one per analysis and partition key), yielding each job's outcome as it is known:
     first the jobs found recorded (unless ``force``), then the others, by analysis, in batches."""
-    recorded: set[str] = set()
-    for name in {j.analysis for j in jobs}:
-        recorded |= session.store.existing_fingerprints(
-            name, [j.fingerprint for j in jobs if j.analysis == name]
-        )
+    recorded = recorded_jobs(session.store, session.analyses, jobs)
     due: dict[str, list[AnalysisJob]] = {}
     for job in jobs:
         if job.fingerprint in recorded and not options.force:
-            yield Outcome(job, "already done")
+            by_capsule = recorded[job.fingerprint]
+            yield Outcome(job, "already done", f"({by_capsule.describe()})" if by_capsule else None)
         else:
             due.setdefault(job.analysis, []).append(job)
     size = max(1, options.batch_size)
