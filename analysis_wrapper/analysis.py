@@ -29,12 +29,20 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from analysis_wrapper.job_file import AnalysisJob
 
 P = TypeVar("P", bound=BaseModel)
 OutT = TypeVar("OutT", bound=BaseModel)
 
 RunFunction = Callable[["AnalysisJob", P, Path, logging.Logger], OutT]
+SummaryRows = Callable[[dict[str, Any], Callable[[str], bytes]], list[dict[str, Any]]]
+"""``(record, read) -> rows``: one job's own summary rows; ``read(name)``: a file of its result folder."""
+SummaryFigure = Callable[["pd.DataFrame", "pd.DataFrame | None", Path], None]
+"""``(jobs, rows, path)``: draw the figure across jobs into the PNG ``path``, from the summary's job table
+and the rows of :data:`SummaryRows` (None without them); each row carries ``analysis_version`` and
+``parameter_set``, which the figure keeps apart or labels (:mod:`analysis_wrapper.summary.figures`)."""
 
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,47}$")
 
@@ -61,6 +69,11 @@ class Analysis(Generic[P, OutT]):
     #: a job the capsule already recorded counts as done (:mod:`analysis_wrapper.capsule_records`).
     capsule_code_url: str | None = None
     capsule_code_version: str | None = None
+    #: The analysis's own part of ``<name>_summary`` (:mod:`analysis_wrapper.summary`): rows of one job
+    #: beyond its record's (e.g. one per unit), read from its result folder once, when it is new to the
+    #: summary; and the figure across jobs (default: histograms of the numeric outputs).
+    summary_rows: SummaryRows | None = None
+    summary_figure: SummaryFigure | None = None
 
     def __post_init__(self) -> None:
         if not _NAME_PATTERN.match(self.name):

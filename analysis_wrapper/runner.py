@@ -3,12 +3,14 @@
 The jobs of one analysis go in runs of ``batch_size`` (one job: a run of the result asset's partition,
 as the UI does; several: the batch job); each job's outcome is read from its run's events. The run's
 heartbeat lease says this process is alive: killed, its run is failed by any daemon's lost-run check.
+After recording, the analyses' summaries are brought up to date here too (:func:`update_summaries`).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, ExecuteInProcessResult
+from dagster import DagsterInstance, ExecuteInProcessResult, materialize
 
 from analysis_wrapper.batch import batch_run_config
 from analysis_wrapper.capsule_records import recorded_jobs
@@ -29,7 +31,7 @@ from analysis_wrapper.registration import Rejected
 from analysis_wrapper.result_metadata import LOCATION_METADATA_KEY
 from analysis_wrapper.session import Session
 from analysis_wrapper.store.base import JobState, StoreError
-from analysis_wrapper.tags import BATCH_SIZE_TAG, HOST_TAG, PID_TAG, SOURCE_TAG
+from analysis_wrapper.tags import ANALYSIS_TAG, BATCH_SIZE_TAG, HOST_TAG, PID_TAG, SOURCE_TAG
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ DEFAULT_BATCH_SIZE = 20
 """Jobs per in-process run: a Dagster run costs about 0.2 s of its own."""
 OUTCOMES = ("done", "already done", "elsewhere", "dry run", "failed")
 """What may become of a job (:class:`Outcome`)."""
+ERROR_CHARS = 300
+"""An error message longer than this (on one line) is shown as its first sentence (:func:`one_line`)."""
 
 
 @dataclass(frozen=True)
@@ -101,12 +105,39 @@ def run_jobs(session: Session, jobs: Sequence[AnalysisJob], options: RunOptions)
         else:
             due.setdefault(job.analysis, []).append(job)
     size = max(1, options.batch_size)
+    recorded_now: set[str] = set()
     for name, of_analysis in due.items():
         for start in range(0, len(of_analysis), size):
             chunk = of_analysis[start : start + size]
             outcomes = _materialize(session, name, chunk, options)
             for job in chunk:
-                yield Outcome(job, *outcomes[job.partition_key])
+                outcome = Outcome(job, *outcomes[job.partition_key])
+                if outcome.outcome == "done":
+                    recorded_now.add(name)
+                yield outcome
+    update_summaries(session, recorded_now, options.verbose)
+
+
+def update_summaries(session: Session, analyses: Iterable[str], verbose: bool = False) -> None:
+    """Materialize the ``<analysis>_summary`` of each of ``analyses`` in this process (it reads only
+    the jobs new to it), so a summary exists as soon as a job is recorded, with no daemon running (the
+    demo). A summary that fails is a warning: the jobs are recorded, and the summary's automation
+    condition (or the next run) updates it."""
+    for name in sorted(analyses):
+        summary = session.built[name].summary
+        if summary is None:
+            continue
+        result = materialize(
+            [summary],
+            instance=session.instance,
+            resources=session.resources,
+            run_config={"loggers": run_loggers(verbose)},
+            tags={SOURCE_TAG: "cli", HOST_TAG: this_host(), PID_TAG: str(os.getpid()), ANALYSIS_TAG: name},
+            raise_on_error=False,
+        )
+        if not result.success:
+            reason, where = _root_failure(result), log_location(session.instance, result.run_id)
+            log.warning("%s_summary was not updated: %s [%s]", name, reason, where)
 
 
 def _materialize(
@@ -189,7 +220,7 @@ def _failure_reason(session: Session, analysis: str, key: str, result: ExecuteIn
                 JobLifecycle(session.store).failed(analysis, key, result.run_id, cause)
                 return cause
             if entry.last_error:
-                return entry.last_error.splitlines()[0]
+                return one_line(entry.last_error)
     except StoreError as exc:
         return (
             f"{cause}; the job could not be marked failed ({exc}): once the store answers, the inbox "
@@ -212,7 +243,7 @@ def _root_failure(result: ExecuteInProcessResult) -> str:
 def error_line(error: Any) -> str:
     """The root cause of a Dagster error (a ``SerializableErrorInfo``) in one line: the innermost
     ``cause`` (Dagster wraps a failing IO manager in DagsterExecutionHandleOutputError, a failing step
-    in DagsterExecutionStepExecutionError), as ``ClassName: first line of its message``."""
+    in DagsterExecutionStepExecutionError), as ``ClassName: message`` (:func:`one_line`)."""
     while error.cause is not None:
         error = error.cause
     text = (error.message or "").strip()
@@ -221,7 +252,16 @@ def error_line(error: Any) -> str:
         text = f"{error.cls_name}: {rest}"
     elif error.cls_name and not text.startswith(error.cls_name):
         text = f"{error.cls_name}: {text}"
-    return text.splitlines()[0] if text else (error.cls_name or "unknown error")
+    return one_line(text) if text else (error.cls_name or "unknown error")
+
+
+def one_line(text: str, limit: int | None = ERROR_CHARS) -> str:
+    """An error message on one line, never cut in mid-sentence: its line breaks and indents become
+    single spaces (HDF5, for one, breaks its messages in mid-sentence), and a message longer than
+    ``limit`` (None: no limit) keeps its whole first sentence, then ``…`` (the rest is in the run's log)."""
+    flat = " ".join(text.split())
+    end = re.search(r"[.!?](?=\s)", flat) if limit is not None and len(flat) > limit else None
+    return f"{flat[: end.end()]} …" if end else flat
 
 
 def _statuses(result: ExecuteInProcessResult) -> dict[str, tuple[str, str]]:

@@ -1,6 +1,9 @@
 """``<analysis>_summary``: one row per recorded job in Parquet and CSV beside a figure, updated
 incrementally (only new jobs' records and folders are read), requested by its automation condition
-after new results; and ``results_frame`` for notebooks, with the filters of ``analysis-wrapper results``."""
+after new results and as soon as a job is recorded with no summary yet, made by ``analysis-wrapper run``
+itself; rows carry their version and parameter set, the figure keeps them apart; the analysis's own
+rows and figure come from its hooks; and ``results_frame`` for notebooks, the same table with the
+filters of ``analysis-wrapper results``."""
 
 from __future__ import annotations
 
@@ -14,13 +17,18 @@ import pytest
 from dagster import AssetKey, Definitions, evaluate_automation_conditions, materialize
 
 from analysis_wrapper.analyses.isi_violations import analysis as isi
+from analysis_wrapper.cli.app import main
 from analysis_wrapper.records import results_frame
-from analysis_wrapper_tests.harness import Harness
+from analysis_wrapper.resources.record_store import close_all_stores
+from analysis_wrapper.summary.figures import group_labels
+from analysis_wrapper.summary.table import parameter_set
+from analysis_wrapper_tests.harness import Harness, write_job
+from analysis_wrapper_tests.sample_analyses import echo
 
 
-def summarize(h: Harness) -> Any:
-    """Materialize isi_violations_summary in-process; its materialization's metadata."""
-    summary = h.built["isi_violations"].summary
+def summarize(h: Harness, name: str = "isi_violations") -> Any:
+    """Materialize ``<name>_summary`` in-process; its materialization's metadata."""
+    summary = h.built[name].summary
     result = materialize([summary], instance=h.instance, resources=h.resources)
     assert result.success
     (event,) = result.get_asset_materialization_events()
@@ -60,6 +68,7 @@ def test_summary_has_one_row_per_job_parquet_csv_and_figure(recorded: tuple[Harn
         record = h.store.get_record("isi_violations", job.fingerprint)
         process = record["processing"]["data_processes"][0]
         assert row["fingerprint"] == job.fingerprint and row["analysis_version"] == isi.version
+        assert row["parameter_set"] == parameter_set(job.parameters)
         assert json.loads(row["inputs"]) == job.inputs
         assert json.loads(row["parameters"]) == job.parameters
         assert row["param.isi_violations_cutoff"] == job.parameters["isi_violations_cutoff"]
@@ -70,9 +79,10 @@ def test_summary_has_one_row_per_job_parquet_csv_and_figure(recorded: tuple[Harn
         assert row["location"] == record["location"]
     csv = pd.read_csv(folder / "summary.csv")
     assert list(csv.columns) == list(rows.columns) and len(csv) == len(jobs)
-    units = pd.read_parquet(folder / "units.parquet")  # pooled per-unit ratios, for the figure
+    units = pd.read_parquet(folder / "details.parquet")  # isi_violations' own rows: one per unit
     assert len(units) == rows["out.n_units"].sum()
     assert set(units["partition_key"]) == set(rows["partition_key"])
+    assert set(units.columns) >= {"analysis_version", "parameter_set", "unit_id", "isi_violations_ratio"}
     png = (folder / "summary.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 10_000
     assert meta["jobs"].value == 3 and meta["result_folders_read"].value == 3
@@ -102,7 +112,7 @@ def test_an_update_reads_only_the_new_jobs(
     old = rows[rows["partition_key"] != new.partition_key].reset_index(drop=True)
     pd.testing.assert_frame_equal(old[before.columns], before)
     assert rows[rows["partition_key"] == new.partition_key]["param.isi_violations_cutoff"].item() == 0.9
-    units = pd.read_parquet(summary_folder(h) / "units.parquet")
+    units = pd.read_parquet(summary_folder(h) / "details.parquet")
     assert set(units["partition_key"]) == set(rows["partition_key"])
 
     nothing = summarize(h)  # nothing new: reads no record and no folder
@@ -110,17 +120,24 @@ def test_an_update_reads_only_the_new_jobs(
     assert nothing["jobs"].value == 4
 
 
+def due_summaries(h: Harness, names: list[str], cursor: Any) -> tuple[set[str], Any]:
+    """One tick of the summaries' automation condition sensor over ``names``: the analyses whose
+    summary it requests, and its cursor."""
+    built = [h.built[name] for name in names]
+    defs = Definitions(assets=[a for b in built for a in (b.asset, b.summary)], resources=h.resources)
+    evaluated = evaluate_automation_conditions(defs=defs, instance=h.instance, cursor=cursor)
+    keys = {r.key for r in evaluated.results if r.true_subset.size}
+    return {n for n in names if AssetKey(f"{n}_summary") in keys}, evaluated.cursor
+
+
 def test_automation_requests_the_summary_after_new_results(
     harness_factory: Any, example_jobs: list[Path]
 ) -> None:
     h = harness_factory([isi])
-    key = AssetKey("isi_violations_summary")
-    built = h.built["isi_violations"]
-    defs = Definitions(assets=[built.asset, built.summary], resources=h.resources)
 
     def due(cursor: Any) -> tuple[bool, Any]:
-        evaluated = evaluate_automation_conditions(defs=defs, instance=h.instance, cursor=cursor)
-        return key in {r.key for r in evaluated.results if r.true_subset.size}, evaluated.cursor
+        names, cursor = due_summaries(h, ["isi_violations"], cursor)
+        return bool(names), cursor
 
     jobs = h.submit(example_jobs)
     requested, cursor = due(None)  # the sensor's first tick, before any result: no run for nothing
@@ -134,6 +151,94 @@ def test_automation_requests_the_summary_after_new_results(
     assert h.materialize("isi_violations", jobs[0].partition_key, force=True).success
     requested, cursor = due(cursor)
     assert requested, "a result was re-recorded: due"
+
+
+def test_a_summary_is_due_on_the_first_tick_after_jobs_recorded_without_a_daemon(
+    harness_factory: Any, example_jobs: list[Path], tmp_path: Path
+) -> None:
+    """Jobs recorded in-process (as ``analysis-wrapper run`` records them, no daemon) before the
+    sensor's first tick: that tick requests the summary; and a new analysis added to a running
+    deployment gets its summary with its first result, not its second."""
+    h = harness_factory([isi, echo])
+    jobs = h.submit(example_jobs)
+    assert h.run_batch("isi_violations", [j.partition_key for j in jobs]).success
+    due, cursor = due_summaries(h, ["isi_violations"], None)  # the sensor's first tick
+    assert due == {"isi_violations"}
+    summarize(h)
+    due, cursor = due_summaries(h, ["isi_violations"], cursor)
+    assert due == set()
+
+    # echo is deployed now: its summary is not requested for nothing, then with its first result.
+    due, cursor = due_summaries(h, ["isi_violations", "echo"], cursor)
+    assert due == set()
+    (job,) = h.submit([write_job(tmp_path / "echo", [example_jobs[0]])])
+    assert h.materialize("echo", job.partition_key).success
+    due, cursor = due_summaries(h, ["isi_violations", "echo"], cursor)
+    assert due == {"echo"}
+
+
+def test_the_cli_run_leaves_the_summary_of_what_it_recorded(
+    tmp_path: Path,
+    example_jobs: list[Path],
+    clean_repo: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``analysis-wrapper run`` (the demo) with no daemon: the summary is there when it returns, and
+    is the table ``results_frame`` gives."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("DAGSTER_HOME", "ANALYSIS_BUCKET", "DOCDB_URI", "RESULTS_ROOT", "ALLOW_DIRTY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("DRY_RUN", "0")
+    monkeypatch.setenv("CODE_REPOSITORY", str(clean_repo))
+    try:
+        assert main(["run", str(example_jobs[0].parent)]) == 0
+        rows = pd.read_parquet(tmp_path / "analysis_results" / "isi_violations_summary" / "summary.parquet")
+        assert len(rows) == 3 and (rows["analysis_version"] == isi.version).all()
+        frame = results_frame("isi_violations")
+        pd.testing.assert_frame_equal(
+            frame.astype(str).reset_index(drop=True), rows[frame.columns].astype(str).reset_index(drop=True)
+        )
+    finally:
+        close_all_stores()
+    assert "3 done" in capsys.readouterr().out
+
+
+def test_rows_carry_version_and_parameter_set_and_the_figure_names_them(
+    recorded: tuple[Harness, list[Any]], example_jobs: list[Path], tmp_path: Path
+) -> None:
+    h, jobs = recorded
+    (new,) = h.submit([another_job(example_jobs, tmp_path / "more", 0.9)])
+    assert h.materialize("isi_violations", new.partition_key).success
+    summarize(h)
+    rows = pd.read_parquet(summary_folder(h) / "summary.parquet")
+    sets = rows.set_index("partition_key")["parameter_set"]
+    assert sets[new.partition_key] != sets[jobs[0].partition_key]
+    assert sets[jobs[0].partition_key] == sets[jobs[1].partition_key]  # same parameters, same label
+    labels = set(group_labels(rows).values())
+    assert labels == {
+        f"v1.0.0 {sets[jobs[0].partition_key]}: isi_violations_cutoff=0.5",
+        f"v1.0.0 {sets[new.partition_key]}: isi_violations_cutoff=0.9",
+    }
+    units = pd.read_parquet(summary_folder(h) / "details.parquet")
+    assert set(units["parameter_set"]) == set(sets)
+
+
+def test_an_analysis_without_hooks_gets_the_generic_summary(
+    harness_factory: Any, example_jobs: list[Path], tmp_path: Path
+) -> None:
+    h = harness_factory([echo])
+    (one,) = h.submit([write_job(tmp_path / "a", [example_jobs[0]])])
+    (two,) = h.submit([write_job(tmp_path / "b", [example_jobs[0]], scale=2.0)])
+    for job in (one, two):
+        assert h.materialize("echo", job.partition_key).success
+    meta = summarize(h, "echo")
+    folder = h.settings.RESULTS_ROOT.absolute() / "echo_summary"
+    rows = pd.read_parquet(folder / "summary.parquet")
+    assert len(rows) == 2 and rows["parameter_set"].nunique() == 2
+    assert not (folder / "details.parquet").exists() and meta["result_folders_read"].value == 0
+    assert (folder / "summary.png").read_bytes().startswith(b"\x89PNG")
+    assert sorted(group_labels(rows).values())[1].endswith("scale=2.0")
 
 
 def test_results_frame_filters_like_the_cli(

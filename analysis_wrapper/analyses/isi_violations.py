@@ -13,18 +13,20 @@ those of the AIND capsules:
 
 The pure functions (:func:`isi_violations`, :func:`compute_file_isi_violations`,
 :func:`summarize`) do the science; :func:`run` only wires them to the job's files and writes the
-CSV table and the figure.
+CSV table and the figure. Across jobs, :func:`summary_rows` and :func:`summary_figure` make this
+analysis's part of ``isi_violations_summary``.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
@@ -32,6 +34,8 @@ from pydantic import BaseModel, Field, ValidationInfo, field_validator
 from analysis_wrapper.analysis import Analysis
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from analysis_wrapper.job_file import AnalysisJob
 
 CSV_NAME = "isi_violations.csv"
@@ -299,6 +303,65 @@ def run(
     return outputs
 
 
+def summary_rows(record: dict[str, Any], read: Callable[[str], bytes]) -> list[dict[str, Any]]:
+    """One row per unit of a job (its CSV): the per-unit ratios are not in the record."""
+    import pandas as pd
+
+    rows: list[dict[str, Any]] = pd.read_csv(io.BytesIO(read(CSV_NAME))).to_dict("records")
+    return rows
+
+
+def summary_figure(jobs: pd.DataFrame, units: pd.DataFrame | None, path: Path) -> None:
+    """Left, the fraction of violating units per session; right, the per-unit ratios of every session
+    with each cutoff marked. One colour per version and parameter set (the fraction depends on the
+    cutoff, the ratios on the thresholds), named in the legend; a cutoff line is labelled with its value."""
+    from matplotlib.patches import Patch
+
+    from analysis_wrapper.summary.figures import group_labels, groups_of, new_figure
+
+    labels = group_labels(jobs)
+    colour = {key: f"C{i}" for i, key in enumerate(labels)}
+    figure = new_figure(12, 4.5)
+    left, right = figure.subplots(1, 2)
+    ordered = jobs.sort_values("out.fraction_violating", ascending=False)
+    keys = list(
+        zip(ordered["analysis_version"].astype(str), ordered["parameter_set"].astype(str), strict=True)
+    )
+    names = [s or k for s, k in zip(ordered["session"], ordered["partition_key"], strict=True)]
+    left.barh(
+        range(len(ordered)), ordered["out.fraction_violating"].astype(float), color=[colour[k] for k in keys]
+    )
+    left.set_yticks(range(len(ordered)), labels=names if len(ordered) <= 30 else [""] * len(ordered))
+    left.invert_yaxis()
+    left.set_xlabel("fraction of units violating")
+    left.set_title(f"per job ({len(ordered)} jobs)")
+    left.legend(
+        handles=[Patch(color=colour[k], label=label) for k, label in labels.items()], fontsize="small"
+    )
+    for key, of_set in groups_of(units) if units is not None else []:
+        ratios = pd_finite(of_set["isi_violations_ratio"])
+        if len(ratios):
+            right.hist(ratios, bins=min(50, max(5, len(ratios) // 5)), histtype="step", color=colour[key])
+    for key, of_set in groups_of(jobs):
+        cutoff = float(of_set["param.isi_violations_cutoff"].iloc[0])
+        right.axvline(cutoff, color=colour[key], linestyle="--", label=f"cutoff {cutoff:g} ({key[1]})")
+    right.legend(fontsize="small")
+    right.set_xlabel("isi_violations_ratio")
+    right.set_ylabel("units")
+    right.set_title("per unit, one outline per version and parameter set")
+    figure.suptitle("isi_violations across jobs")
+    figure.tight_layout()
+    figure.savefig(path, format="png")
+
+
+def pd_finite(values: pd.Series) -> pd.Series:
+    """The finite numbers of ``values`` (NaN and infinite ratios left out)."""
+    import pandas as pd
+
+    numbers = pd.to_numeric(values, errors="coerce")
+    return numbers[numbers.map(math.isfinite)]
+
+
 analysis: Analysis[IsiViolationsParams, IsiViolationsOutputs] = Analysis(
     name="isi_violations",
     version="1.0.0",
@@ -310,4 +373,6 @@ analysis: Analysis[IsiViolationsParams, IsiViolationsOutputs] = Analysis(
         "as in SpikeInterface's quality metrics) for the units tables of the job's NWB files."
     ),
     figure=FIGURE_NAME,
+    summary_rows=summary_rows,
+    summary_figure=summary_figure,
 )

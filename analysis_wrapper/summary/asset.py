@@ -2,20 +2,19 @@
 
 It lives beside the result folders, as ``<results root>/<analysis>_summary/`` (local folder or S3,
 written like a result folder, complete or absent): ``summary.parquet`` and ``summary.csv`` (one row
-per job, see :mod:`.table`), ``summary.png``, for analyses with per-unit results ``units.parquet``,
-and ``metadata.nd.json`` holding the cursor: the event-log storage id of the last materialization of
-``<analysis>_result`` it has taken in.
+per job, see :mod:`.table`), ``summary.png`` (:mod:`.figures`), for analyses with their own
+``summary_rows`` ``details.parquet`` (those rows, each with its job's ``partition_key``,
+``analysis_version`` and ``parameter_set``), and ``metadata.nd.json`` holding the cursor: the event-log
+storage id of the last materialization of ``<analysis>_result`` it has taken in.
 
 **Incremental.** An update reads the result asset's materializations after the cursor (one event-log
-query per 1,000), the records of their fingerprints (one store read each) and, for per-unit results,
-only those jobs' folders; every earlier row comes from the previous ``summary.parquet``. So after one
-new job it reads one record and one folder, whatever the summary holds.
+query per 1,000), the records of their fingerprints (one store read each) and, for ``summary_rows``,
+only those jobs' folders; every earlier row comes from the previous Parquet files. So after one new job
+it reads one record and one folder, whatever the summary holds.
 
-**Kept current by declarative automation**: its condition is true once any partition of the result
-asset was updated since the summary last ran, while no run of those partitions is in progress (so a
-batch run's jobs land in one update); ``<analysis>_summary_sensor``, an automation condition sensor
-that runs by default, evaluates it. A deployment that has no summary yet gets one with its next result
-(or a materialization of the summary from the UI).
+**Kept current by declarative automation** (:func:`summary_condition`), evaluated by
+``<analysis>_summary_sensor``, an automation condition sensor that runs by default; ``analysis-wrapper
+run`` updates it itself after recording (:func:`analysis_wrapper.runner.update_summaries`).
 """
 
 import io
@@ -46,18 +45,19 @@ from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.ownership import end_heartbeat, heartbeat
 from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager
+from analysis_wrapper.resources.results_resources import storage_for_location
 from analysis_wrapper.resources.results_storage import RECORD_FILE, ResultsStorageError
 from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.result_metadata import figure_markdown, location_link
 from analysis_wrapper.scratch import make_scratch, remove_scratch
-from analysis_wrapper.summary.figures import UNIT_READERS, summary_figure
+from analysis_wrapper.summary.figures import draw_summary_figure
 from analysis_wrapper.summary.table import merge_rows, summary_frame
 from analysis_wrapper.tags import ANALYSIS_TAG
 
 PARQUET = "summary.parquet"
 CSV = "summary.csv"
 FIGURE = "summary.png"
-UNITS = "units.parquet"
+DETAILS = "details.parquet"
 PREVIEW_ROWS = 25
 EVENTS_PAGE = 1000
 
@@ -67,12 +67,22 @@ def summary_folder_name(analysis: Analysis[Any, Any]) -> str:
 
 
 def summary_condition() -> AutomationCondition:
-    """Any partition of the result asset updated since the summary last ran, none of them in progress.
+    """Due when a result was recorded since the summary last ran, or when there is no summary yet while
+    a result is recorded; never while a run of the result asset or of the summary is in progress (so a
+    batch run's jobs land in one update).
 
-    Not "missing": a new deployment does not spend a run on an empty summary; the first recorded result
-    builds it (from every materialization so far), and so does a materialization from the UI."""
+    The second trigger is why a summary exists as soon as a job is recorded: jobs recorded before the
+    sensor's first tick (``analysis-wrapper run`` with no daemon; a new analysis's first result) are not
+    "updated since the previous tick" on that tick, and Dagster's own ``since_last_handled`` resets on
+    a condition's initial evaluation, so neither ``eager()`` nor ``on_missing()`` would fire there. It
+    fires once, when it becomes true (a failed summary run is not retried every tick), and no run is
+    spent on an empty summary before the first result."""
+    handled = AutomationCondition.newly_requested() | AutomationCondition.newly_updated()
+    no_summary_yet = (
+        AutomationCondition.missing() & AutomationCondition.any_deps_match(~AutomationCondition.missing())
+    ).with_label("no summary yet, a result recorded")
     return (
-        AutomationCondition.any_deps_updated().since_last_handled()
+        (AutomationCondition.any_deps_updated() | no_summary_yet.newly_true()).since(handled)
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
     ).with_label("a result was recorded")
@@ -99,16 +109,27 @@ def summary_sensor(
 
 
 def _read_previous(storage: Any, folder: str) -> tuple[pd.DataFrame, pd.DataFrame | None, int | None]:
-    """The previous summary (rows, units, cursor), or nothing when there is none yet."""
+    """The previous summary (jobs, details, cursor), or nothing when there is none yet."""
     try:
         state = json.loads(storage.read_bytes(folder, RECORD_FILE))
         rows = pd.read_parquet(io.BytesIO(storage.read_bytes(folder, PARQUET)))
     except (ResultsStorageError, FileNotFoundError, KeyError):
         return summary_frame([]), None, None
-    units = None
-    if state.get("units"):
-        units = pd.read_parquet(io.BytesIO(storage.read_bytes(folder, UNITS)))
-    return rows, units, state.get("cursor")
+    details = None
+    if state.get("details"):
+        details = pd.read_parquet(io.BytesIO(storage.read_bytes(folder, DETAILS)))
+    return rows, details, state.get("cursor")
+
+
+def _job_details(analysis: Analysis[Any, Any], record: dict[str, Any], s3_client: Any) -> pd.DataFrame:
+    """The analysis's own rows of one job (``summary_rows``), each with the job's keys in front."""
+    assert analysis.summary_rows is not None
+    storage, name = storage_for_location(str(record["location"]), s3_client)
+    frame = pd.DataFrame(analysis.summary_rows(record, lambda file: storage.read_bytes(name, file)))
+    job = summary_frame([record]).iloc[0]
+    for position, column in enumerate(["partition_key", "analysis_version", "parameter_set"]):
+        frame.insert(position, column, job[column])
+    return frame
 
 
 def _new_fingerprints(
@@ -145,7 +166,7 @@ def _new_fingerprints(
 def _preview(rows: pd.DataFrame) -> MetadataValue:
     """The newest rows, with the columns a scientist scans first."""
     outs = [c for c in rows.columns if c.startswith("out.")][:5]
-    columns = ["partition_key", "session", "analysis_version", "created", *outs, "location"]
+    columns = ["partition_key", "session", "analysis_version", "parameter_set", "created", *outs, "location"]
     columns = [c for c in columns if c in rows.columns]
     shown = rows.sort_values("created", ascending=False).head(PREVIEW_ROWS) if len(rows) else rows
     records = [
@@ -157,7 +178,7 @@ def _preview(rows: pd.DataFrame) -> MetadataValue:
 
 def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> AssetsDefinition:
     folder = summary_folder_name(analysis)
-    reader = UNIT_READERS.get(analysis.name)
+    has_details = analysis.summary_rows is not None
 
     @asset(
         name=f"{analysis.name}_summary",
@@ -176,11 +197,11 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
         results_io_manager: ResourceParam[ResultsIOManager],
     ) -> MaterializeResult:
         # A heartbeat, as every run of an analysis has: the inbox sensor fails this run if it dies.
-        heartbeat(store.get_store(), context.run_id, store.lease_ttl_s)
+        heartbeat(store.get_store(), context.run.run_id, store.lease_ttl_s)
         try:
             return _update(context, store, runtime, results_io_manager)
         finally:
-            end_heartbeat(context.run_id)
+            end_heartbeat(context.run.run_id)
 
     def _update(
         context: AssetExecutionContext,
@@ -189,8 +210,8 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
         results_io_manager: ResultsIOManager,
     ) -> MaterializeResult:
         storage = results_io_manager.results.results()
-        s3_client = results_io_manager.results.s3_client() if reader is not None else None
-        rows, units, cursor = _read_previous(storage, folder)
+        s3_client = results_io_manager.results.s3_client() if has_details else None
+        rows, details, cursor = _read_previous(storage, folder)
         fingerprints, new_cursor = _new_fingerprints(context, result_key, cursor)
         records = store.get_store()
         new_records = []
@@ -200,33 +221,27 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
                 new_records.append(record)
         new_rows = summary_frame(new_records)
         rows = merge_rows(rows, new_rows)
-        folders_read = 0
-        if reader is not None:
-            fresh = []
-            for record in new_records:
-                fresh.append(reader(record, s3_client))
-                folders_read += 1
+        fresh = [_job_details(analysis, record, s3_client) for record in new_records] if has_details else []
+        if has_details:
             changed = set(new_rows["partition_key"]) if len(new_rows) else set()
-            kept = units[~units["partition_key"].isin(changed)] if units is not None else None
-            units = (
-                pd.concat([f for f in [kept, *fresh] if f is not None], ignore_index=True)
-                if (kept is not None or fresh)
-                else None
-            )
-        png = summary_figure(analysis.name, rows, units)
+            kept = details[~details["partition_key"].isin(changed)] if details is not None else None
+            parts = [f for f in [kept, *fresh] if f is not None]
+            details = pd.concat(parts, ignore_index=True) if parts else None
+        folders_read = len(fresh)
         # The host's scratch root, as the analyses' own runs use it: a killed run's folder is swept.
         scratch = make_scratch(Path(runtime.scratch_root) if runtime.scratch_root else None, f"{folder}-")
         try:
             rows.to_parquet(scratch / PARQUET, index=False)
             rows.to_csv(scratch / CSV, index=False)
-            (scratch / FIGURE).write_bytes(png)
-            if units is not None:
-                units.to_parquet(scratch / UNITS, index=False)
+            draw_summary_figure(analysis, rows, details, scratch / FIGURE)
+            png = (scratch / FIGURE).read_bytes()
+            if details is not None:
+                details.to_parquet(scratch / DETAILS, index=False)
             state = {
                 "summary_of": analysis.name,
                 "cursor": new_cursor,
                 "rows": len(rows),
-                "units": units is not None,
+                "details": details is not None,
             }
             storage.put_result(folder, scratch, {"rows": len(rows), "new_rows": len(new_rows)}, state)
         finally:

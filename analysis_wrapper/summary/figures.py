@@ -1,101 +1,88 @@
-"""The figure across an analysis's jobs, and what it needs from each job beyond its record.
+"""The figure across an analysis's jobs: the analysis's own (``Analysis.summary_figure``), else
+histograms of its numeric outputs; either way one colour per version and parameter set, named in the
+legend, so jobs that ran differently are never pooled unsaid.
 
-Most analyses get histograms of their numeric outputs across jobs. ``isi_violations`` gets the
-figure its scientists look at: the fraction of violating units per session, and the distribution of
-the per-unit ``isi_violations_ratio`` pooled over every session. The per-unit ratios are not in the
-record, so they come from each job's ``isi_violations.csv``: read once, when the job is new to the
-summary, and kept beside it (``units.parquet``), so an update reads only new jobs' folders.
+:func:`group_labels` names the groups for any figure; :func:`new_figure` gives a matplotlib ``Figure``
+on the Agg canvas, touching no global pyplot state (the summary runs inside long-lived Dagster
+processes).
 """
 
 from __future__ import annotations
 
-import io
-import math
-from collections.abc import Callable
+import json
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from analysis_wrapper.resources.results_resources import storage_for_location
+from analysis_wrapper.analysis import Analysis
 
-UnitsReader = Callable[[dict[str, Any], Any], pd.DataFrame]
-"""(record, s3 client) -> per-unit rows of that job (with its ``partition_key``)."""
-
-
-def _isi_units(record: dict[str, Any], s3_client: Any) -> pd.DataFrame:
-    from analysis_wrapper.analyses.isi_violations import CSV_NAME
-
-    storage, name = storage_for_location(str(record["location"]), s3_client)
-    frame = pd.read_csv(io.BytesIO(storage.read_bytes(name, CSV_NAME)))
-    frame.insert(0, "partition_key", (record.get("analysis_wrapper") or {}).get("partition_key"))
-    return frame
+GROUP_COLUMNS = ["analysis_version", "parameter_set"]
+"""What keeps jobs apart in a figure: rows of the job table and the analysis's own rows both carry them."""
 
 
-UNIT_READERS: dict[str, UnitsReader] = {"isi_violations": _isi_units}
-"""Per analysis: how to read one job's per-unit rows (analyses without one keep no units table)."""
+def group_labels(jobs: pd.DataFrame) -> dict[tuple[str, str], str]:
+    """(version, parameter set) -> its legend label, in a stable order: the version, the set's label and
+    the parameters whose values differ between the sets (``v1.0.0 p-1a2b3c4d: cutoff=0.9``)."""
+    if jobs.empty:
+        return {}
+    sets = jobs.drop_duplicates(GROUP_COLUMNS).sort_values(GROUP_COLUMNS)
+    values = {
+        key: json.loads(text) for key, text in zip(sets["parameter_set"], sets["parameters"], strict=True)
+    }
+    names = sorted({name for params in values.values() for name in params})
+    varying = [n for n in names if len({json.dumps(p.get(n), default=str) for p in values.values()}) > 1]
+    labels = {}
+    for version, key in zip(sets["analysis_version"], sets["parameter_set"], strict=True):
+        shown = ", ".join(f"{n}={values[key].get(n)}" for n in varying)
+        labels[(str(version), str(key))] = f"v{version} {key}" + (f": {shown}" if shown else "")
+    return labels
 
 
-def _png(figure: Any) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90)
-    return buffer.getvalue()
+def groups_of(frame: pd.DataFrame) -> list[tuple[tuple[str, str], pd.DataFrame]]:
+    """``frame``'s rows by (version, parameter set), in :func:`group_labels`' order."""
+    keys = frame[GROUP_COLUMNS].astype(str)
+    return [(key, frame[(keys == list(key)).all(axis=1)]) for key in sorted({*map(tuple, keys.values)})]
 
 
-def summary_figure(analysis: str, jobs: pd.DataFrame, units: pd.DataFrame | None) -> bytes:
-    """The PNG across jobs (an empty-state figure when there is no job yet)."""
-    import matplotlib
+def new_figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if analysis == "isi_violations" and "out.fraction_violating" in jobs.columns:
-        figure = _isi_figure(plt, jobs, units)
-    else:
-        figure = _outputs_figure(plt, analysis, jobs)
-    try:
-        return _png(figure)
-    finally:
-        plt.close(figure)
-
-
-def _isi_figure(plt: Any, jobs: pd.DataFrame, units: pd.DataFrame | None) -> Any:
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    ordered = jobs.sort_values("out.fraction_violating", ascending=False)
-    labels = [s or k for s, k in zip(ordered["session"], ordered["partition_key"], strict=True)]
-    left.barh(range(len(ordered)), ordered["out.fraction_violating"].astype(float), color="tab:red")
-    left.set_yticks(range(len(ordered)), labels=labels if len(ordered) <= 30 else [""] * len(ordered))
-    left.invert_yaxis()
-    left.set_xlabel("fraction of units violating")
-    left.set_title(f"per session ({len(ordered)} sessions)")
-    ratios = (
-        pd.to_numeric(units["isi_violations_ratio"], errors="coerce") if units is not None else pd.Series([])
-    )
-    finite = ratios[ratios.map(lambda v: isinstance(v, float) and math.isfinite(v))]
-    if len(finite):
-        right.hist(finite, bins=min(50, max(5, len(finite) // 5)), color="tab:blue")
-    if "param.isi_violations_cutoff" in jobs.columns:
-        for cutoff in sorted(set(jobs["param.isi_violations_cutoff"].dropna())):
-            right.axvline(float(cutoff), color="black", linestyle="--", label=f"cutoff {cutoff}")
-        right.legend()
-    right.set_xlabel("isi_violations_ratio")
-    right.set_ylabel("units")
-    right.set_title(f"per unit, pooled ({len(finite)} units with a finite ratio)")
-    figure.suptitle("isi_violations across jobs")
-    figure.tight_layout()
+    figure = Figure(figsize=(width, height), dpi=90)
+    FigureCanvasAgg(figure)
     return figure
 
 
-def _outputs_figure(plt: Any, analysis: str, jobs: pd.DataFrame) -> Any:
+def outputs_figure(name: str, jobs: pd.DataFrame, path: Path) -> None:
+    """Histograms of (up to four) numeric outputs across jobs, one colour per version and parameter
+    set; an empty-state figure while there is no job."""
     numeric = [c for c in jobs.columns if c.startswith("out.") and pd.api.types.is_numeric_dtype(jobs[c])][:4]
-    figure, axes = plt.subplots(1, max(1, len(numeric)), figsize=(4 * max(1, len(numeric)), 3.5))
-    axes = list(axes) if len(numeric) > 1 else [axes]
+    figure = new_figure(4 * max(1, len(numeric)), 3.8)
+    axes = figure.subplots(1, max(1, len(numeric)), squeeze=False)[0]
+    labels = group_labels(jobs)
     for ax, column in zip(axes, numeric, strict=False):
-        ax.hist(jobs[column].dropna().astype(float), bins=20)
+        for key, rows in groups_of(jobs):
+            ax.hist(rows[column].dropna().astype(float), bins=20, alpha=0.6, label=labels[key])
         ax.set_xlabel(column.removeprefix("out."))
         ax.set_ylabel("jobs")
-    if not numeric:
-        axes[0].text(0.5, 0.5, "no numeric outputs yet", ha="center", va="center")
+    if numeric:
+        axes[0].legend(fontsize="small")
+    else:
+        axes[0].text(
+            0.5, 0.5, "no jobs yet" if jobs.empty else "no numeric outputs", ha="center", va="center"
+        )
         axes[0].set_axis_off()
-    figure.suptitle(f"{analysis} across {len(jobs)} jobs")
+    figure.suptitle(f"{name} across {len(jobs)} jobs ({len(labels)} version/parameter sets)")
     figure.tight_layout()
-    return figure
+    figure.savefig(path, format="png")
+
+
+def draw_summary_figure(
+    analysis: Analysis[Any, Any], jobs: pd.DataFrame, rows: pd.DataFrame | None, path: Path
+) -> None:
+    """The analysis's own figure when it has one and there are jobs, else :func:`outputs_figure`."""
+    if analysis.summary_figure is not None and not jobs.empty:
+        analysis.summary_figure(jobs, rows, path)
+    else:
+        outputs_figure(analysis.name, jobs, path)

@@ -1,14 +1,16 @@
 """One row per recorded job, from its record alone (no result folder is read).
 
 Columns: ``partition_key``, ``session`` (the job's input asset names), ``fingerprint``,
-``analysis``, ``analysis_version``, ``created``, ``inputs`` and ``parameters`` (JSON text, so a row
-keeps them whole), one ``param.<name>`` column per parameter and one ``out.<name>`` column per
-output (lists and objects as JSON text, so Parquet and CSV hold the same), ``location``,
-``git_commit`` and ``run_id``.
+``analysis``, ``analysis_version``, ``parameter_set`` (a short, stable label of the merged parameters:
+rows with the same label ran with the same parameters), ``created``, ``inputs`` and ``parameters``
+(JSON text, so a row keeps them whole), one ``param.<name>`` column per parameter and one
+``out.<name>`` column per output (lists and objects as JSON text, so Parquet and CSV hold the same),
+``location``, ``git_commit`` and ``run_id``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from typing import Any
@@ -21,6 +23,7 @@ FIXED_COLUMNS = [
     "fingerprint",
     "analysis",
     "analysis_version",
+    "parameter_set",
     "created",
     "inputs",
     "parameters",
@@ -32,6 +35,13 @@ def _cell(value: Any) -> Any:
     if isinstance(value, (dict, list, tuple)):
         return json.dumps(value, sort_keys=True, default=str)
     return value
+
+
+def parameter_set(parameters: dict[str, Any]) -> str:
+    """``p-`` and 8 hex digits of the SHA-256 of the canonical JSON of ``parameters``: the same set, the
+    same label, in every summary and notebook."""
+    canonical = json.dumps(parameters, sort_keys=True, separators=(",", ":"), default=str)
+    return "p-" + hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
 
 def summary_row(record: dict[str, Any]) -> dict[str, Any]:
@@ -47,6 +57,7 @@ def summary_row(record: dict[str, Any]) -> dict[str, Any]:
         "fingerprint": record.get("_id"),
         "analysis": wrapper.get("analysis"),
         "analysis_version": wrapper.get("analysis_version") or code.get("version"),
+        "parameter_set": parameter_set(parameters),
         "created": record.get("created"),
         "inputs": json.dumps(list(wrapper.get("inputs") or [])),
         "parameters": json.dumps(parameters, sort_keys=True, default=str),
