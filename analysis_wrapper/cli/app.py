@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from dagster import BetaWarning, PreviewWarning
 
-from analysis_wrapper.cli import dispatch, jobs, tables
+from analysis_wrapper.cli import dispatch, jobs, new, tables
 from analysis_wrapper.errors import AnalysisWrapperError
 
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_retry_parser(sub)
     tables.add_results_parser(sub)
     dispatch.add_dispatch_parser(sub)
+    new.add_new_parser(sub)
     return parser
 
 
