@@ -537,3 +537,88 @@ def test_an_unexpected_error_is_one_line_and_verbose_shows_its_trace(
     assert "--verbose" in line and out == ""
     with pytest.raises(RuntimeError, match="cannot write the report"):
         main(["--verbose", "status"])
+
+
+# ---- messages that say what is true (issue 20 item 4) -----------------------------------------------
+
+
+def test_run_with_nothing_found_names_the_jobs_that_wait_and_run_runs_them(
+    workdir: Path, example_jobs: list[Path], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    from analysis_wrapper_tests.harness import write_job
+
+    monkeypatch.setenv("ANALYSIS_MODULES", "analysis_wrapper_tests.counting_analysis")
+    source = workdir / "input.txt"
+    source.write_text("x\n")
+    code, out = cli(capsys, "submit", str(write_job(workdir / "jobs", [source], analysis="counting")))
+    assert code == 0 and out.startswith("registered counting "), out
+    monkeypatch.delenv("ANALYSIS_MODULES")
+    code, out = cli(capsys, "run")
+    assert code == 0 and "0 job(s)" in out
+    assert "nothing to run: 1 registered job(s) are of analyses not served here (counting)" in out, out
+    code, out = cli(capsys, "submit", str(example_jobs[0]))
+    assert code == 0 and out.startswith("registered isi_violations ")
+    (workdir / "empty").mkdir()
+    code, out = cli(capsys, "run", "empty")
+    assert code == 0 and "no registered job is pending" not in out
+    assert "nothing to run: no job file found in empty; 1 registered job(s) wait to run" in out, out
+    code, out = cli(capsys, "run")  # no files: the pending job runs
+    assert code == 0 and "1 done" in out and "nothing to run" not in out, out
+
+
+def test_submit_says_which_jobs_are_new_known_or_already_recorded(
+    workdir: Path, example_jobs: list[Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, *others = example_jobs
+    code, out = cli(capsys, "run", str(first))
+    assert code == 0 and "1 done" in out
+    code, out = cli(capsys, "submit", str(others[0]))
+    assert code == 0 and "1 job(s) registered, 0 file(s) rejected: 1 registered" in out
+    code, out = cli(capsys, "submit", str(first.parent))
+    assert code == 0, out
+    lines = out.splitlines()
+    recorded = [line for line in lines if line.startswith("already recorded isi_violations ")]
+    assert len(recorded) == 1 and "(fingerprint " in recorded[0] and first.name in recorded[0], out
+    assert sum(line.startswith("already registered isi_violations ") for line in lines) == 1, out
+    assert sum(line.startswith("registered isi_violations ") for line in lines) == 1, out
+    assert "3 job(s) registered, 0 file(s) rejected: " in out and "1 already recorded" in out
+    assert "`analysis-wrapper run --force FILE` runs them anyway" in out
+
+
+INPUT_ERROR = (
+    "Unable to synchronously open file (file read failed: time = Sun Dec  6 02:58:09 2026\n"
+    ", filename = 'session.nwb', errno = 21, error message = 'Is a directory')"
+)
+
+
+def test_an_input_read_error_with_a_line_break_is_shown_whole(
+    workdir: Path, example_jobs: list[Path], monkeypatch: pytest.MonkeyPatch, capsys: Any
+) -> None:
+    """HDF5 breaks the line of its own messages in mid-sentence: the job's line, ``status`` and
+    ``retry`` show the message whole, on one line."""
+    import analysis_wrapper.analyses.isi_violations as isi
+
+    def unreadable(path: Path, *args: Any) -> Any:
+        raise IsADirectoryError(21, INPUT_ERROR)
+
+    monkeypatch.setattr(isi, "compute_file_isi_violations", unreadable)
+    code, out = cli(capsys, "run", str(example_jobs[0]))
+    assert code == 1, out
+    whole = " ".join(INPUT_ERROR.split())
+    (line,) = [line for line in out.splitlines() if line.startswith("failed")]
+    assert whole in line and "error message = 'Is a directory')" in line, line
+    code, out = cli(capsys, "status")
+    assert code == 0 and "error message = 'Is a directory')" in out, out
+    code, out = cli(capsys, "retry")
+    assert code == 0 and f"last error: IsADirectoryError: [Errno 21] {whole}" in out, out
+
+
+def test_one_line_keeps_a_whole_first_sentence_or_the_whole_message() -> None:
+    from analysis_wrapper.runner import one_line
+
+    assert one_line("a\n  b (c\n, d)") == "a b (c , d)"
+    long = "The input cannot be read: " + "x" * 40 + ". " + "More detail follows here. " * 20
+    assert one_line(long) == "The input cannot be read: " + "x" * 40 + ". …"
+    assert one_line(long, None) == " ".join(long.split())
+    no_sentence = "y" * 500
+    assert one_line(no_sentence, 100) == no_sentence

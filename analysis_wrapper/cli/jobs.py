@@ -19,6 +19,7 @@ from analysis_wrapper.runner import (
     OUTCOMES,
     RunOptions,
     check_may_run,
+    one_line,
     registered_jobs,
     run_jobs,
 )
@@ -62,25 +63,35 @@ def add_retry_parser(sub: Any) -> None:
     retry.set_defaults(func=cmd_retry)
 
 
-def register_paths(
-    session: Session, paths: Sequence[str], analysis: str | None, out: TextIO
-) -> tuple[list[AnalysisJob], int]:
-    """Validate and register job files, printing each rejected one; (jobs registered or known, rejected)."""
+def check_served(session: Session, analysis: str | None) -> None:
+    """Refuse an ``--analysis`` this code location does not serve."""
     if analysis and analysis not in session.analyses:
         raise SystemExit(
             f"error: --analysis {analysis!r} is not served here (known: {', '.join(session.analyses)})"
         )
+
+
+def register_paths(
+    session: Session, paths: Sequence[str], analysis: str | None, out: TextIO
+) -> tuple[list[AnalysisJob], int, dict[tuple[str, str], str]]:
+    """Validate and register job files, printing each rejected one: the jobs registered or known, the
+    number of files rejected, and what registering did to each job (by analysis and partition key:
+    "registered", "updated", "already registered" or "already recorded")."""
+    check_served(session, analysis)
     files, missing = find_job_files(Path(p) for p in paths)
     prepared = prepare_files(files, session.analyses, analysis, session.settings.MAX_JOB_FILE_BYTES)
     for item in missing + prepared.rejected:
         print(f"REJECTED {item.message}", file=out)
+    verbs: dict[tuple[str, str], str] = {}
     for name, jobs in prepared.jobs.items():
-        outcome = register(jobs, session.analyses[name], session.store, session.instance).outcome
+        done = register(jobs, session.analyses[name], session.store, session.instance)
         for job in jobs:
-            key = job.partition_key
+            key, outcome = job.partition_key, done.outcome
             verb = "registered" if key in outcome.added else "updated" if key in outcome.changed else "known"
+            verb = "already recorded" if key in done.recorded else verb.replace("known", "already registered")
+            verbs[(name, key)] = verb
             log.info("%s %s %s (%s)", verb, name, key, job.source)
-    return prepared.all_jobs(), len(missing) + len(prepared.rejected)
+    return prepared.all_jobs(), len(missing) + len(prepared.rejected), verbs
 
 
 class Progress:
@@ -92,9 +103,12 @@ class Progress:
         self.stream = stream
         self.tty = stream.isatty()
 
-    def step(self, line: str) -> None:
+    def step(self, line: str, keep: bool = False) -> None:
+        """One job done; ``keep``: its line stays whole above the bar (a failure's reason)."""
         self.done += 1
         if self.tty:
+            if keep:
+                self.stream.write(f"\r{line:<100}\n")
             width = 30
             filled = int(width * self.done / max(self.total, 1))
             bar = "#" * filled + "." * (width - filled)
@@ -108,12 +122,15 @@ class Progress:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     session = open_session()
-    jobs, rejected = register_paths(session, args.paths, args.analysis, sys.stdout)
+    jobs, rejected, verbs = register_paths(session, args.paths, args.analysis, sys.stdout)
     for job in jobs:
-        print(
-            f"registered {job.analysis} {job.partition_key} fingerprint {job.fingerprint[:16]} ({job.source})"
-        )
-    print(f"{len(jobs)} job(s) registered, {rejected} file(s) rejected")
+        verb = verbs[(job.analysis, job.partition_key)]
+        print(f"{verb} {job.analysis} {job.partition_key} (fingerprint {job.fingerprint[:16]}, {job.source})")
+    counts = {verb: list(verbs.values()).count(verb) for verb in dict.fromkeys(verbs.values())}
+    detail = f": {', '.join(f'{n} {verb}' for verb, n in counts.items())}" if jobs else ""
+    print(f"{len(jobs)} job(s) registered, {rejected} file(s) rejected{detail}")
+    if "already recorded" in counts:
+        print("jobs already recorded do not run again (`analysis-wrapper run --force FILE` runs them anyway)")
     return 1 if rejected else 0
 
 
@@ -121,12 +138,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     session = open_session()
     options = RunOptions(args.force, args.dry_run, args.verbose, args.batch_size)
     if args.paths:
-        jobs, rejected = register_paths(session, args.paths, args.analysis, sys.stdout)
+        jobs, rejected, _verbs = register_paths(session, args.paths, args.analysis, sys.stdout)
+        broken = 0
     else:
-        jobs, broken = registered_jobs(session, args.analysis)
-        for item in broken:
+        check_served(session, args.analysis)
+        jobs, skipped = registered_jobs(session, args.analysis)
+        for item in skipped:
             print(f"SKIPPED registered job {item.source}: {item.message}", file=sys.stderr)
-        rejected = 0
+        rejected, broken = 0, len(skipped)
     unique = list({(j.analysis, j.partition_key): j for j in jobs}.values())
     check_may_run(session, options, {j.analysis for j in unique})
     counts = dict.fromkeys(OUTCOMES, 0)
@@ -134,13 +153,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     for done in run_jobs(session, unique, options):
         counts[done.outcome] += 1
         detail = "" if done.detail is None else f" {done.detail}"
-        progress.step(f"{done.outcome:<13} {done.job.analysis} {done.job.partition_key}{detail}")
+        line = f"{done.outcome:<13} {done.job.analysis} {done.job.partition_key}{detail}"
+        progress.step(line, keep=done.outcome in {"failed", "elsewhere"})
     # "elsewhere": another run held the job's fingerprint and ended without a record (shown when it happened).
     summary = ", ".join(f"{n} {label}" for label, n in counts.items() if n or label != "elsewhere")
     print(f"{len(unique)} job(s): {summary}; {rejected} file(s) rejected")
     if not unique and not rejected:
-        print("nothing to run: no job files given and no registered job is pending")
+        print(nothing_to_run(session, args.paths, args.analysis, broken))
     return 1 if counts["failed"] or rejected else 0
+
+
+def nothing_to_run(session: Session, paths: Sequence[str], analysis: str | None, broken: int) -> str:
+    """Why ``run`` found no job, truly: job files given but none found (while registered jobs may wait
+    to run: said, with how to run them), or registered jobs none of which can run here (``broken``:
+    how many could not be rebuilt, each said above)."""
+    entries = session.store.list_jobs(analysis)
+    if paths:
+        due = {JobState.PENDING, JobState.FAILED}
+        waiting = sum(entry.state in due and entry.analysis in session.analyses for entry in entries)
+        how = f"; {waiting} registered job(s) wait to run (`analysis-wrapper run` runs them)" * bool(waiting)
+        return f"nothing to run: no job file found in {', '.join(paths)}{how}"
+    if not entries:
+        return "nothing to run: no job is registered (`analysis-wrapper run FILES` registers and runs them)"
+    reasons = [f"{broken} registered job(s) cannot be rebuilt (above)"] if broken else []
+    unserved = [entry.analysis for entry in entries if entry.analysis not in session.analyses]
+    if unserved:
+        names = ", ".join(sorted(set(unserved)))
+        reasons.append(f"{len(unserved)} registered job(s) are of analyses not served here ({names})")
+    return f"nothing to run: {'; '.join(reasons)}"
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -172,7 +212,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
             print(f"left as is: {entry.analysis} {key} changed meanwhile (see `analysis-wrapper status`)")
             continue
         requeued += 1
-        error = f"; last error: {entry.last_error[:80]}" if entry.last_error else ""
+        error = f"; last error: {one_line(entry.last_error)}" if entry.last_error else ""
         print(f"re-queued {entry.analysis} {key} (attempt {entry.attempts + 1} next{error})")
     print(
         f"{requeued} job(s) re-queued. The inbox sensor requests them on its next tick (`dagster dev` or "

@@ -1,5 +1,6 @@
 """``status`` and ``results``: the job registry and the records (:mod:`analysis_wrapper.records`), as a
-table or ``--json``; long values cut with an ellipsis unless ``--full``."""
+table or ``--json``; long outputs cut with an ellipsis, long errors shown as their first sentence, unless
+``--full``."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from analysis_wrapper.records import add_files, find_records
+from analysis_wrapper.runner import one_line
 from analysis_wrapper.session import open_session
 
 OUTPUTS_WIDTH = 70
 """Characters of a record's outputs ``results`` shows (then an ellipsis; ``--full``: all of them)."""
 ERROR_WIDTH = 60
-"""Characters of a job's last error ``status`` shows (then an ellipsis; ``--full``: all of it)."""
+"""A job's last error longer than this is shown by ``status`` as its first sentence (``--full``: all of
+it); an error is never cut in mid-sentence (:func:`~analysis_wrapper.runner.one_line`)."""
 ELLIPSIS = "…"
 
 
@@ -75,7 +78,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     width = None if args.full else ERROR_WIDTH
     for row in rows:
         row["fingerprint"] = row["fingerprint"][:16]
-        row["last_error"] = cut((row["last_error"] or "").replace("\n", " "), width)
+        row["last_error"] = one_line(row["last_error"] or "", width)
     print_table(
         rows, ["analysis", "partition_key", "state", "attempts", "fingerprint", "run_id", "last_error"]
     )
