@@ -123,7 +123,9 @@ class MongoRecordStore(MongoConnection, RecordStore):
     ) -> list[dict[str, Any]]:
         """In the collection the capsule wrote (DocumentDB's): by code url, version and any input url."""
         urls, records = list(dict.fromkeys(input_urls)), self._records(analysis)
-        wanted = {"_id": 1, "location": 1, f"{_CODE}.input_data": 1, f"{_CODE}.parameters": 1}
+        # A projection takes no array index (``data_processes.0`` would name a field "0"): every process's.
+        code = "processing.data_processes.code"
+        wanted = {"_id": 1, "location": 1, f"{code}.input_data": 1, f"{code}.parameters": 1}
         return [
             doc
             for chunk in chunks(urls, ID_CHUNK)
