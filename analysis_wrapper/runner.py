@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dagster import DagsterInstance, ExecuteInProcessResult, materialize
+from dagster import DagsterInstance, ExecuteInProcessResult
 
 from analysis_wrapper.batch import batch_run_config
 from analysis_wrapper.capsule_records import recorded_jobs
@@ -127,10 +127,12 @@ def update_summaries(session: Session, analyses: Iterable[str], verbose: bool = 
         summary = session.built[name].summary
         if summary is None:
             continue
-        result = materialize(
-            [summary],
+        # The job the daemon's automation runs it in (``__ASSET_JOB``), so the run looks the same.
+        job_def = session.defs.resolve_implicit_job_def_def_for_assets([summary.key])
+        assert job_def is not None, summary.key
+        result = job_def.execute_in_process(
             instance=session.instance,
-            resources=session.resources,
+            asset_selection=[summary.key],
             run_config={"loggers": run_loggers(verbose)},
             tags={SOURCE_TAG: "cli", HOST_TAG: this_host(), PID_TAG: str(os.getpid()), ANALYSIS_TAG: name},
             raise_on_error=False,

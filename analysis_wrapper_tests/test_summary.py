@@ -14,7 +14,15 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from dagster import AssetKey, Definitions, evaluate_automation_conditions, materialize
+from dagster import (
+    AssetKey,
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    RunsFilter,
+    evaluate_automation_conditions,
+    materialize,
+)
 
 from analysis_wrapper.analyses.isi_violations import analysis as isi
 from analysis_wrapper.cli.app import main
@@ -195,6 +203,9 @@ def test_the_cli_run_leaves_the_summary_of_what_it_recorded(
         assert main(["run", str(example_jobs[0].parent)]) == 0
         rows = pd.read_parquet(tmp_path / "analysis_results" / "isi_violations_summary" / "summary.parquet")
         assert len(rows) == 3 and (rows["analysis_version"] == isi.version).all()
+        with DagsterInstance.from_config(str(tmp_path / ".dagster_home")) as instance:
+            (run,) = instance.get_runs(RunsFilter(job_name="__ASSET_JOB"))  # as the daemon runs it
+        assert run.status == DagsterRunStatus.SUCCESS and run.tags["analysis_wrapper/source"] == "cli"
         frame = results_frame("isi_violations")
         pd.testing.assert_frame_equal(
             frame.astype(str).reset_index(drop=True), rows[frame.columns].astype(str).reset_index(drop=True)

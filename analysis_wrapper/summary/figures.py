@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from analysis_wrapper.analysis import Analysis
@@ -57,13 +58,15 @@ def new_figure(width: float, height: float) -> Any:
 def outputs_figure(name: str, jobs: pd.DataFrame, path: Path) -> None:
     """Histograms of (up to four) numeric outputs across jobs, one colour per version and parameter
     set; an empty-state figure while there is no job."""
-    numeric = [c for c in jobs.columns if c.startswith("out.") and pd.api.types.is_numeric_dtype(jobs[c])][:4]
+    numeric = [c for c in jobs.columns if c.startswith("out.") and pd.api.types.is_numeric_dtype(jobs[c])]
+    numeric = numeric[:4] if len(jobs) else []
     figure = new_figure(4 * max(1, len(numeric)), 3.8)
     axes = figure.subplots(1, max(1, len(numeric)), squeeze=False)[0]
     labels = group_labels(jobs)
     for ax, column in zip(axes, numeric, strict=False):
+        bins = np.histogram_bin_edges(jobs[column].dropna().astype(float), bins=20)  # shared by the groups
         for key, rows in groups_of(jobs):
-            ax.hist(rows[column].dropna().astype(float), bins=20, alpha=0.6, label=labels[key])
+            ax.hist(rows[column].dropna().astype(float), bins=bins, alpha=0.5, label=labels[key])
         ax.set_xlabel(column.removeprefix("out."))
         ax.set_ylabel("jobs")
     if numeric:

@@ -283,3 +283,69 @@ def test_example_generator_is_deterministic(make_examples: types.ModuleType, tmp
         )
     assert with_obs_seen == {True, False}
     assert make_examples.write_examples(tmp_path / "c", n_jobs=2, seed=1)[0].name != jobs_a[0].name
+
+
+def test_summary_rows_are_the_units_of_the_job(tmp_path: Path) -> None:
+    results = [
+        iv.UnitIsiViolations(1, 0.25, 3, 100, 10.0, "a.nwb"),
+        iv.UnitIsiViolations(2, math.nan, 0, 0, 10.0, "a.nwb"),
+    ]
+    iv.write_csv(results, tmp_path / iv.CSV_NAME)
+    rows = iv.summary_rows({}, lambda name: (tmp_path / name).read_bytes())
+    assert [r["unit_id"] for r in rows] == [1, 2] and rows[0]["isi_violations_ratio"] == 0.25
+    assert math.isnan(rows[1]["isi_violations_ratio"]) and rows[0]["nwb_file"] == "a.nwb"
+    assert iv.analysis.summary_rows is iv.summary_rows and iv.analysis.summary_figure is iv.summary_figure
+
+
+def test_summary_figure_keeps_parameter_sets_apart_and_labels_each_cutoff(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two cutoffs (and two versions) in one summary: one colour per version and parameter set, named
+    in the legend; one cutoff line per set, labelled with its value, in its set's colour."""
+    import pandas as pd
+
+    from analysis_wrapper.summary import figures
+    from analysis_wrapper.summary.table import parameter_set
+
+    sets = [("1.0.0", 0.5), ("1.0.0", 0.9), ("2.0.0", 0.5)]
+    jobs = pd.DataFrame(
+        [
+            {
+                "partition_key": f"job{i}",
+                "session": f"session{i}",
+                "analysis_version": version,
+                "parameter_set": parameter_set({"isi_violations_cutoff": cutoff}),
+                "parameters": json.dumps({"isi_violations_cutoff": cutoff}),
+                "param.isi_violations_cutoff": cutoff,
+                "out.fraction_violating": 0.1 * (i + 1),
+            }
+            for i, (version, cutoff) in enumerate(sets)
+        ]
+    )
+    units = pd.DataFrame(
+        [
+            {
+                **job[["partition_key", "analysis_version", "parameter_set"]].to_dict(),
+                "isi_violations_ratio": r,
+            }
+            for _, job in jobs.iterrows()
+            for r in (0.1, 0.4, 0.7, 1.2, math.nan)
+        ]
+    )
+    drawn = []
+    new_figure = figures.new_figure
+    monkeypatch.setattr(figures, "new_figure", lambda *size: drawn.append(new_figure(*size)) or drawn[-1])
+    iv.summary_figure(jobs, units, tmp_path / "summary.png")
+    assert (tmp_path / "summary.png").read_bytes().startswith(b"\x89PNG")
+    (figure,) = drawn
+    left, right = figure.axes
+    named = [t.get_text() for t in left.get_legend().get_texts()]
+    assert len(named) == 3 and sum("isi_violations_cutoff=0.9" in n for n in named) == 1
+    assert {n.split()[0] for n in named} == {"v1.0.0", "v2.0.0"}
+    cutoffs = [t.get_text() for t in right.get_legend().get_texts()]
+    assert sorted(c.split(" (")[0] for c in cutoffs) == ["cutoff 0.5", "cutoff 0.5", "cutoff 0.9"]
+    lines = [line for line in right.get_lines() if line.get_linestyle() == "--"]
+    assert len({line.get_color() for line in lines}) == 3  # two 0.5 lines: told apart by their set's colour
+    assert [len(p.get_facecolor()) for p in left.patches] and len(
+        {p.get_facecolor() for p in left.patches}
+    ) == 3
