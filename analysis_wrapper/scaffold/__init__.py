@@ -30,10 +30,9 @@ from string import Template
 from typing import Any
 
 from analysis_wrapper.analysis import _NAME_PATTERN as NAME_PATTERN  # the rule every Analysis name follows
+from analysis_wrapper.capsule import OUTPUT_MODEL_NAME, RUN_FUNCTION_NAME, SPECIFICATION_NAMES
 from analysis_wrapper.errors import AnalysisWrapperError
 
-CAPSULE_SPECIFICATIONS = ("AnalysisSpecification", "AnalysisInputModel")
-"""Names of a capsule's parameter model: the issue's and the AIND template's current one."""
 CAPSULE_DEPENDENCIES = {
     "aind_data_schema": "aind-data-schema",
     "analysis_pipeline_utils": "analysis-pipeline-utils",
@@ -89,9 +88,9 @@ def read_capsule(path: Path, name: str) -> Capsule:
             names[node.name] = node
         elif isinstance(node, ast.Assign):
             names.update({t.id: node.value for t in node.targets if isinstance(t, ast.Name)})
-    missing = [n for n in ("run_analysis", "AnalysisOutputModel") if n not in names]
-    if not any(n in names for n in CAPSULE_SPECIFICATIONS):
-        missing.append(" or ".join(CAPSULE_SPECIFICATIONS))
+    missing = [n for n in (RUN_FUNCTION_NAME, OUTPUT_MODEL_NAME) if n not in names]
+    if not any(n in names for n in SPECIFICATION_NAMES):
+        missing.append(" or ".join(SPECIFICATION_NAMES))
     if missing:
         raise ScaffoldError(
             f"{path} is not a capsule module: it has no module-level {', '.join(missing)} (the AIND "
@@ -121,7 +120,7 @@ def _example_parameters(path: Path) -> dict[str, Any] | None:
         return None
     finally:
         sys.modules.pop(module_name, None)
-    model = next(getattr(module, n) for n in CAPSULE_SPECIFICATIONS if hasattr(module, n))
+    model = next(getattr(module, n) for n in SPECIFICATION_NAMES if hasattr(module, n))
     fields = getattr(model, "model_fields", {})
     return {
         field: _example(info.annotation)
