@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -137,7 +138,7 @@ def test_two_analyses_with_one_name_are_an_error_naming_both_sources(teams: Path
         discover_analyses(["team_gamma"])
     assert "'alpha_sizes'" in str(raised.value) and "team_alpha.sizes' of team_alpha" in str(raised.value)
     install(teams, "team_gamma", {"alpha_sizes": "team_gamma"})
-    with pytest.raises(AnalysisDiscoveryError, match="of team_alpha and entry point .* of team_gamma"):
+    with pytest.raises(AnalysisDiscoveryError, match=r"of team_alpha and entry point .* of team_gamma"):
         discover_analyses()
 
 
@@ -237,3 +238,54 @@ def test_two_teams_locations_run_in_one_deployment(teams: Path, tmp_path: Path) 
     recorded = sorted(r["analysis_wrapper"]["analysis"] for r in json.loads(results.stdout))
     assert recorded == ["alpha_sizes", "beta_sizes"]  # one record database, a record of each team's job
     assert [p.name for p in (work / "home").glob("*.sqlite")] == ["analysis_records.sqlite"]
+
+
+DG_PYPROJECT = """
+[project]
+name = "team_gamma"
+version = "0.1"
+
+[tool.dg]
+directory_type = "project"
+
+[tool.dg.project]
+root_module = "team_gamma"
+"""
+DG_DEFINITIONS = """
+from pathlib import Path
+
+import dagster as dg
+
+defs = dg.load_from_defs_folder(path_within_project=Path(__file__).parent)
+"""
+DEFS_YAML = """
+type: analysis_wrapper.component.AnalysesComponent
+attributes:
+  analyses: [team_alpha.sizes, "team_beta.sizes:analysis"]
+"""
+
+
+def test_a_dg_project_serves_its_analyses_through_the_component(
+    teams: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A project in the ``create-dagster`` layout: ``defs/analyses/defs.yaml`` names the component, and
+    ``definitions.py`` loads the ``defs`` folder."""
+    scrub_settings(monkeypatch)
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "home"))
+    project = tmp_path / "gamma"
+    (project / "team_gamma" / "defs" / "analyses").mkdir(parents=True)
+    (project / "pyproject.toml").write_text(DG_PYPROJECT)
+    for init in ("team_gamma", "team_gamma/defs"):
+        (project / init / "__init__.py").write_text("")
+    (project / "team_gamma" / "defs" / "analyses" / "defs.yaml").write_text(DEFS_YAML)
+    (project / "team_gamma" / "definitions.py").write_text(DG_DEFINITIONS)
+    monkeypatch.syspath_prepend(str(project))
+
+    from team_gamma.definitions import defs  # type: ignore[import-not-found]
+
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert keys == {f"{n}_sizes_{a}" for n in ("alpha", "beta") for a in ("result", "summary", "dispatches")}
+    assert defs.resolve_job_def("beta_sizes_job").partitions_def is not None  # dynamic, one per job
+    registered = entry_points(group="dagster_dg_cli.registry_modules")  # what `dg list components` reads
+    assert "analysis_wrapper.component" in {e.value for e in registered}
+    close_all_stores()

@@ -71,6 +71,12 @@ def analysis_of_entry_point(entry_point: EntryPoint) -> Analysis[Any, Any]:
     return loaded
 
 
+def analysis_of_reference(reference: str) -> Analysis[Any, Any]:
+    """The analysis ``reference`` names, written as an entry point's value (a module, or
+    ``module:attribute``): used where analyses are named in configuration (the Dagster component)."""
+    return analysis_of_entry_point(EntryPoint(name=reference, value=reference, group=ENTRY_POINT_GROUP))
+
+
 class _Found:
     """Analyses by name, each with where it came from, so a name given twice names both sources."""
 
