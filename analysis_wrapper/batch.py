@@ -15,7 +15,7 @@ a batch are in its run config (:func:`batch_keys`), where the sensors read them 
 """
 
 import functools
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 from dagster import (
@@ -40,6 +40,7 @@ from dagster import (
 from pydantic import Field
 
 from analysis_wrapper.analysis import Analysis
+from analysis_wrapper.checks import CHECK_NAMES
 from analysis_wrapper.commit import CommitService, PartitionOutcome, failure_text
 from analysis_wrapper.ownership import heartbeat_held
 from analysis_wrapper.partition_run import RunPlace
@@ -92,6 +93,57 @@ def batch_keys(run: DagsterRun) -> list[str] | None:
     return None
 
 
+def partitions_service(
+    analysis: Analysis[Any, Any],
+    place: RunPlace,
+    store: StoreResource,
+    runtime: AnalysisRuntime,
+    results_io_manager: ResultsIOManager,
+) -> CommitService:
+    """The commit service of a run of several partitions (a batch run, a ranged backfill run): git is
+    asked once for the run's code state (three subprocesses), not once per partition, and a partition
+    refused before it started is failed here (such a run has no attempt tag the run-end sensor counts)."""
+    git = functools.cache(functools.partial(runtime.code_state, analysis))
+    records, results, ttl = store.get_store(), results_io_manager.results, store.lease_ttl_s
+    return CommitService(analysis, records, results, runtime, place, ttl, git, counts_refusals=True)
+
+
+def run_each(
+    service: CommitService, asset_key: AssetKey, keys: list[str], config: Any, checks: Collection[str]
+) -> Iterator[AssetMaterialization | AssetObservation | AssetCheckEvaluation]:
+    """Run ``keys`` one by one through ``service``, reporting each partition's own events as it ends
+    (its materialization and the ``checks`` named, or its observation), then raise a
+    :class:`~dagster.Failure` naming every partition that failed, if any did."""
+    analysis, log, run_id = service.analysis, service.log, service.place.run_id
+    keys = list(dict.fromkeys(keys))
+    outcomes: dict[str, PartitionOutcome] = {}  # per partition, what happened: the run's page lists them
+    with heartbeat_held(service.store, run_id, service.lease_ttl_s):
+        for number, key in enumerate(keys, start=1):
+            outcome = outcomes[key] = service.run_partition(key, config)
+            if outcome.error is not None:
+                log.error(
+                    f"{analysis.name} partition {key} ({number}/{len(keys)}) failed: "
+                    f"{failure_text(outcome.error)}"
+                )
+            for event in outcome.events(asset_key, analysis.version):
+                if not isinstance(event, AssetCheckEvaluation) or event.check_name in checks:
+                    yield event
+    failures = [f"{key}: {o.status.removeprefix('failed: ')}" for key, o in outcomes.items() if o.error]
+    log.info(
+        f"{analysis.name} batch: {len(keys) - len(failures)} of {len(keys)} partition(s) ok:\n"
+        + "\n".join(f"  {key}: {outcome.status}" for key, outcome in outcomes.items())
+    )
+    if failures:
+        shown = "; ".join(failures[:MAX_ERRORS_SHOWN])
+        more = f" (and {len(failures) - MAX_ERRORS_SHOWN} more)" if len(failures) > MAX_ERRORS_SHOWN else ""
+        raise Failure(
+            f"{len(failures)} of {len(keys)} partition(s) of {analysis.name} failed: {shown}{more}. "
+            "They are marked failed in the job registry; the inbox sensor retries them, or run "
+            "`analysis-wrapper retry`.",
+            metadata={"partitions": outcome_table({k: o.status for k, o in outcomes.items()})},
+        )
+
+
 def build_batch_job(
     analysis: Analysis[Any, Any], config_class: type[Config], asset_key: AssetKey, run_script: str
 ) -> JobDefinition:
@@ -110,39 +162,10 @@ def build_batch_job(
         runtime: AnalysisRuntime,
         results_io_manager: ResourceParam[ResultsIOManager],
     ) -> Iterator[AssetMaterialization | AssetObservation | AssetCheckEvaluation]:
-        keys = list(dict.fromkeys(config.partition_keys))
         partition_config = config_class(force=config.force, dry_run=config.dry_run)
         place = RunPlace(context.run_id, asset_key.to_user_string(), run_script, context.log)
-        records, results, ttl = store.get_store(), results_io_manager.results, store.lease_ttl_s
-        # One run, one code state: git is asked once (three subprocesses), not once per partition.
-        git = functools.cache(functools.partial(runtime.code_state, analysis))
-        service = CommitService(analysis, records, results, runtime, place, ttl, git, counts_refusals=True)
-        outcomes: dict[str, PartitionOutcome] = {}  # per partition, what happened: the run's page lists them
-        with heartbeat_held(service.store, context.run_id, store.lease_ttl_s):
-            for number, key in enumerate(keys, start=1):
-                outcome = outcomes[key] = service.run_partition(key, partition_config)
-                if outcome.error is not None:
-                    context.log.error(
-                        f"{analysis.name} partition {key} ({number}/{len(keys)}) failed: "
-                        f"{failure_text(outcome.error)}"
-                    )
-                yield from outcome.events(asset_key, analysis.version)
-        failures = [f"{key}: {o.status.removeprefix('failed: ')}" for key, o in outcomes.items() if o.error]
-        context.log.info(
-            f"{analysis.name} batch: {len(keys) - len(failures)} of {len(keys)} partition(s) ok:\n"
-            + "\n".join(f"  {key}: {outcome.status}" for key, outcome in outcomes.items())
-        )
-        if failures:
-            shown = "; ".join(failures[:MAX_ERRORS_SHOWN])
-            more = (
-                f" (and {len(failures) - MAX_ERRORS_SHOWN} more)" if len(failures) > MAX_ERRORS_SHOWN else ""
-            )
-            raise Failure(
-                f"{len(failures)} of {len(keys)} partition(s) of {analysis.name} failed: {shown}{more}. "
-                "They are marked failed in the job registry; the inbox sensor retries them, or run "
-                "`analysis-wrapper retry`.",
-                metadata={"partitions": outcome_table({k: o.status for k, o in outcomes.items()})},
-            )
+        service = partitions_service(analysis, place, store, runtime, results_io_manager)
+        yield from run_each(service, asset_key, config.partition_keys, partition_config, CHECK_NAMES)
 
     @job(
         name=analysis.batch_job_name,

@@ -23,6 +23,7 @@ from dagster import (
     AssetObservation,
     AssetOut,
     AssetsDefinition,
+    BackfillPolicy,
     Config,
     DataVersion,
     DynamicPartitionsDefinition,
@@ -35,7 +36,7 @@ from dagster import (
 )
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.batch import build_batch_job
+from analysis_wrapper.batch import build_batch_job, partitions_service, run_each
 from analysis_wrapper.checks import check_specs
 from analysis_wrapper.commit import CommitService
 from analysis_wrapper.config import build_config_class
@@ -51,6 +52,9 @@ __all__ = ["ANALYSIS_TAG", "FINGERPRINT_TAG", "AnalysisDefinitions", "build_anal
 
 RESULTS_IO_MANAGER_KEY = "results_io_manager"
 RESULT_OUTPUT = "result"
+BACKFILL_PARTITIONS_PER_RUN = 25
+"""Partitions of a UI backfill per run: a run costs 2-4 s before its first job, a small job about 0.1 s
+inside a run (benchmarks/), so 25 a run spends less than half its time on Dagster's launch."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,11 @@ class AnalysisDefinitions:
     """``<name>_summary``: every recorded job in one table (:mod:`analysis_wrapper.summary.asset`)."""
 
 
-def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefinitions:
-    """Generate partitions, config class, asset and job for ``analysis``."""
+def build_analysis_definitions(
+    analysis: Analysis[Any, Any], max_partitions_per_run: int = BACKFILL_PARTITIONS_PER_RUN
+) -> AnalysisDefinitions:
+    """Generate partitions, config class, asset and job for ``analysis``; a backfill of the asset runs
+    up to ``max_partitions_per_run`` partitions in one run."""
     partitions = DynamicPartitionsDefinition(name=analysis.partitions_name)
     config_class = build_config_class(analysis)
     run_script = inspect.getsourcefile(analysis.run) or analysis.name
@@ -82,9 +89,19 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         runtime: AnalysisRuntime,
         results_io_manager: ResourceParam[ResultsIOManager],
     ) -> Iterator[MaterializeResult | AssetObservation | AssetCheckResult]:
-        key = context.partition_key
+        keys = context.partition_keys
         selected = {check.name for check in context.selected_asset_check_keys}
         place = RunPlace(context.run.run_id, asset_key.to_user_string(), run_script, context.log)
+        if len(keys) > 1:  # a range of a backfill (BackfillPolicy): each partition reports itself
+            service = partitions_service(analysis, place, store, runtime, results_io_manager)
+            if asset_key in context.selected_asset_keys:
+                yield from run_each(service, asset_key, keys, config, selected)
+            else:
+                for key in keys:
+                    checked = service.check_partition(key, config)
+                    yield from (c.evaluation(asset_key, key) for c in checked if c.name in selected)
+            return
+        key = keys[0]
         records, results = store.get_store(), results_io_manager.results
         service = CommitService(analysis, records, results, runtime, place, store.lease_ttl_s)
         # The run's heartbeat, until the step ends: a started run without one, silent, is taken for dead.
@@ -135,6 +152,8 @@ def build_analysis_definitions(analysis: Analysis[Any, Any]) -> AnalysisDefiniti
         # Checks can run alone (re-checking a stored result computes nothing), so their outputs are
         # optional too: a skip or a dry run reports none.
         can_subset=True,
+        # A backfill from the UI runs its partitions many to a run (ranges of them, see compute).
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run),
     )(compute)
     job = define_asset_job(
         analysis.job_name,
