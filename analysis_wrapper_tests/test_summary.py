@@ -128,6 +128,20 @@ def test_an_update_reads_only_the_new_jobs(
     assert nothing["jobs"].value == 4
 
 
+def test_a_summary_of_an_older_layout_is_rebuilt_once(recorded: tuple[Harness, list[Any]]) -> None:
+    """A summary written before ``parameter_set`` and ``details.parquet`` (its state has no ``format``)
+    is rebuilt from every result, so no row lacks its parameter set; then updates are incremental again."""
+    h, _jobs = recorded
+    summarize(h)
+    state_file = summary_folder(h) / "metadata.nd.json"
+    state = json.loads(state_file.read_text())
+    state_file.write_text(json.dumps({k: v for k, v in state.items() if k != "format"}))
+    meta = summarize(h)
+    assert meta["new_or_updated_jobs"].value == 3 and meta["result_folders_read"].value == 3
+    assert pd.read_parquet(summary_folder(h) / "summary.parquet")["parameter_set"].notna().all()
+    assert summarize(h)["new_or_updated_jobs"].value == 0
+
+
 def due_summaries(h: Harness, names: list[str], cursor: Any) -> tuple[set[str], Any]:
     """One tick of the summaries' automation condition sensor over ``names``: the analyses whose
     summary it requests, and its cursor."""

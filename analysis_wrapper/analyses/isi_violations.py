@@ -329,7 +329,9 @@ def summary_figure(jobs: pd.DataFrame, units: pd.DataFrame | None, path: Path) -
     )
     names = [s or k for s, k in zip(ordered["session"], ordered["partition_key"], strict=True)]
     left.barh(
-        range(len(ordered)), ordered["out.fraction_violating"].astype(float), color=[colour[k] for k in keys]
+        range(len(ordered)),
+        ordered["out.fraction_violating"].astype(float),
+        color=[colour.get(k, "grey") for k in keys],
     )
     left.set_yticks(range(len(ordered)), labels=names if len(ordered) <= 30 else [""] * len(ordered))
     left.invert_yaxis()
@@ -341,7 +343,9 @@ def summary_figure(jobs: pd.DataFrame, units: pd.DataFrame | None, path: Path) -
     for key, of_set in groups_of(units) if units is not None else []:
         ratios = pd_finite(of_set["isi_violations_ratio"])
         if len(ratios):
-            right.hist(ratios, bins=min(50, max(5, len(ratios) // 5)), histtype="step", color=colour[key])
+            right.hist(
+                ratios, bins=min(50, max(5, len(ratios) // 5)), histtype="step", color=colour.get(key, "grey")
+            )
     for key, of_set in groups_of(jobs):
         cutoff = float(of_set["param.isi_violations_cutoff"].iloc[0])
         right.axvline(cutoff, color=colour[key], linestyle="--", label=f"cutoff {cutoff:g} ({key[1]})")

@@ -58,6 +58,9 @@ PARQUET = "summary.parquet"
 CSV = "summary.csv"
 FIGURE = "summary.png"
 DETAILS = "details.parquet"
+FORMAT = 2
+"""The layout of a summary folder; one written in another (before ``parameter_set`` and
+``details.parquet``) is rebuilt from every result, once."""
 PREVIEW_ROWS = 25
 EVENTS_PAGE = 1000
 
@@ -114,6 +117,8 @@ def _read_previous(storage: Any, folder: str) -> tuple[pd.DataFrame, pd.DataFram
         state = json.loads(storage.read_bytes(folder, RECORD_FILE))
         rows = pd.read_parquet(io.BytesIO(storage.read_bytes(folder, PARQUET)))
     except (ResultsStorageError, FileNotFoundError, KeyError):
+        return summary_frame([]), None, None
+    if state.get("format") != FORMAT:
         return summary_frame([]), None, None
     details = None
     if state.get("details"):
@@ -239,6 +244,7 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
                 details.to_parquet(scratch / DETAILS, index=False)
             state = {
                 "summary_of": analysis.name,
+                "format": FORMAT,
                 "cursor": new_cursor,
                 "rows": len(rows),
                 "details": details is not None,
