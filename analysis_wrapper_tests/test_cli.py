@@ -624,3 +624,22 @@ def test_one_line_keeps_a_whole_first_sentence_or_the_whole_message() -> None:
     assert one_line(long, None) == " ".join(long.split())
     no_sentence = "y" * 500
     assert one_line(no_sentence, 100) == no_sentence
+
+
+def test_a_failed_line_stays_whole_above_a_terminals_progress_bar() -> None:
+    import io
+
+    from analysis_wrapper.cli.jobs import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    screen = Terminal()
+    bar = Progress(2, screen)
+    path = "/data/" * 20 + "x.nwb"
+    reason = f"failed        echo k1 InputNotFoundError: job.json: input [0] {path} does not exist"
+    bar.step(reason, keep=True)
+    bar.step("done k2")
+    assert f"\r{reason}" in screen.getvalue() and f"{reason}\n" in screen.getvalue()
+    assert "\r[##############################] 2/2 done k2" in screen.getvalue()
