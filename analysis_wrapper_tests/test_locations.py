@@ -21,7 +21,12 @@ from pathlib import Path
 
 import pytest
 
-from analysis_wrapper.analyses import AnalysisDiscoveryError, discover_analyses, installed_analyses
+from analysis_wrapper.analyses import (
+    AnalysisDiscoveryError,
+    analysis_of_reference,
+    discover_analyses,
+    installed_analyses,
+)
 from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper_tests.environment import scrub_settings, scrubbed_environ
 from analysis_wrapper_tests.harness import write_job
@@ -129,6 +134,12 @@ def test_an_entry_point_that_gives_no_analysis_is_an_error_naming_it(
     install(site, "team_bad", {"broken": value})
     with pytest.raises(AnalysisDiscoveryError, match=message):
         discover_analyses()
+
+
+def test_a_reference_in_configuration_resolves_as_an_entry_point_value(teams: Path) -> None:
+    assert analysis_of_reference("team_beta.sizes:analysis").name == "beta_sizes"
+    with pytest.raises(AnalysisDiscoveryError, match="analysis 'json': module 'json' gives no analysis"):
+        analysis_of_reference("json")
 
 
 def test_two_analyses_with_one_name_are_an_error_naming_both_sources(teams: Path) -> None:

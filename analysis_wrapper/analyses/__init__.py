@@ -54,9 +54,10 @@ def _entry_point_source(entry_point: EntryPoint) -> str:
     return f"entry point {entry_point.name} = {entry_point.value!r}{dist}"
 
 
-def analysis_of_entry_point(entry_point: EntryPoint) -> Analysis[Any, Any]:
-    """The analysis an ``analysis_wrapper.analyses`` entry point declares; errors name the entry point."""
-    source = _entry_point_source(entry_point)
+def analysis_of_entry_point(entry_point: EntryPoint, source: str | None = None) -> Analysis[Any, Any]:
+    """The analysis an ``analysis_wrapper.analyses`` entry point declares; errors name ``source``
+    (default: the entry point and its package)."""
+    source = source or _entry_point_source(entry_point)
     try:
         loaded = entry_point.load()
     except Exception as exc:
@@ -74,7 +75,8 @@ def analysis_of_entry_point(entry_point: EntryPoint) -> Analysis[Any, Any]:
 def analysis_of_reference(reference: str) -> Analysis[Any, Any]:
     """The analysis ``reference`` names, written as an entry point's value (a module, or
     ``module:attribute``): used where analyses are named in configuration (the Dagster component)."""
-    return analysis_of_entry_point(EntryPoint(name=reference, value=reference, group=ENTRY_POINT_GROUP))
+    entry_point = EntryPoint(name=reference, value=reference, group=ENTRY_POINT_GROUP)
+    return analysis_of_entry_point(entry_point, f"analysis {reference!r}")
 
 
 class _Found:
