@@ -90,7 +90,7 @@ ctx = open_session()
 open(f"{gate}.ready.{os.getpid()}", "w").close()
 while not os.path.exists(gate):
     time.sleep(0.002)
-jobs, rejected = register_paths(ctx, args.paths, args.analysis, sys.stdout)
+jobs, rejected, _verbs = register_paths(ctx, args.paths, args.analysis, sys.stdout)
 print(f"{len(jobs)} job(s) registered, {rejected} file(s) rejected")
 """
 DAGSTER_GATED = _GATE_PRELUDE.format(imports="from dagster._cli import main") + (
