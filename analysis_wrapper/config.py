@@ -97,7 +97,10 @@ def _config_default(info: Any) -> Any:
 
 
 def _describe(info: Any) -> str:
-    parts = [info.description.rstrip(".") + "." if info.description else ""]
+    text = info.description
+    if isinstance(text, tuple | list):  # ``description=("...",)``: the capsule template's own slip
+        text = " ".join(map(str, text))
+    parts = [text.rstrip(".") + "." if text else ""]
     if info.is_required():
         parts.append("Required by the analysis; unset keeps the job's value.")
     else:

@@ -58,7 +58,7 @@ CAPSULE_CODE_VERSION = "@VERSION@"
 
 class TeamParameters(GenericModel):
     analysis_name: str = Field(..., description="User-defined name for the analysis")
-    analysis_tag: str = Field(..., description="User-defined tag")
+    analysis_tag: str = Field(..., description=("User-defined tag",))  # a tuple, as in the template
     threshold: int = Field(..., description="Inputs larger than this count as over")
 
 
