@@ -214,6 +214,7 @@ def test_capsule_project_passes_its_own_tests(tmp_path: Path) -> None:
         ("ok_name", "non_empty", "is not empty"),
         ("ok_name", "file", "is not a folder"),
         ("ok_name", "not_capsule", "is not a capsule module: it has no module-level run_analysis"),
+        ("ok_name", "bad_analysis_name", "run_capsule.py's ANALYSIS_NAME 'Bad Name' must be"),
     ],
 )
 def test_clear_errors(
@@ -230,9 +231,13 @@ def test_clear_errors(
         other = tmp_path / "other.py"
         other.write_text("AnalysisOutputModel = dict\nAnalysisSpecification = dict\n")
         args += ["--from-capsule", str(other)]
+    elif prepare == "bad_analysis_name":
+        capsule = tmp_path / "run_capsule.py"
+        capsule.write_text(TEMPLATE_CAPSULE + 'ANALYSIS_NAME = "Bad Name"\n')
+        args += ["--from-capsule", str(capsule)]
     assert main(args) == 2
     assert message in capsys.readouterr().err
     if prepare == "non_empty":
         assert [p.name for p in target.iterdir()] == ["keep.txt"]
-    elif prepare is None or prepare == "not_capsule":
+    elif prepare in (None, "not_capsule", "bad_analysis_name"):
         assert not target.exists()

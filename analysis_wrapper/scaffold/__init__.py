@@ -57,11 +57,11 @@ class Capsule:
     parameters: dict[str, Any] | None
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, what: str = "project name") -> str:
     """``name`` if it can name an analysis, a Python package and a distribution, else a ScaffoldError."""
     if not NAME_PATTERN.match(name) or keyword.iskeyword(name):
         raise ScaffoldError(
-            f"project name {name!r} must be a lowercase Python identifier ({NAME_PATTERN.pattern}, not a "
+            f"{what} {name!r} must be a lowercase Python identifier ({NAME_PATTERN.pattern}, not a "
             "keyword), e.g. spike_rate: it names the package, the analysis and its Dagster assets"
         )
     return name
@@ -99,7 +99,7 @@ def read_capsule(path: Path, name: str) -> Capsule:
     declared = names.get("ANALYSIS_NAME")
     analysis_name = name
     if isinstance(declared, ast.Constant) and isinstance(declared.value, str):
-        analysis_name = check_name(declared.value)
+        analysis_name = check_name(declared.value, f"{path.name}'s ANALYSIS_NAME")
     roots = {a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import) for a in n.names}
     roots |= {n.module.split(".")[0] for n in tree.body if isinstance(n, ast.ImportFrom) and n.module}
     dependencies = sorted(CAPSULE_DEPENDENCIES[r] for r in roots if r in CAPSULE_DEPENDENCIES)
@@ -108,7 +108,8 @@ def read_capsule(path: Path, name: str) -> Capsule:
 
 def _example_parameters(path: Path) -> dict[str, Any] | None:
     """Values for the required fields of the capsule's parameter model, guessed from their types, so
-    the generated test has a job its model accepts; None when the module cannot be imported here."""
+    the generated test has a job its model accepts; None when the module cannot be imported here.
+    The module is imported (its ``__main__`` part does not run), as a code location would import it."""
     module_name = f"_analysis_wrapper_capsule_{uuid.uuid4().hex}"
     spec = importlib.util.spec_from_file_location(module_name, path)
     if spec is None or spec.loader is None:
@@ -120,8 +121,8 @@ def _example_parameters(path: Path) -> dict[str, Any] | None:
         return None
     finally:
         sys.modules.pop(module_name, None)
-    model = next(getattr(module, n) for n in SPECIFICATION_NAMES if hasattr(module, n))
-    fields = getattr(model, "model_fields", {})
+    model = next((getattr(module, n) for n in SPECIFICATION_NAMES if hasattr(module, n)), None)
+    fields = getattr(model, "model_fields", None) or {}
     return {
         field: _example(info.annotation)
         for field, info in fields.items()
@@ -130,12 +131,15 @@ def _example_parameters(path: Path) -> dict[str, Any] | None:
 
 
 def _example(annotation: Any) -> Any:
+    """A placeholder value of ``annotation``'s type (None where no simple one exists)."""
     if annotation in _EXAMPLE_VALUES:
         return _EXAMPLE_VALUES[annotation]
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
         return None if type(None) in args else _example(args[0])
-    return {dict: {}}.get(origin, []) if origin in (list, set, tuple, dict) else None
+    if origin is dict:
+        return {}
+    return [] if origin in (list, set, tuple) else None
 
 
 @dataclass(frozen=True)
