@@ -15,9 +15,11 @@ from pymongo.errors import DuplicateKeyError
 
 from analysis_wrapper.store.base import RecordExistsError, RecordQuery, RecordStore
 from analysis_wrapper.store.fields import chunks, iso_utc
-from analysis_wrapper.store.mongo.connection import ID_CHUNK, MongoConnection
+from analysis_wrapper.store.mongo.connection import MongoConnection
 
 _CODE = "processing.data_processes.0.code"
+CAPSULE_URL_CHUNK = 500
+"""Input locations per capsule-record query (a job asks for two spellings of each: with and without "/")."""
 
 
 def record_sort_key(record: Mapping[str, Any]) -> tuple[str, str]:
@@ -128,7 +130,7 @@ class MongoRecordStore(MongoConnection, RecordStore):
         wanted = {"_id": 1, "location": 1, f"{code}.input_data": 1, f"{code}.parameters": 1}
         return [
             doc
-            for chunk in chunks(urls, ID_CHUNK)
+            for chunk in chunks(urls, CAPSULE_URL_CHUNK)
             for doc in self._find(
                 "look up the capsule's records",
                 records,
