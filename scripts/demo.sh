@@ -16,7 +16,7 @@ esac
 if [ "$posting" = 1 ]; then
   echo "== Running the example jobs (jobs already recorded are not run again)"
 else
-  echo "== Running the example jobs as a dry run (DRY_RUN=$DRY_RUN: nothing is posted or recorded)"
+  echo "== Running the example jobs as a dry run (DRY_RUN=$DRY_RUN: nothing is posted; jobs already recorded are not run again)"
 fi
 .venv/bin/analysis-wrapper run examples/jobs
 if [ "$posting" = 1 ]; then
