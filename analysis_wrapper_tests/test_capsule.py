@@ -348,3 +348,34 @@ def test_a_partition_the_capsule_recorded_shows_its_record(
     assert meta["results_location"].value == f"s3://capsule-results/{record_id}"
     assert h.store.get_record(MODULE, job.fingerprint) is None  # nothing of ours written
     assert h.store.get_job(MODULE, job.partition_key).state == JobState.SKIPPED
+
+
+def test_the_capsule_lookup_is_one_query_per_batch(
+    capsule: ModuleType, tmp_path: Path, store: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """40 jobs, 20 of them recorded by the capsule: one fingerprint query and one capsule query find
+    exactly those 20, each with its record; an analysis naming no capsule asks nothing more."""
+    import dataclasses
+
+    from analysis_wrapper.capsule_records import recorded_jobs
+    from analysis_wrapper.job_file import load_job_file
+    from analysis_wrapper.make_job import build_analysis_job
+
+    analysis = analysis_of_module(capsule)
+    paths = write_jobs(tmp_path / "jobs", list(range(40)))
+    jobs = [build_analysis_job(load_job_file(path), analysis) for path in paths]
+    client = DocDbClient(lambda doc: store.insert_record(MODULE, doc))
+    ids = capsule_writes_records(capsule, paths[:20], client, tmp_path / "capsule_results", monkeypatch)
+    store.existing_fingerprints(MODULE, ["warm-up"])  # the collection's indexes, made once
+
+    before = store.query_count
+    found = recorded_jobs(store, {MODULE: analysis}, jobs)
+    assert store.query_count - before == 2
+    assert {fp: (r.record_id if r else None) for fp, r in found.items()} == {
+        job.fingerprint: record_id for job, record_id in zip(jobs, ids, strict=False)
+    }
+
+    plain = dataclasses.replace(analysis, capsule_code_url=None)
+    before = store.query_count
+    assert recorded_jobs(store, {MODULE: plain}, jobs) == {}
+    assert store.query_count - before == 1
