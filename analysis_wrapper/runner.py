@@ -46,12 +46,15 @@ ERROR_CHARS = 300
 @dataclass(frozen=True)
 class RunOptions:
     """How to run: ``force`` even recorded jobs; ``dry_run`` (None: the ``DRY_RUN`` setting);
-    ``verbose``: Dagster's console log on; ``batch_size`` jobs per Dagster run."""
+    ``verbose``: Dagster's console log on; ``batch_size`` jobs per Dagster run; ``summaries``: bring the
+    summaries of the analyses that recorded a job up to date in this process too (the daemon's
+    automation does it otherwise; off by default, as it costs a Dagster run per analysis)."""
 
     force: bool = False
     dry_run: bool | None = None
     verbose: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
+    summaries: bool = False
 
 
 @dataclass(frozen=True)
@@ -115,7 +118,8 @@ def run_jobs(session: Session, jobs: Sequence[AnalysisJob], options: RunOptions)
                 if outcome.outcome == "done":
                     recorded_now.add(name)
                 yield outcome
-    update_summaries(session, recorded_now, options.verbose)
+    if options.summaries:
+        update_summaries(session, recorded_now, options.verbose)
 
 
 def update_summaries(session: Session, analyses: Iterable[str], verbose: bool = False) -> None:

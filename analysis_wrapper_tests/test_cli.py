@@ -55,7 +55,7 @@ def test_run_example_jobs_then_again_all_done(
     workdir: Path, example_jobs: list[Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     jobs_dir = example_jobs[0].parent
-    code, out = cli(capsys, "run", str(jobs_dir))
+    code, out = cli(capsys, "run", "--summary", str(jobs_dir))
     assert code == 0, out
     assert out.count("\ndone ") + out.startswith("done ") == 3
     assert "3 job(s): 3 done, 0 already done, 0 dry run, 0 failed; 0 file(s) rejected" in out

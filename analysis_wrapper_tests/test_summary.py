@@ -214,7 +214,7 @@ def test_the_cli_run_leaves_the_summary_of_what_it_recorded(
     monkeypatch.setenv("DRY_RUN", "0")
     monkeypatch.setenv("CODE_REPOSITORY", str(clean_repo))
     try:
-        assert main(["run", str(example_jobs[0].parent)]) == 0
+        assert main(["run", "--summary", str(example_jobs[0].parent)]) == 0
         rows = pd.read_parquet(tmp_path / "analysis_results" / "isi_violations_summary" / "summary.parquet")
         assert len(rows) == 3 and (rows["analysis_version"] == isi.version).all()
         with DagsterInstance.from_config(str(tmp_path / ".dagster_home")) as instance:

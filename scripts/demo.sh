@@ -18,7 +18,7 @@ if [ "$posting" = 1 ]; then
 else
   echo "== Running the example jobs as a dry run (DRY_RUN=$DRY_RUN: nothing is posted; jobs already recorded are not run again)"
 fi
-.venv/bin/analysis-wrapper run examples/jobs
+.venv/bin/analysis-wrapper run --summary examples/jobs
 if [ "$posting" = 1 ]; then
   echo "== Running them again: every job is already recorded, so none runs"
   .venv/bin/analysis-wrapper run examples/jobs

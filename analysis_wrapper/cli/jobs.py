@@ -53,6 +53,12 @@ def add_run_parser(sub: Any) -> None:
         metavar="N",
         help=f"jobs per Dagster run (default {DEFAULT_BATCH_SIZE}); 1: one run per job, as the UI does",
     )
+    run.add_argument(
+        "--summary",
+        action="store_true",
+        help="also update the summaries of the analyses that recorded a job, in this process "
+        "(without it, the daemon's automation does)",
+    )
     run.set_defaults(func=cmd_run)
 
 
@@ -136,7 +142,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     session = open_session()
-    options = RunOptions(args.force, args.dry_run, args.verbose, args.batch_size)
+    options = RunOptions(args.force, args.dry_run, args.verbose, args.batch_size, args.summary)
     if args.paths:
         jobs, rejected, _verbs = register_paths(session, args.paths, args.analysis, sys.stdout)
         broken = 0

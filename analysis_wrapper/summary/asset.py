@@ -14,7 +14,7 @@ it reads one record and one folder, whatever the summary holds.
 
 **Kept current by declarative automation** (:func:`summary_condition`), evaluated by
 ``<analysis>_summary_sensor``, an automation condition sensor that runs by default; ``analysis-wrapper
-run`` updates it itself after recording (:func:`analysis_wrapper.runner.update_summaries`).
+run --summary`` updates it itself after recording (:func:`analysis_wrapper.runner.update_summaries`).
 """
 
 import io
