@@ -34,6 +34,28 @@ class Session:
     store: Store
     instance: DagsterInstance
 
+    @classmethod
+    def of(
+        cls,
+        settings: Settings,
+        instance: DagsterInstance,
+        analyses: list[Analysis[Any, Any]] | None = None,
+    ) -> Session:
+        """A session on ``settings`` and ``instance``, serving ``analyses`` (default: every analysis
+        served, as the code location finds them)."""
+        built = build_analysis_set(analyses, settings)
+        defs = build_definitions(settings=settings, built=built)
+        assert defs.resources is not None
+        return cls(
+            settings=settings,
+            analyses={name: d.analysis for name, d in built.items()},
+            built=built,
+            defs=defs,
+            resources=defs.resources,
+            store=defs.resources["store"].get_store(),
+            instance=instance,
+        )
+
 
 def open_session() -> Session:
     """Settings, analyses, definitions, store and the Dagster instance of ``DAGSTER_HOME`` (default
@@ -42,18 +64,7 @@ def open_session() -> Session:
     settings = load_settings()
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
-    built = build_analysis_set(settings=settings)
-    defs = build_definitions(settings=settings, built=built)
-    assert defs.resources is not None
-    return Session(
-        settings=settings,
-        analyses={name: d.analysis for name, d in built.items()},
-        built=built,
-        defs=defs,
-        resources=defs.resources,
-        store=defs.resources["store"].get_store(),
-        instance=open_instance(home),
-    )
+    return Session.of(settings, open_instance(home))
 
 
 def open_instance(home: Path) -> DagsterInstance:

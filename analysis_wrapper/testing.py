@@ -173,7 +173,7 @@ def run_analysis_job(
     job_file = make_job_file(workdir / "jobs", inputs, analysis.name, parameters)
     settings.dagster_home.mkdir(parents=True, exist_ok=True)
     with DagsterInstance.local_temp(str(settings.dagster_home), _INSTANCE) as instance:
-        session = _session(settings, analysis, instance)
+        session = Session.of(settings, instance, [analysis])
         prepared = prepare_files([job_file], session.analyses, analysis.name, settings.MAX_JOB_FILE_BYTES)
         if prepared.rejected:
             raise JobRunError(prepared.rejected[0].message)
@@ -194,25 +194,6 @@ def run_analysis_job(
         outputs=outputs,
         result_dir=Path(location) if location and "://" not in location else None,
         state=entry.state if entry is not None else None,
-    )
-
-
-def _session(settings: Settings, analysis: Analysis[Any, Any], instance: DagsterInstance) -> Session:
-    """A :class:`Session` serving ``analysis`` only, on ``settings`` and ``instance`` (not on the
-    environment, as :func:`~analysis_wrapper.session.open_session` is)."""
-    from analysis_wrapper.code_location import build_analysis_set, build_definitions
-
-    built = build_analysis_set([analysis], settings)
-    defs = build_definitions(settings=settings, built=built)
-    assert defs.resources is not None
-    return Session(
-        settings=settings,
-        analyses={analysis.name: analysis},
-        built=built,
-        defs=defs,
-        resources=defs.resources,
-        store=defs.resources["store"].get_store(),
-        instance=instance,
     )
 
 
