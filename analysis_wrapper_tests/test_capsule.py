@@ -379,3 +379,53 @@ def test_the_capsule_lookup_is_one_query_per_batch(
     before = store.query_count
     assert recorded_jobs(store, {MODULE: plain}, jobs) == {}
     assert store.query_count - before == 1
+
+
+def test_what_the_capsule_recorded_decides(capsule: ModuleType, tmp_path: Path) -> None:
+    """Matched as the capsule recorded the job: its attached data besides the job's assets and an S3 URL
+    spelt with a trailing "/" still match; an app-panel override the capsule merged, or another capsule
+    version, do not."""
+    import aind_data_schema.core.processing as ps
+    from aind_data_schema.base import GenericModel
+    from aind_data_schema.components.identifiers import DataAsset
+    from analysis_pipeline_utils.analysis_dispatch_model import AnalysisDispatchModel
+    from analysis_pipeline_utils.metadata import update_analysis_process
+
+    from analysis_wrapper.capsule_records import capsule_recorded
+    from analysis_wrapper.job_file import parse_job
+    from analysis_wrapper.make_job import build_analysis_job
+
+    analysis = analysis_of_module(capsule)
+    parameters = {"analysis_name": MODULE, "analysis_tag": "t", "threshold": 3}
+    jobs = {
+        name: {
+            "s3_location": [f"s3://bucket/{name}"],
+            "asset_name": [name],
+            "docdb_record_id": [name],
+            "distributed_parameters": {"threshold": 4},
+            "analysis_code": {"url": CODE_URL, "parameters": parameters},
+        }
+        for name in ("attached", "slash", "panel", "version")
+    }
+    store = SqliteStore(tmp_path / "records.sqlite")
+    for name, job in jobs.items():
+        code = ps.Code(url=CODE_URL, version="2.0" if name == "version" else CODE_VERSION, parameters={})
+        code.input_data = [DataAsset(url="s3://attached/reference")] if name == "attached" else []
+        code.parameters = GenericModel()
+        base = ps.DataProcess.model_construct(code=code)
+        dispatched = AnalysisDispatchModel.model_validate(
+            {**job, "s3_location": [f"s3://bucket/{name}/"]} if name == "slash" else job
+        )
+        process = update_analysis_process(
+            base, dispatched, **({"analysis_tag": "panel"} if name == "panel" else {})
+        )
+        record = {
+            "_id": f"capsule-{name}",
+            "processing": {"data_processes": [process.model_dump(mode="json")]},
+        }
+        store.insert_record(MODULE, record)
+    built = {name: build_analysis_job(parse_job(job, name), analysis) for name, job in jobs.items()}
+    found = capsule_recorded(store, analysis, list(built.values()))
+    store.close()
+    assert {name for name, job in built.items() if job.fingerprint in found} == {"attached", "slash"}
+    assert found[built["slash"].fingerprint].record_id == "capsule-slash"
