@@ -109,13 +109,14 @@ def build_analysis_set(
     """The Dagster side of ``analyses`` (default: the analyses served here,
     :func:`~analysis_wrapper.analyses.discover_analyses`: installed entry points, else the shipped
     example, and ``ANALYSIS_MODULES``)."""
+    settings = settings or Settings()
     if analyses is None:
-        analyses = discover_analyses((settings or Settings()).analysis_modules).values()
+        analyses = discover_analyses(settings.analysis_modules).values()
     chosen = list(analyses)
     names = [a.name for a in chosen]
     if twice := sorted({n for n in names if names.count(n) > 1}):
         raise ValueError(f"two analyses given are named {', '.join(map(repr, twice))}")
-    return {a.name: build_analysis_definitions(a) for a in chosen}
+    return {a.name: build_analysis_definitions(a, settings.BACKFILL_PARTITIONS_PER_RUN) for a in chosen}
 
 
 def build_definitions(

@@ -45,6 +45,7 @@ from analysis_wrapper.partition_run import RunPlace
 from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import OUTPUTS_MODEL_METADATA_KEY, ResultsIOManager
 from analysis_wrapper.resources.runtime import AnalysisRuntime
+from analysis_wrapper.settings import Settings
 from analysis_wrapper.summary.asset import build_summary_asset
 from analysis_wrapper.tags import ANALYSIS_TAG, FINGERPRINT_TAG
 
@@ -52,9 +53,7 @@ __all__ = ["ANALYSIS_TAG", "FINGERPRINT_TAG", "AnalysisDefinitions", "build_anal
 
 RESULTS_IO_MANAGER_KEY = "results_io_manager"
 RESULT_OUTPUT = "result"
-BACKFILL_PARTITIONS_PER_RUN = 25
-"""Partitions of a UI backfill per run: a run costs 2-4 s before its first job, a small job about 0.1 s
-inside a run (benchmarks/), so 25 a run spends less than half its time on Dagster's launch."""
+BACKFILL_PARTITIONS_PER_RUN: int = Settings.model_fields["BACKFILL_PARTITIONS_PER_RUN"].default
 
 
 @dataclass(frozen=True)

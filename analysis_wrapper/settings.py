@@ -84,6 +84,12 @@ class Settings(BaseSettings):
         description="Most jobs one sensor run holds (a batch run); 1: one run per job. A run costs about "
         "a second of its own, so batches keep small jobs from waiting on Dagster",
     )
+    BACKFILL_PARTITIONS_PER_RUN: int = Field(
+        25,
+        ge=1,
+        description="Most partitions one run of a UI backfill holds (the result asset's BackfillPolicy); 1: "
+        "one run per partition. A run costs 2-4 s before its first job, a small job about 0.1 s inside one",
+    )
     SENSOR_MAX_QUEUED_RUNS: int = Field(
         200, ge=0, description="Request no more while this many runs of the analysis are queued (0: no limit)"
     )
