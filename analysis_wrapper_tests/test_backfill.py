@@ -102,10 +102,10 @@ defs = make_harness(make_settings(here, here), [echo]).defs
 """
 
 
-def _backfill_runs(tmp_path: Path, n: int, selected: list[int] | None) -> list[Any]:
-    """Launch a backfill of ``n`` partitions (all of them, or those ``selected``) as the UI's
-    launchPartitionBackfill does, let the backfill daemon's logic submit its runs (queued: none
-    executes), and return them."""
+def _backfill_runs(tmp_path: Path, n: int, selections: dict[str, list[int] | None]) -> dict[str, list[Any]]:
+    """Register ``n`` partitions, launch one backfill per selection (``None``: all partitions) as the
+    UI's launchPartitionBackfill does, let the backfill daemon's logic submit their runs (queued: none
+    executes), and return each backfill's runs."""
     import logging
     import time
 
@@ -120,41 +120,65 @@ def _backfill_runs(tmp_path: Path, n: int, selected: list[int] | None) -> list[A
     keys = [f"job-{i:04d}" for i in range(n)]
     queued = {"module": "dagster._core.run_coordinator", "class": "QueuedRunCoordinator"}
     target = PythonFileTarget(str(tmp_path / "defs.py"), "defs", str(Path.cwd()), "backfill")
+    runs: dict[str, list[Any]] = {}
     with (
         instance_for_test(temp_dir=str(tmp_path / "home"), overrides={"run_coordinator": queued}) as instance,
         create_test_daemon_workspace_context(target, instance) as workspace,
     ):
         instance.add_dynamic_partitions(echo.partitions_name, keys)
-        backfill = PartitionBackfill.from_asset_partitions(
-            backfill_id="ui",
-            asset_graph=workspace.create_request_context().asset_graph,
-            partition_names=None if selected is None else [keys[i] for i in selected],
-            asset_selection=[ASSET],
-            backfill_timestamp=time.time(),
-            tags={},
-            dynamic_partitions_store=instance,
-            all_partitions=selected is None,
-            title=None,
-            description=None,
-            run_config=None,
-        )
-        instance.add_backfill(backfill)
+        for name, selected in selections.items():
+            backfill = PartitionBackfill.from_asset_partitions(
+                backfill_id=name,
+                asset_graph=workspace.create_request_context().asset_graph,
+                partition_names=None if selected is None else [keys[i] for i in selected],
+                asset_selection=[ASSET],
+                backfill_timestamp=time.time(),
+                tags={},
+                dynamic_partitions_store=instance,
+                all_partitions=selected is None,
+                title=None,
+                description=None,
+                run_config=None,
+            )
+            instance.add_backfill(backfill)
         for _ in range(3):  # the daemon's ticks, until every run is submitted
             list(execute_backfill_iteration(workspace, logging.getLogger("backfill")))
-            if not instance.get_backfill("ui").submitting_run_requests:
+            if not any(instance.get_backfill(name).submitting_run_requests for name in selections):
                 break
-        assert instance.get_backfill("ui").status == BulkActionStatus.REQUESTED
-        runs = instance.get_runs(RunsFilter(tags={"dagster/backfill": "ui"}))
-    return sorted(runs, key=lambda run: run.tags[RANGE_START])
+        for name in selections:
+            assert instance.get_backfill(name).status == BulkActionStatus.REQUESTED
+            found = instance.get_runs(RunsFilter(tags={"dagster/backfill": name}))
+            runs[name] = sorted(found, key=lambda run: run.tags[RANGE_START])
+    return runs
 
 
 @pytest.mark.slow
 def test_materialize_all_on_1000_partitions_makes_40_runs(tmp_path: Path) -> None:
-    runs = _backfill_runs(tmp_path, 1000, None)
-    assert len(runs) == 40  # ceil(1000 / BACKFILL_PARTITIONS_PER_RUN)
-    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in runs[:2]] == [
+    selections = {"all": None, "gaps": [0, 1, 2, 4, 5, 9]}
+    runs = _backfill_runs(tmp_path, 1000, selections)
+    assert len(runs["all"]) == 40  # ceil(1000 / BACKFILL_PARTITIONS_PER_RUN)
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in runs["all"][:2]] == [
         ("job-0000", "job-0024"),
         ("job-0025", "job-0049"),
     ]
     # Dagster's own asset job runs them (not echo_job): the project's run tags are not on them.
-    assert {r.job_name for r in runs} == {"__ASSET_JOB"}
+    assert {r.job_name for r in runs["all"]} == {"__ASSET_JOB"}
+    # A range is partitions next to each other in the order registered: a selection with gaps takes
+    # one run per unbroken stretch (a stretch of one is a range of one, computed as a lone partition).
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in runs["gaps"]] == [
+        ("job-0000", "job-0002"),
+        ("job-0004", "job-0005"),
+        ("job-0009", "job-0009"),
+    ]
+
+
+def test_a_range_of_one_is_a_lone_partition(harness_factory: Any, tmp_path: Path) -> None:
+    """A backfill's stretch of one partition is a ranged run without a partition tag."""
+    h = harness_factory([echo])
+    (job,) = _jobs(h, tmp_path, {"scale": 1.0})
+    result = _ranged_run(h, job.partition_key, job.partition_key)
+    assert result.success
+    (materialization,) = result.asset_materializations_for_node(echo.asset_name)
+    assert materialization.partition == job.partition_key
+    assert materialization.metadata["status"].value == "recorded"
+    assert h.store.get_job("echo", job.partition_key).state == JobState.DONE
