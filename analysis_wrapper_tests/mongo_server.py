@@ -167,6 +167,7 @@ class MongoServer:
         (self.folder / "secantusd.toml").touch()
         if self.process is None:
             self.process = ServerProcess("secantusd-py", self.command(), self.log_path, cwd=self.folder)
+        self.process.argv = self.command()  # the flags may have changed since the last start
         self.process.start(self._answers_ping, timeout_s, every_s=0.02)
         return self
 
