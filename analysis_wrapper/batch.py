@@ -12,6 +12,9 @@ A partition that fails is marked failed in the registry (to be retried like any 
 goes on with the next one (a partition whose fingerprint another run is computing is skipped); the
 run fails at the end, naming every partition that failed. The keys of
 a batch are in its run config (:func:`batch_keys`), where the sensors read them back.
+
+:func:`run_each` is that loop; a UI backfill's run of a range of partitions of the result asset
+(:mod:`analysis_wrapper.factory`, its ``BackfillPolicy``) runs it too.
 """
 
 import functools

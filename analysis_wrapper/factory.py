@@ -7,6 +7,9 @@ Each registered :class:`~analysis_wrapper.analysis.Analysis` gets
 * ``<name>_result``: the result asset; it loads its job from the registry by partition key (so UI
   materializations and backfills need no config), skips fingerprints already recorded, runs the
   analysis and commits its result through :mod:`analysis_wrapper.commit`;
+  A backfill from the UI runs up to ``BACKFILL_PARTITIONS_PER_RUN`` partitions in one run (the asset's
+  ``BackfillPolicy``): a range of partitions, each through the same commit path and reporting its own
+  events (:func:`analysis_wrapper.batch.run_each`), the run failing at its end if one failed;
 * ``<name>_job``: an asset job over that asset, one partition per run;
 * ``<name>_batch_job``: several partitions per run (see :mod:`analysis_wrapper.batch`).
 """
@@ -17,9 +20,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckResult,
     AssetExecutionContext,
     AssetKey,
+    AssetMaterialization,
     AssetObservation,
     AssetOut,
     AssetsDefinition,
@@ -87,7 +92,9 @@ def build_analysis_definitions(
         store: StoreResource,
         runtime: AnalysisRuntime,
         results_io_manager: ResourceParam[ResultsIOManager],
-    ) -> Iterator[MaterializeResult | AssetObservation | AssetCheckResult]:
+    ) -> Iterator[
+        MaterializeResult | AssetMaterialization | AssetObservation | AssetCheckResult | AssetCheckEvaluation
+    ]:
         keys = context.partition_keys
         selected = {check.name for check in context.selected_asset_check_keys}
         place = RunPlace(context.run.run_id, asset_key.to_user_string(), run_script, context.log)
