@@ -41,7 +41,7 @@ from dagster import (
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.capsule_records import recorded_jobs
 from analysis_wrapper.checks import CheckOutcome, evaluate_checks
-from analysis_wrapper.errors import AnalysisWrapperError
+from analysis_wrapper.errors import AnalysisWrapperError, one_line
 from analysis_wrapper.inputs import InputNotFoundError
 from analysis_wrapper.job_file import AnalysisJob
 from analysis_wrapper.lifecycle import JobLifecycle
@@ -70,7 +70,7 @@ def failure_metadata(exc: Exception, run_id: str) -> dict[str, Any]:
     """What a failed partition's observation says: the reason and the run whose log has the rest."""
     message = failure_text(exc)
     return {
-        "status": f"failed: {message.splitlines()[0] if message else type(exc).__name__}",
+        "status": f"failed: {one_line(message) if message else type(exc).__name__}",
         "reason": MetadataValue.md(f"```\n{message}\n```") if "\n" in message else message,
         "run_id": run_id,
     }

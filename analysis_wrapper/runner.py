@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,6 +21,7 @@ from dagster import DagsterInstance, ExecuteInProcessResult
 
 from analysis_wrapper.batch import batch_run_config
 from analysis_wrapper.capsule_records import recorded_jobs
+from analysis_wrapper.errors import one_line
 from analysis_wrapper.job_file import AnalysisJob, JobFileError
 from analysis_wrapper.lifecycle import JobLifecycle
 from analysis_wrapper.ownership import end_heartbeat, fingerprint_key, heartbeat, lease_dead, this_host
@@ -39,8 +39,6 @@ DEFAULT_BATCH_SIZE = 20
 """Jobs per in-process run: a Dagster run costs about 0.2 s of its own."""
 OUTCOMES = ("done", "already done", "elsewhere", "dry run", "failed")
 """What may become of a job (:class:`Outcome`)."""
-ERROR_CHARS = 300
-"""An error message longer than this (on one line) is shown as its first sentence (:func:`one_line`)."""
 
 
 @dataclass(frozen=True)
@@ -259,15 +257,6 @@ def error_line(error: Any) -> str:
     elif error.cls_name and not text.startswith(error.cls_name):
         text = f"{error.cls_name}: {text}"
     return one_line(text) if text else (error.cls_name or "unknown error")
-
-
-def one_line(text: str, limit: int | None = ERROR_CHARS) -> str:
-    """An error message on one line, never cut in mid-sentence: its line breaks and indents become
-    single spaces (HDF5, for one, breaks its messages in mid-sentence), and a message longer than
-    ``limit`` (None: no limit) keeps its whole first sentence, then ``…`` (the rest is in the run's log)."""
-    flat = " ".join(text.split())
-    end = re.search(r"[.!?](?=\s)", flat) if limit is not None and len(flat) > limit else None
-    return f"{flat[: end.end()]} …" if end else flat
 
 
 def _statuses(result: ExecuteInProcessResult) -> dict[str, tuple[str, str]]:

@@ -616,7 +616,7 @@ def test_an_input_read_error_with_a_line_break_is_shown_whole(
 
 
 def test_one_line_keeps_a_whole_first_sentence_or_the_whole_message() -> None:
-    from analysis_wrapper.runner import one_line
+    from analysis_wrapper.errors import one_line
 
     assert one_line("a\n  b (c\n, d)") == "a b (c , d)"
     long = "The input cannot be read: " + "x" * 40 + ". " + "More detail follows here. " * 20

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dagster import BetaWarning, PreviewWarning
 
 from analysis_wrapper.cli import dispatch, jobs, new, tables
-from analysis_wrapper.errors import AnalysisWrapperError
+from analysis_wrapper.errors import AnalysisWrapperError, one_line
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,5 +77,5 @@ def _exception_line(exc: BaseException) -> str:
     root = exc
     while root.__cause__ is not None:
         root = root.__cause__
-    text = f"{type(root).__name__}: {str(root).strip().splitlines()[0] if str(root).strip() else ''}"
-    return text if root is exc else f"{type(exc).__name__}: {str(exc).strip()[:200]} ({text})"
+    text = f"{type(root).__name__}: {one_line(str(root))}"
+    return text if root is exc else f"{type(exc).__name__}: {one_line(str(exc))} ({text})"

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from analysis_wrapper.errors import one_line
 from analysis_wrapper.job_file import AnalysisJob
 from analysis_wrapper.lifecycle import JobLifecycle
 from analysis_wrapper.records import jobs_by_key
@@ -19,7 +20,6 @@ from analysis_wrapper.runner import (
     OUTCOMES,
     RunOptions,
     check_may_run,
-    one_line,
     registered_jobs,
     run_jobs,
 )

@@ -9,15 +9,15 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
+from analysis_wrapper.errors import one_line
 from analysis_wrapper.records import add_files, find_records
-from analysis_wrapper.runner import one_line
 from analysis_wrapper.session import open_session
 
 OUTPUTS_WIDTH = 70
 """Characters of a record's outputs ``results`` shows (then an ellipsis; ``--full``: all of them)."""
 ERROR_WIDTH = 60
 """A job's last error longer than this is shown by ``status`` as its first sentence (``--full``: all of
-it); an error is never cut in mid-sentence (:func:`~analysis_wrapper.runner.one_line`)."""
+it); an error is never cut in mid-sentence (:func:`~analysis_wrapper.errors.one_line`)."""
 ELLIPSIS = "…"
 
 

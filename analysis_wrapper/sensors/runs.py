@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dagster import DagsterEventType, DagsterInstance, DagsterRun, DagsterRunStatus
 
 from analysis_wrapper.batch import batch_keys
+from analysis_wrapper.errors import one_line
 from analysis_wrapper.lifecycle import JobLifecycle
 from analysis_wrapper.store.base import JobEntry, JobState, Store
 from analysis_wrapper.tags import ATTEMPT_TAG, FINGERPRINT_TAG, PARTITION_TAG
@@ -102,7 +103,7 @@ def run_error(instance: DagsterInstance, run_id: str, fallback: str) -> str:
             event = record.dagster_event
             data = event.step_failure_data if event else None
             if data and data.error:
-                return f"run {run_id}: {data.error.message.strip().splitlines()[0]}"
+                return f"run {run_id}: {one_line(data.error.message)}"
     except Exception:  # the message is a courtesy; never fail a tick over it
         log.debug("cannot read the step failures of run %s", run_id, exc_info=True)
     return f"run {run_id}: {fallback}"
