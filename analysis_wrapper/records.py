@@ -11,9 +11,8 @@ The filters run in the database (merged parameters, analysis version, superseded
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from dagster_aws.s3 import S3Resource
 
 from analysis_wrapper.code_location import store_resource
@@ -22,6 +21,9 @@ from analysis_wrapper.resources.s3_client import cached_client
 from analysis_wrapper.settings import Settings
 from analysis_wrapper.store.base import JobEntry, Store
 from analysis_wrapper.summary.table import summary_frame
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def find_records(

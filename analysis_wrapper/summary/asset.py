@@ -20,9 +20,8 @@ run --summary`` updates it itself after recording (:func:`analysis_wrapper.runne
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 from dagster import (
     AssetExecutionContext,
     AssetKey,
@@ -53,6 +52,9 @@ from analysis_wrapper.scratch import make_scratch, remove_scratch
 from analysis_wrapper.summary.figures import draw_summary_figure
 from analysis_wrapper.summary.table import merge_rows, summary_frame
 from analysis_wrapper.tags import ANALYSIS_TAG
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 PARQUET = "summary.parquet"
 CSV = "summary.csv"
@@ -111,8 +113,10 @@ def summary_sensor(
     )
 
 
-def _read_previous(storage: Any, folder: str) -> tuple[pd.DataFrame, pd.DataFrame | None, int | None]:
+def _read_previous(storage: Any, folder: str) -> "tuple[pd.DataFrame, pd.DataFrame | None, int | None]":
     """The previous summary (jobs, details, cursor), or nothing when there is none yet."""
+    import pandas as pd  # ~0.5 s to import: paid by a summary run, not by every process loading the code
+
     try:
         state = json.loads(storage.read_bytes(folder, RECORD_FILE))
         rows = pd.read_parquet(io.BytesIO(storage.read_bytes(folder, PARQUET)))
@@ -126,8 +130,10 @@ def _read_previous(storage: Any, folder: str) -> tuple[pd.DataFrame, pd.DataFram
     return rows, details, state.get("cursor")
 
 
-def _job_details(analysis: Analysis[Any, Any], record: dict[str, Any], s3_client: Any) -> pd.DataFrame:
+def _job_details(analysis: Analysis[Any, Any], record: dict[str, Any], s3_client: Any) -> "pd.DataFrame":
     """The analysis's own rows of one job (``summary_rows``), each with the job's keys in front."""
+    import pandas as pd  # ~0.5 s to import: paid by a summary run, not by every process loading the code
+
     assert analysis.summary_rows is not None
     storage, name = storage_for_location(str(record["location"]), s3_client)
     frame = pd.DataFrame(analysis.summary_rows(record, lambda file: storage.read_bytes(name, file)))
@@ -168,8 +174,10 @@ def _new_fingerprints(
         page_cursor = page.cursor
 
 
-def _preview(rows: pd.DataFrame) -> MetadataValue:
+def _preview(rows: "pd.DataFrame") -> MetadataValue:
     """The newest rows, with the columns a scientist scans first."""
+    import pandas as pd  # ~0.5 s to import: paid by a summary run, not by every process loading the code
+
     outs = [c for c in rows.columns if c.startswith("out.")][:5]
     columns = ["partition_key", "session", "analysis_version", "parameter_set", "created", *outs, "location"]
     columns = [c for c in columns if c in rows.columns]
@@ -214,6 +222,8 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
         runtime: AnalysisRuntime,
         results_io_manager: ResultsIOManager,
     ) -> MaterializeResult:
+        import pandas as pd  # ~0.5 s to import: paid by a summary run, not by every process loading the code
+
         storage = results_io_manager.results.results()
         s3_client = results_io_manager.results.s3_client() if has_details else None
         rows, details, cursor = _read_previous(storage, folder)

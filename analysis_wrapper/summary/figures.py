@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from analysis_wrapper.analysis import Analysis
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 GROUP_COLUMNS = ["analysis_version", "parameter_set"]
 """What keeps jobs apart in a figure: rows of the job table and the analysis's own rows both carry them."""
@@ -58,6 +60,8 @@ def new_figure(width: float, height: float) -> Any:
 def outputs_figure(name: str, jobs: pd.DataFrame, path: Path) -> None:
     """Histograms of (up to four) numeric outputs across jobs, one colour per version and parameter
     set; an empty-state figure while there is no job."""
+    import pandas as pd  # ~0.5 s to import: paid by a summary run, not by every process loading the code
+
     numeric = [c for c in jobs.columns if c.startswith("out.") and pd.api.types.is_numeric_dtype(jobs[c])]
     numeric = numeric[:4] if len(jobs) else []
     figure = new_figure(4 * max(1, len(numeric)), 3.8)

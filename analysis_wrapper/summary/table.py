@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 FIXED_COLUMNS = [
     "partition_key",
@@ -84,6 +85,8 @@ def ordered(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def summary_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
+    import pandas as pd  # ~0.5 s to import: paid by a summary run, not by every process loading the code
+
     rows = [summary_row(r) for r in records]
     if not rows:
         return pd.DataFrame(columns=[*FIXED_COLUMNS, *TAIL_COLUMNS])
@@ -93,6 +96,8 @@ def summary_frame(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def merge_rows(previous: pd.DataFrame, new: pd.DataFrame) -> pd.DataFrame:
     """``previous`` with ``new`` rows replacing those of the same partition (a job re-run under a new
     version or under ``force`` has one row: its latest record), sorted by partition key."""
+    import pandas as pd  # ~0.5 s to import: paid by a summary run, not by every process loading the code
+
     if previous.empty:
         merged = new
     elif new.empty:
