@@ -49,7 +49,6 @@ DAGSTER_TABLES = {
 """Tables of Dagster's run, event-log and schedule storage (a subset: every one of these must exist)."""
 
 
-
 def _use_database(server: PostgresServer, database: str, monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in server.env(database).items():
         monkeypatch.setenv(name, value)

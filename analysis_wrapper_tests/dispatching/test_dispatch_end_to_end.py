@@ -18,7 +18,6 @@ from analysis_wrapper_tests.mongo_server import MongoServer
 PHASE_TIMEOUT_S = 200.0  # the daemon also runs the other analyses' sensors and summaries on 2 busy cores
 
 
-
 def asset_files(root: Path, records: list[dict[str, Any]], skip: str) -> None:
     for record in records:
         folder = Path(record["location"])
