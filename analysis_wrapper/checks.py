@@ -1,7 +1,9 @@
 """Asset checks of every recorded partition: is the result what its record says it is?
 
 Three checks per partition of ``<analysis>_result``, evaluated right after the partition's result is
-committed (by the result asset and by batch runs alike), so each materialization shows its checks:
+committed (by the result asset and by batch runs alike), so each materialization shows its checks; a
+run that skips a recorded partition evaluates them too, so the Checks tab shows the recorded result's
+real state, never "Skipped":
 
 * ``folder_complete``: every file the record lists is in the results folder with the listed size,
   and ``outputs.json`` and ``metadata.nd.json`` are there (the latter naming the record's run);
@@ -94,16 +96,23 @@ def _specs(asset_key: AssetKey, partitions: PartitionsDefinition) -> list[AssetC
 
 
 def evaluate_checks(
-    analysis: Analysis[Any, Any], fingerprint: str, store: Store, results: ResultsStorageResource
+    analysis: Analysis[Any, Any],
+    fingerprint: str,
+    store: Store,
+    results: ResultsStorageResource,
+    missing_ok: bool = False,
 ) -> list[CheckOutcome]:
     """The three checks of the result recorded under ``fingerprint`` (one record read, one listing of
-    the folder, two small files read)."""
+    the folder, two small files read). No record fails them all, or, ``missing_ok`` (a skip for a run
+    that records it, a capsule's record), gives no checks: nothing of ours to check."""
     try:
         record = store.get_record(analysis.name, fingerprint)
     except Exception as exc:
         reason = f"cannot read the record store: {type(exc).__name__}: {exc}"
         return [CheckOutcome(name, False, reason) for name in CHECK_NAMES]
     if record is None:
+        if missing_ok:
+            return []
         reason = f"no record of {analysis.name} under fingerprint {fingerprint} in the record store"
         return [CheckOutcome(name, False, reason) for name in CHECK_NAMES]
     location = str(record.get("location") or "")

@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,16 +37,18 @@ from dagster import (
     Failure,
     MetadataValue,
 )
+from pydantic import ValidationError
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.capsule_records import recorded_jobs
 from analysis_wrapper.checks import CheckOutcome, evaluate_checks
+from analysis_wrapper.config import overrides_from_config
 from analysis_wrapper.errors import AnalysisWrapperError, one_line
 from analysis_wrapper.inputs import InputNotFoundError
-from analysis_wrapper.job_file import AnalysisJob
+from analysis_wrapper.job_file import AnalysisJob, JobFileError
 from analysis_wrapper.lifecycle import JobLifecycle
 from analysis_wrapper.ownership import Claim, Held, claimed, fingerprint_key
-from analysis_wrapper.partition_run import Computed, RunPlace, compute, load_job, start
+from analysis_wrapper.partition_run import Computed, RunPlace, compute, job_of_entry, load_job, start
 from analysis_wrapper.provenance import CodeState, DirtyTreeError, check_may_post
 from analysis_wrapper.resources.results_resources import ResultsStorageResource
 from analysis_wrapper.resources.results_storage import ResultsStorage
@@ -56,6 +58,15 @@ from analysis_wrapper.result_metadata import inputs_table, location_link, record
 from analysis_wrapper.scratch import scratch_folder
 from analysis_wrapper.store.base import RecordExistsError, Store, StoreError
 from analysis_wrapper.tags import CODE_VERSION_TAG, DATA_VERSION_TAG
+
+OUTCOME_TAG = "analysis_wrapper/outcome"
+"""What a run did, on its run page's header (:func:`outcome_tags`): a run that only skipped says so there."""
+OUTCOME_KINDS = ("recorded", "skipped", "dry run", "failed")
+
+
+class RunConfigRefused(Failure, AnalysisWrapperError):
+    """Run-config overrides the analysis's ``Params`` refuse for a job of the run: the run stops before
+    it writes anything (a Dagster ``Failure``: the run page shows the message, no stack trace)."""
 
 
 class ClaimLostError(AnalysisWrapperError, RuntimeError):
@@ -80,7 +91,7 @@ def failure_metadata(exc: Exception, run_id: str) -> dict[str, Any]:
 class PartitionOutcome:
     """What one partition came to. ``materialized``: a new recorded result (a materialization, with
     its ``checks``); anything else (a skip, a dry run, a failure: ``error``) is an observation, so the
-    partition keeps showing its recorded result."""
+    partition keeps showing its recorded result; a skip carries that result's ``checks``."""
 
     key: str
     metadata: dict[str, Any]
@@ -93,17 +104,41 @@ class PartitionOutcome:
     def status(self) -> str:
         return str(self.metadata.get("status") or "done")
 
+    @property
+    def skipped(self) -> bool:
+        return self.status.startswith("skipped")
+
+    @property
+    def kind(self) -> str:
+        """One of :data:`OUTCOME_KINDS`."""
+        if self.materialized:
+            return "recorded"
+        return "failed" if self.error is not None else self.status.split(":", 1)[0]
+
     def events(
         self, asset_key: AssetKey, code_version: str
     ) -> Iterator[AssetMaterialization | AssetObservation | AssetCheckEvaluation]:
         """The outcome as the events an op reports for one partition of ``asset_key``."""
-        if not self.materialized:
+        if self.materialized:
+            tags = {DATA_VERSION_TAG: str(self.fingerprint), CODE_VERSION_TAG: code_version}
+            yield AssetMaterialization(
+                asset_key=asset_key, partition=self.key, metadata=self.metadata, tags=tags
+            )
+        else:
             yield AssetObservation(asset_key=asset_key, partition=self.key, metadata=self.metadata)
-            return
-        tags = {DATA_VERSION_TAG: str(self.fingerprint), CODE_VERSION_TAG: code_version}
-        yield AssetMaterialization(asset_key=asset_key, partition=self.key, metadata=self.metadata, tags=tags)
         for checked in self.checks:
             yield checked.evaluation(asset_key, self.key)
+
+
+def outcome_tags(outcomes: Collection[PartitionOutcome]) -> dict[str, str]:
+    """The run tag saying what a run's partitions came to: one partition's skip with its reason
+    (``skipped: already recorded``), else what they came to (``recorded``; ``3 recorded, 2 skipped``)."""
+    if len(outcomes) == 1 and (only := next(iter(outcomes))).skipped:
+        return {OUTCOME_TAG: only.status}
+    kinds = [o.kind for o in outcomes]
+    order = [*OUTCOME_KINDS, *sorted(set(kinds) - set(OUTCOME_KINDS))]
+    counts = [f"{kinds.count(k)} {k}" if len(kinds) > 1 else k for k in order if k in kinds]
+    return {OUTCOME_TAG: ", ".join(counts)}
 
 
 @dataclass
@@ -142,15 +177,36 @@ class CommitService:
             if self.counts_refusals:
                 self._count_refusal(key, exc)
             return PartitionOutcome(key, failure_metadata(exc, self.place.run_id), error=exc)
-        if outcome.materialized and outcome.fingerprint:
-            checks = evaluate_checks(self.analysis, outcome.fingerprint, self.store, self.results)
+        if outcome.fingerprint and (outcome.materialized or outcome.skipped):
+            # A skip defers to a recorded result: its checks say what state that result is in.
+            checks = evaluate_checks(
+                self.analysis, outcome.fingerprint, self.store, self.results, missing_ok=outcome.skipped
+            )
             outcome = dataclasses.replace(outcome, checks=tuple(checks))
         return outcome
 
-    def check_partition(self, key: str, config: Any) -> list[CheckOutcome]:
-        """The checks of partition ``key``'s recorded result, computing nothing."""
+    def refuse_bad_config(self, keys: Collection[str], config: Any) -> None:
+        """Raise :class:`RunConfigRefused` when ``config``'s overrides make any of ``keys``' jobs invalid
+        (a value its ``Params`` refuses, alone or with the job's own values; a type Dagster's config
+        let through). Called first in a run, so a refused config changes no partition, record or job
+        state: Dagster's launch-time check knows only the config's types, never ``Params``."""
+        overrides = overrides_from_config(config, self.analysis)
+        if not overrides:
+            return
+        for key, entry in self.store.get_jobs(self.analysis.name, keys).items():
+            try:
+                job_of_entry(entry, self.analysis, overrides)
+            except (JobFileError, ValidationError) as exc:
+                raise RunConfigRefused(
+                    f"Run config refused, nothing was run or changed (partition {key} of "
+                    f"{self.analysis.name}): {exc}"
+                ) from None
+
+    def check_partition(self, key: str, config: Any, missing_ok: bool = False) -> list[CheckOutcome]:
+        """The checks of partition ``key``'s recorded result, computing nothing (none when it has no
+        record and ``missing_ok``)."""
         _entry, job = load_job(self.analysis, self.store, key, config, self.log)
-        return evaluate_checks(self.analysis, job.fingerprint, self.store, self.results)
+        return evaluate_checks(self.analysis, job.fingerprint, self.store, self.results, missing_ok)
 
     # ---- the steps --------------------------------------------------------------------------
     def _run(self, key: str, config: Any) -> PartitionOutcome:

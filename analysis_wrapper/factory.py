@@ -43,7 +43,7 @@ from dagster import (
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.batch import build_batch_job, partitions_service, run_each
 from analysis_wrapper.checks import check_specs
-from analysis_wrapper.commit import CommitService
+from analysis_wrapper.commit import CommitService, RunConfigRefused, outcome_tags
 from analysis_wrapper.config import build_config_class
 from analysis_wrapper.ownership import heartbeat_held
 from analysis_wrapper.partition_run import RunPlace
@@ -98,18 +98,29 @@ def build_analysis_definitions(
         keys = context.partition_keys
         selected = {check.name for check in context.selected_asset_check_keys}
         place = RunPlace(context.run.run_id, asset_key.to_user_string(), run_script, context.log)
-        if len(keys) > 1:  # a range of a backfill (BackfillPolicy): each partition reports itself
+        if len(keys) > 1:
             service = partitions_service(analysis, place, store, runtime, results_io_manager)
+        else:
+            records, results = store.get_store(), results_io_manager.results
+            service = CommitService(analysis, records, results, runtime, place, store.lease_ttl_s)
+        try:  # A config the analysis's Params refuse stops the run before anything is written, so no
+            # partition's metadata or job state shows it (Dagster's launch-time check cannot).
+            service.refuse_bad_config(keys, config)
+        except RunConfigRefused:
+            # The checks this run planned show the recorded results' state, not "execution failed".
+            for key in keys:
+                checked = service.check_partition(key, config_class(), missing_ok=True)
+                yield from (c.evaluation(asset_key, key) for c in checked if c.name in selected)
+            raise
+        if len(keys) > 1:  # a range of a backfill (BackfillPolicy): each partition reports itself
             if asset_key in context.selected_asset_keys:
-                yield from run_each(service, asset_key, keys, config, selected)
+                yield from run_each(service, asset_key, keys, config, selected, context.instance)
             else:
                 for key in keys:
                     checked = service.check_partition(key, config)
                     yield from (c.evaluation(asset_key, key) for c in checked if c.name in selected)
             return
         key = keys[0]
-        records, results = store.get_store(), results_io_manager.results
-        service = CommitService(analysis, records, results, runtime, place, store.lease_ttl_s)
         # The run's heartbeat, until the step ends: a started run without one, silent, is taken for dead.
         with heartbeat_held(service.store, place.run_id, store.lease_ttl_s):
             if asset_key not in context.selected_asset_keys:
@@ -117,6 +128,7 @@ def build_analysis_definitions(
                 checks = service.check_partition(key, config)
             else:
                 outcome = service.run_partition(key, config)
+                context.instance.add_run_tags(place.run_id, outcome_tags([outcome]))  # the run page says it
                 if not outcome.materialized:
                     # A skip, a dry run or a failure is no new result: the partition keeps showing its
                     # recorded one. An observation says what this run did (a failure: why, on the
@@ -124,13 +136,13 @@ def build_analysis_definitions(
                     yield AssetObservation(asset_key=asset_key, partition=key, metadata=outcome.metadata)
                     if outcome.error is not None:
                         raise outcome.error
-                    return
-                # Committed already: no value for an IO manager to store.
-                yield MaterializeResult(
-                    asset_key=asset_key,
-                    metadata=outcome.metadata,
-                    data_version=DataVersion(str(outcome.fingerprint)),
-                )
+                else:  # committed already: no value for an IO manager to store
+                    yield MaterializeResult(
+                        asset_key=asset_key,
+                        metadata=outcome.metadata,
+                        data_version=DataVersion(str(outcome.fingerprint)),
+                    )
+                # A skip's checks are those of the recorded result it defers to (none for a dry run).
                 checks = list(outcome.checks)
             yield from (checked.result() for checked in checks if checked.name in selected)
 

@@ -114,10 +114,16 @@ def test_batch_runs_check_each_partition(harness_factory: Any, tmp_path: Path) -
         (j.partition_key, name) for j in jobs for name in CHECK_NAMES
     }
     assert all(e.passed for e in evaluations)
-    # a batch that skips them all (recorded) reports observations only: no materialization, no checks
+    # a batch that skips them all (recorded) reports observations, no materialization, and the checks of
+    # the recorded results it defers to (their real state, never "Skipped")
     again = h.run_batch("echo", [j.partition_key for j in jobs])
     assert again.success
-    assert not again.get_asset_materialization_events() and not list(again.get_asset_check_evaluations())
+    assert not again.get_asset_materialization_events()
+    rechecked = list(again.get_asset_check_evaluations())
+    assert {(e.partition, e.check_name) for e in rechecked} == {
+        (j.partition_key, name) for j in jobs for name in CHECK_NAMES
+    }
+    assert all(e.passed for e in rechecked)
 
 
 def test_a_batch_runs_page_lists_its_partitions_and_their_outcome(
