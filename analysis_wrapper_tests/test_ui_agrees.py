@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from dagster import AssetCheckKey, AssetKey, AssetRecordsFilter, DagsterRunStatus
 
+from analysis_wrapper.analyses.isi_violations import analysis as isi
 from analysis_wrapper.checks import CHECK_NAMES
 from analysis_wrapper.commit import OUTCOME_TAG
 from analysis_wrapper.store.base import JobState
@@ -151,3 +153,39 @@ def test_a_refused_run_config_changes_nothing_of_a_recorded_partition(
     assert h.store.get_job("echo", other.partition_key).state == JobState.PENDING
     assert _latest(h, key).storage_id == before.storage_id
     assert _checks_tab(h, key) == {name: ("SUCCEEDED", True) for name in CHECK_NAMES}
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"isi_violations_cutoff": -0.1}, "parameters.isi_violations_cutoff"),
+        ({"min_isi_ms": 5.0}, "min_isi_ms (5.0) must be smaller than isi_threshold_ms"),  # with the job's
+    ],
+)
+def test_isi_violations_refuses_a_bad_override_before_its_recorded_partition_changes(
+    harness_factory: Any, example_jobs: list[Path], override: dict[str, Any], named: str
+) -> None:
+    h = harness_factory([isi])
+    job = h.submit(example_jobs[:1])[0]
+    assert h.materialize("isi_violations", job.partition_key).success
+    key, asset = job.partition_key, AssetKey(isi.asset_name)
+    before = h.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset, asset_partitions=[key]), limit=1
+    ).records[0]
+    bad = h.materialize("isi_violations", key, raise_on_error=False, **override)
+    assert not bad.success
+    message = next(e for e in bad.all_events if e.is_step_failure).step_failure_data.error.message
+    assert "Run config refused, nothing was run or changed" in message and named in message
+    assert not any(e.is_asset_observation or e.is_step_materialization for e in bad.all_events)
+    after = h.instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset, asset_partitions=[key]), limit=1
+    ).records[0]
+    assert after.storage_id == before.storage_id
+    assert h.store.get_job("isi_violations", key).state == JobState.DONE
+
+
+def test_a_failed_partitions_status_keeps_its_whole_message_on_one_line() -> None:
+    from analysis_wrapper.commit import failure_metadata
+
+    meta = failure_metadata(RuntimeError("cannot read x.nwb: unable to\n  open the file (truncated)"), "r1")
+    assert meta["status"] == "failed: RuntimeError: cannot read x.nwb: unable to open the file (truncated)"
