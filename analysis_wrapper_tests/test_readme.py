@@ -38,9 +38,11 @@ def test_every_private_dagster_import_is_listed_in_the_readme() -> None:
 
 VENV_BIN = Path(sys.executable).parent
 """The project's ``.venv/bin``: the README says once how to put it on ``PATH``."""
-COMMAND_SECTIONS = ("# analysis_wrapper", "## Walkthrough", "## CLI", "## Dagster UI and CLI")
+TEAM_SECTIONS = ("## Your own analysis project", "## Switching from the capsule")
+"""The sections a team follows to start its own project or bring its capsule (issue 19)."""
+COMMAND_SECTIONS = ("# analysis_wrapper", "## Walkthrough", "## CLI", "## Dagster UI and CLI", *TEAM_SECTIONS)
 """The README sections whose shell commands a new user copies first."""
-STANDARD_TOOLS = {"bash", "cat", "cp", "mkdir", "python3", "export", "source", "cd"}
+STANDARD_TOOLS = {"bash", "cat", "cp", "mkdir", "python3", "export", "source", "cd", "git"}
 """Programs and shell builtins a shell has without the project; any other must be in ``.venv/bin``."""
 
 
@@ -168,3 +170,24 @@ def test_every_analysis_wrapper_command_in_the_readme_names_a_real_subcommand_an
                     option = word.split("=")[0]
                     known = helps[sub] | top_options
                     assert option in known, f"`analysis-wrapper {' '.join(args)}`: no option {option}"
+
+
+def test_the_team_sections_commands_are_checked_and_name_what_the_package_installs() -> None:
+    """The two team sections are among the checked ones, with the commands a team runs (``new``, with and
+    without ``--from-capsule``; ``submit``, ``status``, ``run``, ``results``; ``pip``; ``dagster dev`` on the
+    instance ``run`` used), and the analysis-pipeline-utils pins they give are those ``setup.sh`` installs."""
+    calls = {title: [program_and_args(c) for c in shell_commands(section(title))] for title in TEAM_SECTIONS}
+    own, capsule = calls.values()
+    assert {"new", "run"} <= {args[0] for program, args in own if program == "analysis-wrapper" and args}
+    assert {"submit", "status", "run", "results", "new"} <= {
+        args[0] for program, args in capsule if program == "analysis-wrapper" and args
+    }
+    assert any(program == "analysis-wrapper" and "--from-capsule" in args for program, args in capsule)
+    assert ("pip", ["install", "-e", ".[dev]"]) in own
+    blocks = "".join(re.findall(r"```bash\n(.*?)```", section(TEAM_SECTIONS[0]), re.S))
+    dev = [c for c in shell_commands(f"```bash\n{blocks}```") if program_and_args(c) == ("dagster", ["dev"])]
+    assert dev == [["DAGSTER_HOME=$PWD/.dagster_home", "dagster", "dev"]], dev  # the instance `run` used
+    setup = (REPO_ROOT / "scripts" / "setup.sh").read_text()
+    pins = re.findall(r"[\w-]+==[\w.]+", section(TEAM_SECTIONS[1]))
+    assert {"codeocean==0.15.0", "analysis-pipeline-utils==0.2.8"} <= set(pins), pins
+    assert all(pin in setup for pin in pins), pins
