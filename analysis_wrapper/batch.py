@@ -45,7 +45,7 @@ from pydantic import Field
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.checks import CHECK_NAMES
-from analysis_wrapper.commit import CommitService, PartitionOutcome, failure_text, outcome_tags
+from analysis_wrapper.commit import CommitService, PartitionOutcome, failure_text
 from analysis_wrapper.ownership import heartbeat_held
 from analysis_wrapper.partition_run import RunPlace
 from analysis_wrapper.resources.record_store import StoreResource
@@ -54,6 +54,9 @@ from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.tags import ANALYSIS_TAG
 
 MAX_ERRORS_SHOWN = 10
+OUTCOME_TAG = "analysis_wrapper/outcome"
+"""What a run did, on its run page's header (:func:`outcome_tags`): a run that only skipped says so there."""
+OUTCOME_KINDS = ("recorded", "skipped", "dry run", "failed")
 
 
 class BatchConfig(Config):
@@ -69,6 +72,17 @@ def outcome_table(outcomes: dict[str, str]) -> MetadataValue:
     rows = [TableRecord({"partition": key, "outcome": outcome}) for key, outcome in outcomes.items()]
     schema = TableSchema(columns=[TableColumn("partition", "string"), TableColumn("outcome", "string")])
     return MetadataValue.table(rows, schema=schema)
+
+
+def outcome_tags(outcomes: Collection[PartitionOutcome]) -> dict[str, str]:
+    """The run tag saying what a run's partitions came to: one partition's skip with its reason
+    (``skipped: already recorded``), else what they came to (``recorded``; ``3 recorded, 2 skipped``)."""
+    if len(outcomes) == 1 and (only := next(iter(outcomes))).skipped:
+        return {OUTCOME_TAG: only.status}
+    kinds = [o.kind for o in outcomes]
+    order = [*OUTCOME_KINDS, *sorted(set(kinds) - set(OUTCOME_KINDS))]
+    counts = [f"{kinds.count(k)} {k}" if len(kinds) > 1 else k for k in order if k in kinds]
+    return {OUTCOME_TAG: ", ".join(counts)}
 
 
 def batch_op_name(analysis: Analysis[Any, Any]) -> str:

@@ -59,10 +59,6 @@ from analysis_wrapper.scratch import scratch_folder
 from analysis_wrapper.store.base import RecordExistsError, Store, StoreError
 from analysis_wrapper.tags import CODE_VERSION_TAG, DATA_VERSION_TAG
 
-OUTCOME_TAG = "analysis_wrapper/outcome"
-"""What a run did, on its run page's header (:func:`outcome_tags`): a run that only skipped says so there."""
-OUTCOME_KINDS = ("recorded", "skipped", "dry run", "failed")
-
 
 class RunConfigRefused(Failure, AnalysisWrapperError):
     """Run-config overrides the analysis's ``Params`` refuse for a job of the run: the run stops before
@@ -110,7 +106,7 @@ class PartitionOutcome:
 
     @property
     def kind(self) -> str:
-        """One of :data:`OUTCOME_KINDS`."""
+        """``recorded``, ``skipped``, ``dry run`` or ``failed``."""
         if self.materialized:
             return "recorded"
         return "failed" if self.error is not None else self.status.split(":", 1)[0]
@@ -128,17 +124,6 @@ class PartitionOutcome:
             yield AssetObservation(asset_key=asset_key, partition=self.key, metadata=self.metadata)
         for checked in self.checks:
             yield checked.evaluation(asset_key, self.key)
-
-
-def outcome_tags(outcomes: Collection[PartitionOutcome]) -> dict[str, str]:
-    """The run tag saying what a run's partitions came to: one partition's skip with its reason
-    (``skipped: already recorded``), else what they came to (``recorded``; ``3 recorded, 2 skipped``)."""
-    if len(outcomes) == 1 and (only := next(iter(outcomes))).skipped:
-        return {OUTCOME_TAG: only.status}
-    kinds = [o.kind for o in outcomes]
-    order = [*OUTCOME_KINDS, *sorted(set(kinds) - set(OUTCOME_KINDS))]
-    counts = [f"{kinds.count(k)} {k}" if len(kinds) > 1 else k for k in order if k in kinds]
-    return {OUTCOME_TAG: ", ".join(counts)}
 
 
 @dataclass

@@ -41,9 +41,9 @@ from dagster import (
 )
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.batch import build_batch_job, partitions_service, run_each
+from analysis_wrapper.batch import build_batch_job, outcome_tags, partitions_service, run_each
 from analysis_wrapper.checks import check_specs
-from analysis_wrapper.commit import CommitService, RunConfigRefused, outcome_tags
+from analysis_wrapper.commit import CommitService, RunConfigRefused
 from analysis_wrapper.config import build_config_class
 from analysis_wrapper.ownership import heartbeat_held
 from analysis_wrapper.partition_run import RunPlace

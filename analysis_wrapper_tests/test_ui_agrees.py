@@ -10,8 +10,8 @@ import pytest
 from dagster import AssetCheckKey, AssetKey, AssetRecordsFilter, DagsterRunStatus
 
 from analysis_wrapper.analyses.isi_violations import analysis as isi
+from analysis_wrapper.batch import OUTCOME_TAG
 from analysis_wrapper.checks import CHECK_NAMES
-from analysis_wrapper.commit import OUTCOME_TAG
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper_tests.harness import Harness, write_job
 from analysis_wrapper_tests.sample_analyses import echo
