@@ -35,7 +35,7 @@ def cmd_new(args: argparse.Namespace) -> int:
         "  pip install -e '.[dev]'\n"
         "  python -m pytest\n"
         f"  analysis-wrapper run --analysis {project.analysis_name} <job files or folders>\n"
-        "  dagster dev\n"
+        "  DAGSTER_HOME=$PWD/.dagster_home dagster dev   # the instance run used\n"
         "(its README.md says more)"
     )
     return 0
