@@ -6,4 +6,4 @@ bash scripts/setup.sh dev
 .venv/bin/ruff check analysis_wrapper analysis_wrapper_tests examples benchmarks
 .venv/bin/ruff format --check analysis_wrapper analysis_wrapper_tests examples benchmarks
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=25 "$@"
