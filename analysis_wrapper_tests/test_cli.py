@@ -580,7 +580,7 @@ def test_submit_says_which_jobs_are_new_known_or_already_recorded(
     assert code == 0, out
     lines = out.splitlines()
     recorded = [line for line in lines if line.startswith("already recorded isi_violations ")]
-    assert len(recorded) == 1 and "(fingerprint " in recorded[0] and first.name in recorded[0], out
+    assert len(recorded) == 1 and " fingerprint " in recorded[0] and first.name in recorded[0], out
     assert sum(line.startswith("already registered isi_violations ") for line in lines) == 1, out
     assert sum(line.startswith("registered isi_violations ") for line in lines) == 1, out
     assert "3 job(s) registered, 0 file(s) rejected: " in out and "1 already recorded" in out

@@ -131,7 +131,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     jobs, rejected, verbs = register_paths(session, args.paths, args.analysis, sys.stdout)
     for job in jobs:
         verb = verbs[(job.analysis, job.partition_key)]
-        print(f"{verb} {job.analysis} {job.partition_key} (fingerprint {job.fingerprint[:16]}, {job.source})")
+        print(f"{verb} {job.analysis} {job.partition_key} fingerprint {job.fingerprint[:16]} ({job.source})")
     counts = {verb: list(verbs.values()).count(verb) for verb in dict.fromkeys(verbs.values())}
     detail = f": {', '.join(f'{n} {verb}' for verb, n in counts.items())}" if jobs else ""
     print(f"{len(jobs)} job(s) registered, {rejected} file(s) rejected{detail}")
