@@ -35,3 +35,33 @@ def run_echo(job: Any, params: EchoParams, results_dir: Path, logger: logging.Lo
 
 
 echo = Analysis(name="echo", version="1.0", params=EchoParams, outputs=EchoOutputs, run=run_echo)
+
+
+# A team's analysis as the source text of a module of its own (it reports its inputs' total size).
+SIZE_ANALYSIS = """
+from pydantic import BaseModel
+
+from analysis_wrapper import Analysis
+
+
+class Params(BaseModel):
+    scale: float = 1.0
+
+
+class Outputs(BaseModel):
+    total_bytes: float
+
+
+def run(job, params, results_dir, logger):
+    total = sum(p.stat().st_size for p in job.input_paths) * params.scale
+    (results_dir / "size.txt").write_text(str(total))
+    return Outputs(total_bytes=total)
+
+
+analysis = Analysis(name={name!r}, version="1", params=Params, outputs=Outputs, run=run)
+"""
+
+
+def size_analysis_source(name: str) -> str:
+    """The source of a module defining ``analysis``, an :class:`Analysis` named ``name``."""
+    return SIZE_ANALYSIS.format(name=name)

@@ -30,30 +30,9 @@ from analysis_wrapper.analyses import (
 from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper_tests.environment import scrub_settings, scrubbed_environ
 from analysis_wrapper_tests.harness import write_job
+from analysis_wrapper_tests.sample_analyses import size_analysis_source
 
 BIN = Path(sys.executable).parent
-TEAM_ANALYSIS = """
-from pydantic import BaseModel
-
-from analysis_wrapper import Analysis
-
-
-class Params(BaseModel):
-    scale: float = 1.0
-
-
-class Outputs(BaseModel):
-    total_bytes: float
-
-
-def run(job, params, results_dir, logger):
-    total = sum(p.stat().st_size for p in job.input_paths) * params.scale
-    (results_dir / "size.txt").write_text(str(total))
-    return Outputs(total_bytes=total)
-
-
-analysis = Analysis(name={name!r}, version="1", params=Params, outputs=Outputs, run=run)
-"""
 TEAM_DEFINITIONS = """
 from analysis_wrapper import build_definitions
 from {package}.sizes import analysis
@@ -81,7 +60,7 @@ def team_package(site: Path, package: str, name: str, value: str) -> None:
     """A team's package: its analysis module (``sizes``), its code location (``definitions``), installed."""
     (site / package).mkdir(parents=True)
     (site / package / "__init__.py").write_text("")
-    (site / package / "sizes.py").write_text(TEAM_ANALYSIS.format(name=name))
+    (site / package / "sizes.py").write_text(size_analysis_source(name))
     (site / package / "definitions.py").write_text(TEAM_DEFINITIONS.format(package=package))
     install(site, package, {name: value})
 
@@ -144,7 +123,7 @@ def test_a_reference_in_configuration_resolves_as_an_entry_point_value(teams: Pa
 
 def test_two_analyses_with_one_name_are_an_error_naming_both_sources(teams: Path) -> None:
     (teams / "team_gamma").mkdir()
-    (teams / "team_gamma" / "__init__.py").write_text(TEAM_ANALYSIS.format(name="alpha_sizes"))
+    (teams / "team_gamma" / "__init__.py").write_text(size_analysis_source("alpha_sizes"))
     with pytest.raises(AnalysisDiscoveryError, match="module team_gamma") as raised:
         discover_analyses(["team_gamma"])
     assert "'alpha_sizes'" in str(raised.value) and "team_alpha.sizes' of team_alpha" in str(raised.value)

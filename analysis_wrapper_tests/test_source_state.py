@@ -23,30 +23,10 @@ from analysis_wrapper.provenance import code_state
 from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper_tests.environment import scrub_settings
 from analysis_wrapper_tests.harness import write_job
+from analysis_wrapper_tests.sample_analyses import size_analysis_source
 
 MODULE = "team_echo_analysis"
-ANALYSIS_TEXT = """
-from pydantic import BaseModel
-
-from analysis_wrapper.analysis import Analysis
-
-
-class Params(BaseModel):
-    scale: float = 1.0
-
-
-class Outputs(BaseModel):
-    total_bytes: float
-
-
-def run(job, params, results_dir, logger):
-    total = sum(p.stat().st_size for p in job.input_paths) * params.scale
-    (results_dir / "size.txt").write_text(str(total))
-    return Outputs(total_bytes=total)
-
-
-analysis = Analysis(name="team_echo", version="1", params=Params, outputs=Outputs, run=run)
-"""
+ANALYSIS_TEXT = size_analysis_source("team_echo")
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "t",
     "GIT_AUTHOR_EMAIL": "t@example.org",
