@@ -75,6 +75,7 @@ def open_instance(home: Path) -> DagsterInstance:
     SQLite schemas; two processes doing that together break the folder for good (two alembic heads),
     so the first start holds a lock file and the others wait for it.
     """
+    home.mkdir(parents=True, exist_ok=True)  # the first of several starting together makes it
     with open(home / ".analysis_wrapper.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
