@@ -23,6 +23,7 @@ from typing import Any
 
 from dagster import (
     AssetCheckEvaluation,
+    AssetExecutionContext,
     AssetKey,
     AssetMaterialization,
     AssetObservation,
@@ -46,6 +47,7 @@ from pydantic import Field
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.checks import CHECK_NAMES
 from analysis_wrapper.commit import CommitService, PartitionOutcome, failure_text
+from analysis_wrapper.errors import one_line
 from analysis_wrapper.ownership import heartbeat_held
 from analysis_wrapper.partition_run import RunPlace
 from analysis_wrapper.resources.record_store import StoreResource
@@ -57,6 +59,7 @@ MAX_ERRORS_SHOWN = 10
 OUTCOME_TAG = "analysis_wrapper/outcome"
 """What a run did, on its run page's header (:func:`outcome_tags`): a run that only skipped says so there."""
 OUTCOME_KINDS = ("recorded", "skipped", "dry run", "failed")
+"""What ``analysis_wrapper/outcome`` counts; a run whose config was refused says ``refused: <why>``."""
 
 
 class BatchConfig(Config):
@@ -83,6 +86,19 @@ def outcome_tags(outcomes: Collection[PartitionOutcome]) -> dict[str, str]:
     order = [*OUTCOME_KINDS, *sorted(set(kinds) - set(OUTCOME_KINDS))]
     counts = [f"{kinds.count(k)} {k}" if len(kinds) > 1 else k for k in order if k in kinds]
     return {OUTCOME_TAG: ", ".join(counts)}
+
+
+def end_as_refused(context: AssetExecutionContext | OpExecutionContext, refused: Exception) -> None:
+    """Before a run that refused its config raises: tag it ``refused: <why>`` and have it end CANCELED.
+
+    Dagster shows a partition as failed (red on the Partitions tab) when a run that planned it ends
+    FAILED before materializing it, and keeps it so until its next materialization, which never comes
+    for a recorded job. A refused run changed nothing, so it must not paint a recorded result red: a run
+    marked canceling whose step then fails ends CANCELED ("Run was canceled. Failed steps: ..."), its
+    step's failure carrying the reason."""
+    tag = {OUTCOME_TAG: f"refused: {one_line(str(refused), 200)}"}
+    context.instance.add_run_tags(context.run.run_id, tag)
+    context.instance.report_run_canceling(context.run, message=str(refused))
 
 
 def batch_op_name(analysis: Analysis[Any, Any]) -> str:

@@ -41,7 +41,13 @@ from dagster import (
 )
 
 from analysis_wrapper.analysis import Analysis
-from analysis_wrapper.batch import build_batch_job, outcome_tags, partitions_service, run_each
+from analysis_wrapper.batch import (
+    build_batch_job,
+    end_as_refused,
+    outcome_tags,
+    partitions_service,
+    run_each,
+)
 from analysis_wrapper.checks import check_specs
 from analysis_wrapper.commit import CommitService, RunConfigRefused
 from analysis_wrapper.config import build_config_class
@@ -106,11 +112,12 @@ def build_analysis_definitions(
         try:  # A config the analysis's Params refuse stops the run before anything is written, so no
             # partition's metadata or job state shows it (Dagster's launch-time check cannot).
             service.refuse_bad_config(keys, config)
-        except RunConfigRefused:
+        except RunConfigRefused as refused:
             # The checks this run planned show the recorded results' state, not "execution failed".
             for key in keys:
                 checked = service.check_partition(key, config_class(), missing_ok=True)
                 yield from (c.evaluation(asset_key, key) for c in checked if c.name in selected)
+            end_as_refused(context, refused)
             raise
         if len(keys) > 1:  # a range of a backfill (BackfillPolicy): each partition reports itself
             if asset_key in context.selected_asset_keys:

@@ -7,7 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster import AssetCheckKey, AssetKey, AssetRecordsFilter, DagsterRunStatus
+from dagster import (
+    AssetCheckKey,
+    AssetKey,
+    AssetPartitionStatus,
+    AssetRecordsFilter,
+    DagsterRunStatus,
+)
 
 from analysis_wrapper.analyses.isi_violations import analysis as isi
 from analysis_wrapper.batch import OUTCOME_TAG
@@ -45,6 +51,12 @@ def _recorded(h: Harness, tmp_path: Path, **params: Any) -> Any:
     (job,) = h.submit([write_job(tmp_path / "jobs", [tmp_path / "jobs"], **params)])
     assert h.materialize("echo", job.partition_key).success
     return job
+
+
+def _partition_status(h: Harness, key: str) -> AssetPartitionStatus | None:
+    """The partition's status as the Partitions tab shows it (green, red, ...)."""
+    partitions = h.defs.resolve_assets_def(ASSET).partitions_def
+    return h.instance.get_status_by_partition(ASSET, [key], partitions).get(key)
 
 
 def _latest(h: Harness, key: str) -> Any:
@@ -124,7 +136,10 @@ def test_a_refused_run_config_changes_nothing_of_a_recorded_partition(
     bad = h.materialize("echo", key, raise_on_error=False, scale=-2.0)
 
     assert not bad.success
-    assert h.instance.get_run_by_id(bad.run_id).status == DagsterRunStatus.FAILURE
+    # It ends CANCELED, not FAILURE: Dagster would show the recorded partition failed (red) until its next
+    # materialization, which a recorded job never gets.
+    assert h.instance.get_run_by_id(bad.run_id).status == DagsterRunStatus.CANCELED
+    assert _partition_status(h, key) == AssetPartitionStatus.MATERIALIZED
     message = next(e for e in bad.all_events if e.is_step_failure).step_failure_data.error.message
     assert "Run config refused" in message and "parameters.scale" in message and "greater than 0" in message
     after = _latest(h, key)
@@ -137,7 +152,8 @@ def test_a_refused_run_config_changes_nothing_of_a_recorded_partition(
     assert not any(e.is_asset_observation or e.is_step_materialization for e in bad.all_events)
     entry = h.store.get_job("echo", key)
     assert entry.state == JobState.DONE and entry.attempts == 1 and not entry.last_error
-    assert _outcome_tag(h, bad.run_id) is None
+    tag = _outcome_tag(h, bad.run_id)
+    assert tag is not None and tag.startswith("refused: Run config refused") and "parameters.scale" in tag
     assert _checks_tab(h, key) == {name: ("SUCCEEDED", True) for name in CHECK_NAMES}
 
     # A ranged run with the same config is refused before its first partition too.
@@ -149,6 +165,8 @@ def test_a_refused_run_config_changes_nothing_of_a_recorded_partition(
         raise_on_error=False,
     )
     assert not ranged.success
+    assert h.instance.get_run_by_id(ranged.run_id).status == DagsterRunStatus.CANCELED
+    assert _partition_status(h, key) == AssetPartitionStatus.MATERIALIZED
     assert not any(e.is_asset_observation or e.is_step_materialization for e in ranged.all_events)
     assert h.store.get_job("echo", other.partition_key).state == JobState.PENDING
     assert _latest(h, key).storage_id == before.storage_id
