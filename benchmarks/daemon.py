@@ -46,7 +46,10 @@ from benchmarks.overhead import _analyses, _fresh, floor_run
 
 DEFAULT_BATCH_SIZE = int(Settings.model_fields["SENSOR_BATCH_SIZE"].default)
 
-TARGET_JOBS_PER_S = 5.0
+TARGET_JOBS_PER_S = 20.0
+"""Issue 20: at least this many trivial jobs a second through the daemon in batches (steady state)."""
+EARLIER_TARGET_JOBS_PER_S = 5.0
+"""The earlier target (issue 3b), kept as a row of its own."""
 PG_TARGET = 1.5
 """Dagster storage in PostgreSQL: at most this many times the seconds per job of SQLite."""
 FALLBACK_INSTANCE_YAML = """\
@@ -245,7 +248,8 @@ def run(options: RunOptions) -> list[Entry]:
         steady, overall, span, phases, floor_s = _daemon_rate(
             options, root / f"batch_{batch_size}", n, batch_size
         )
-        runs = "one Dagster run (process) per job" if batch_size == 1 else f"{batch_size} jobs per run"
+        batched = batch_size > 1
+        runs = f"{batch_size} jobs per run" if batched else "one Dagster run (process) per job"
         entries += [
             compared(
                 f"{n} trivial jobs: inbox sensor + daemon, steady state, {mode}",
@@ -254,10 +258,24 @@ def run(options: RunOptions) -> list[Entry]:
                 "floor: plain Python loop",
                 n / floor_s,
                 "value ratio",
-                target=f"≥ {TARGET_JOBS_PER_S:g} jobs/s",
-                met=lambda v: v >= TARGET_JOBS_PER_S,
+                target=f"≥ {TARGET_JOBS_PER_S:g} jobs/s" if batched else None,
+                met=(lambda v: v >= TARGET_JOBS_PER_S) if batched else None,
                 met_on="value",
                 note=f"first record to last: {span:.1f} s; {runs}; {phases}",
+            ),
+            *(
+                [
+                    entry(
+                        f"{n} trivial jobs: inbox sensor + daemon, steady state, against the earlier target",
+                        steady,
+                        "jobs/s",
+                        target=f"≥ {EARLIER_TARGET_JOBS_PER_S:g} jobs/s",
+                        met=steady >= EARLIER_TARGET_JOBS_PER_S,
+                        note="the target before issue 20 (item 3b)",
+                    )
+                ]
+                if batched
+                else []
             ),
             entry(
                 f"{n} trivial jobs: inbox sensor + daemon, start to last record, {mode}",

@@ -69,6 +69,16 @@ BENCHMARKS = (
     Benchmark(
         "dispatch", "6. dispatch of 10,000 assets vs the AIND dispatcher's way", "benchmarks.dispatch:run"
     ),
+    Benchmark(
+        "ui_backfill",
+        "20.5 UI backfill (launchPartitionBackfill) vs analysis-wrapper run",
+        "benchmarks.ui_backfill:run",
+    ),
+    Benchmark(
+        "partitions_query",
+        "20.5 the Partitions tab's GraphQL query vs partition count",
+        "benchmarks.partitions_query:run",
+    ),
 )
 NAMES = [b.name for b in BENCHMARKS]
 
