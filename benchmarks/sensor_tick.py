@@ -5,7 +5,10 @@ use) and M new job files dropped at the top of a local inbox, named by uuid4 as 
 names them. One tick of the real inbox sensor (``analysis_wrapper.sensors.build_inbox_sensor``),
 evaluated as the sensor daemon evaluates it (``build_sensor_context`` with the instance and the
 resources, a cursor as left by earlier ticks), then its dynamic-partition requests applied to the
-instance as the daemon applies them. The registry grows 1,000 -> 10,000 -> 100,000 between ticks.
+instance as the daemon applies them. The registry grows 1,000 -> 10,000 -> 100,000 (and, in the full
+run with the SQLite store, 1,000,000) between ticks: jobs through ``JobLifecycle.register`` (one
+``executemany``), records with one ``executemany`` in the store's schema per 10,000, partitions through
+``add_dynamic_partitions`` in chunks of 1,000.
 
 Each tick runs in its own process (``python -m benchmarks.sensor_tick ROOT STORE INBOX [URI DB]``), so
 its peak RSS is its own: the peak is reset (``/proc/self/clear_refs``) just before the tick and read
@@ -48,6 +51,8 @@ from benchmarks.records import fingerprint
 
 TICK_TARGET_S = 5.0
 SCALE_TARGET = 1.5
+FULL_LARGEST = 1_000_000
+"""The full run's largest registry (SQLite store only): issue 20 asks its tick at most 1.5x the 1,000's."""
 REGISTRY_BATCH = 10_000
 MONGO_DATABASE = "benchmark_tick"
 MONGO_INSERT_CHUNK = 5_000
@@ -159,8 +164,7 @@ class Setup:
                 if self.uri:
                     self._insert_many(store, records)
                 else:
-                    for rec in records:
-                        store.insert_record(trivial.NAME, rec)
+                    _insert_records_sqlite(store, records)
                 add_partitions(instance, trivial.analysis.partitions_name, [e.partition_key for e in entries])
         finally:
             store.close()
@@ -202,6 +206,25 @@ class Setup:
             self.size += len(pending)
         finally:
             store.close()
+
+
+def _insert_records_sqlite(store: Any, records: list[dict[str, Any]]) -> None:
+    """Records in one ``executemany`` in the store's own schema, connection and write transaction (as
+    ``SqliteStore.insert_record`` writes each: fingerprint, analysis, the record's JSON, its time); one
+    ``insert_record`` per record would take minutes at 1,000,000 jobs."""
+    from analysis_wrapper.store.base import utcnow
+    from analysis_wrapper.store.fields import iso_utc
+    from analysis_wrapper.store.sqlite.connection import encode
+
+    now = iso_utc(utcnow())
+    conn = store._connection()
+    with store._transaction(conn):
+        store._execute(
+            conn,
+            "INSERT INTO records (fingerprint, analysis, record_json, created_at) VALUES (?, ?, ?, ?)",
+            [[rec["_id"], trivial.NAME, encode(rec), now] for rec in records],
+            many=True,
+        )
 
 
 def _job_dict(source: Path, label: str) -> dict[str, Any]:
@@ -307,9 +330,11 @@ def _median_tick(ticks: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(options: RunOptions) -> list[Entry]:
-    """The tick with the embedded store (SQLite), peak RSS included."""
+    """The tick with the embedded store (SQLite), peak RSS included; the full run goes on to a registry
+    of 1,000,000 jobs (issue 20), which only the SQLite store is written that far."""
     setup = Setup(Path(options.workdir) / "sensor_tick")
-    return _run_ticks(options, setup, "sensor tick", rss=True)
+    registry = options.sizes.sensor_registry + (() if options.quick else (FULL_LARGEST,))
+    return _run_ticks(options, setup, "sensor tick", rss=True, registry=registry)
 
 
 def run_mongo(options: RunOptions) -> list[Entry]:
@@ -354,15 +379,19 @@ def _seconds(tick: dict[str, Any]) -> float:
     return float(tick["evaluate_s"] + tick["apply_s"])
 
 
-def _run_ticks(options: RunOptions, setup: Setup, prefix: str, rss: bool) -> list[Entry]:
+def _run_ticks(
+    options: RunOptions, setup: Setup, prefix: str, rss: bool, registry: tuple[int, ...] | None = None
+) -> list[Entry]:
+    """Ticks at each registry size (``registry``, by default the run's ``sensor_registry``)."""
     sizes = options.sizes
     setup.start()
     new = sizes.sensor_new_files
-    smallest, largest = min(sizes.sensor_registry), max(sizes.sensor_registry)
+    registry = registry or sizes.sensor_registry
+    smallest = min(registry)
     results: dict[int, dict[str, Any]] = {}
     entries: list[Entry] = []
     grown_s = 0.0
-    for size in sizes.sensor_registry:
+    for size in registry:
         label = f"{prefix}: registry {size:,} jobs + {new:,} new files"
         try:
             grown_s += setup.grow(size, options.log)
@@ -400,11 +429,13 @@ def _run_ticks(options: RunOptions, setup: Setup, prefix: str, rss: bool) -> lis
                     + ("" if all(t["peak_reset"] for t in ticks) else " (peak not reset: includes start-up)"),
                 )
             )
-    if smallest in results and largest in results and largest != smallest:
-        small, large = results[smallest], results[largest]
+    # The ratio to the smallest registry for the two largest sizes (100k and, in the full SQLite run, 1M:
+    # issue 20 asks 1M at most 1.5x 1k, as item 1 asked of 100k).
+    for size in [s for s in sorted(results) if s != smallest][-2:]:
+        small, large = results[smallest], results[size]
         entries.append(
             compared(
-                f"{prefix}: registry {largest:,} vs {smallest:,} jobs",
+                f"{prefix}: registry {size:,} vs {smallest:,} jobs",
                 _seconds(large),
                 "s",
                 f"tick at {smallest:,} jobs",
@@ -412,8 +443,9 @@ def _run_ticks(options: RunOptions, setup: Setup, prefix: str, rss: bool) -> lis
                 "time ratio",
                 target=f"≤ {SCALE_TARGET:g}x",
                 met=lambda r: r <= SCALE_TARGET,
-                note=f"store queries: {large['store_queries']} at {largest:,}, {small['store_queries']} at "
-                f"{smallest:,}" + (f"; {SCAN_NOTE}" if setup.uri else ""),
+                note=f"store queries: {large['store_queries']} at {size:,}, {small['store_queries']} at "
+                f"{smallest:,}"
+                + (f"; {SCAN_NOTE}" if setup.uri else f"; registry written in {grown_s:.0f} s"),
             )
         )
     return entries
