@@ -199,10 +199,6 @@ class CommitService:
         entry, job = load_job(analysis, self.store, key, config, log)
         dry_run = self.runtime.dry_run if config.dry_run is None else bool(config.dry_run)
         force = bool(config.force)
-        log.info(
-            f"{analysis.name} {analysis.version} on partition {key}: fingerprint {job.fingerprint}, "
-            f"{len(job.inputs)} input(s), dry run {'on' if dry_run else 'off'}."
-        )
         common: dict[str, Any] = {
             "fingerprint": job.fingerprint,
             "inputs": inputs_table(list(job.inputs)),
@@ -365,9 +361,6 @@ class CommitService:
             self.lifecycle.found_recorded(job.analysis, job.partition_key, job.fingerprint, self.place.run_id)
             return {LOCATION: record["location"], "status": "skipped: recorded concurrently"}
         self.lifecycle.recorded(job.analysis, job.partition_key, self.place.run_id)
-        log.info(
-            f"Stored {len(stored)} files in {record['location']} and recorded fingerprint {job.fingerprint}."
-        )
         return {
             LOCATION: record["location"],
             "results_link": location_link(record["location"]),

@@ -156,5 +156,4 @@ def compute(
     figure = figure_from_file(scratch / analysis.figure) if analysis.figure else None
     if figure is not None:
         metadata["figure"] = figure
-    place.log.info(f"{analysis.name} finished {job.partition_key} in {duration:.2f} s.")
     return Computed(job, outputs, record, metadata, dry_run)

@@ -165,7 +165,7 @@ def build_record(
     """The provenance record of one completed job (``_id`` = ``name`` = fingerprint).
 
     ``files`` are the analysis's result files (path in the folder, size in bytes): the record lists
-    them so the folder can be checked against it (the ``folder_complete`` asset check).
+    them so the folder can be checked against it (the ``folder_complete`` part of the asset check).
 
     ``code.parameters`` is ``job.parameters`` as is: the ``Params`` model's JSON dump, so its keys are
     in the model's field order (see the module docstring: readers match the object whole).

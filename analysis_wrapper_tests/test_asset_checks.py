@@ -1,5 +1,6 @@
-"""The asset checks of each partition: evaluated with every materialization (one-partition runs and batch
-runs), re-run alone without computing, and red with the reason when the result is not what its record says."""
+"""The asset check of each partition (``matches_record``, three named parts): evaluated with every
+materialization (one-partition runs and batch runs), re-run alone without computing, and red with the
+failing part and its reason when the result is not what its record says."""
 
 from __future__ import annotations
 
@@ -9,13 +10,23 @@ from typing import Any
 
 from dagster import AssetCheckEvaluation
 
-from analysis_wrapper.checks import CHECK_NAMES
+from analysis_wrapper.checks import CHECK_NAMES, MATCHES_RECORD, PART_NAMES
 from analysis_wrapper_tests.harness import Harness, write_job
 from analysis_wrapper_tests.sample_analyses import echo
 
 
 def by_name(evaluations: list[AssetCheckEvaluation]) -> dict[str, AssetCheckEvaluation]:
     return {e.check_name: e for e in evaluations}
+
+
+def parts(evaluation: AssetCheckEvaluation) -> dict[str, tuple[bool, str]]:
+    """The check's three parts as its metadata shows them: passed or not, and what each found."""
+    shown = {}
+    for name in PART_NAMES:
+        verdict, _, text = str(evaluation.metadata[name].value).partition(": ")
+        assert verdict in ("passed", "FAILED"), evaluation.metadata[name]
+        shown[name] = (verdict == "passed", text)
+    return shown
 
 
 def run_checks_only(h: Harness, key: str) -> dict[str, AssetCheckEvaluation]:
@@ -51,6 +62,7 @@ def test_every_materialization_is_checked_and_checks_rerun_alone(
     }
     again = run_checks_only(h, job.partition_key)
     assert all(c.passed for c in again.values())
+    assert all(passed for passed, _ in parts(again[MATCHES_RECORD]).values())
     assert h.store.get_record("echo", job.fingerprint) == record  # nothing ran
 
 
@@ -59,26 +71,33 @@ def test_a_missing_or_changed_file_fails_folder_complete(harness_factory: Any, t
     job, folder = recorded(h, tmp_path)
     (folder / "sub" / "sizes.txt").unlink()
     (folder / "echo.txt").write_text("x")
-    checks = run_checks_only(h, job.partition_key)
-    failed = checks["folder_complete"]
+    failed = run_checks_only(h, job.partition_key)[MATCHES_RECORD]
     assert not failed.passed and failed.severity.value == "ERROR"
-    assert "sub/sizes.txt missing" in (failed.description or "")
-    assert "echo.txt has 1 bytes, the record says" in (failed.description or "")
-    assert checks["record_in_store"].passed and checks["outputs_valid"].passed
+    description = failed.description or ""
+    assert description.startswith("folder_complete: ")  # only the failed part is in the description
+    assert "sub/sizes.txt missing" in description
+    assert "echo.txt has 1 bytes, the record says" in description
+    shown = parts(failed)
+    assert not shown["folder_complete"][0] and "sub/sizes.txt missing" in shown["folder_complete"][1]
+    assert shown["record_in_store"][0] and shown["outputs_valid"][0]
+    assert "record_in_store" not in description and "outputs_valid" not in description
 
 
 def test_outputs_that_do_not_validate_fail_outputs_valid(harness_factory: Any, tmp_path: Path) -> None:
     h = harness_factory([echo])
     job, folder = recorded(h, tmp_path)
     (folder / "outputs.json").write_text(json.dumps({"n_inputs": "many", "total_bytes": 1.0}))
-    checks = run_checks_only(h, job.partition_key)
-    failed = checks["outputs_valid"]
+    failed = run_checks_only(h, job.partition_key)[MATCHES_RECORD]
     assert not failed.passed
-    assert "does not validate against EchoOutputs: n_inputs:" in (failed.description or "")
+    assert "outputs_valid: outputs.json does not validate against EchoOutputs: n_inputs:" in (
+        failed.description or ""
+    )
+    assert not parts(failed)["outputs_valid"][0] and parts(failed)["record_in_store"][0]
 
     (folder / "outputs.json").write_text(json.dumps({"n_inputs": 7, "total_bytes": 1.0}))
-    differs = run_checks_only(h, job.partition_key)["outputs_valid"]
+    differs = run_checks_only(h, job.partition_key)[MATCHES_RECORD]
     assert not differs.passed and "differs from the record's output_parameters" in (differs.description or "")
+    assert not parts(differs)["outputs_valid"][0]
 
 
 def test_no_record_fails_every_check_with_the_fingerprint(harness_factory: Any, tmp_path: Path) -> None:
@@ -89,18 +108,19 @@ def test_no_record_fails_every_check_with_the_fingerprint(harness_factory: Any, 
     for check in checks.values():
         assert not check.passed
         assert f"no record of echo under fingerprint {job.fingerprint}" in (check.description or "")
+        assert not any(passed for passed, _ in parts(check).values())
 
 
 def test_a_moved_folder_fails_the_folder_checks(harness_factory: Any, tmp_path: Path) -> None:
     h = harness_factory([echo])
     job, folder = recorded(h, tmp_path)
     folder.rename(folder.with_name("elsewhere"))
-    checks = run_checks_only(h, job.partition_key)
-    assert checks["record_in_store"].passed
-    assert not checks["folder_complete"].passed and "outputs.json missing" in (
-        checks["folder_complete"].description or ""
-    )
-    assert not checks["outputs_valid"].passed
+    check = run_checks_only(h, job.partition_key)[MATCHES_RECORD]
+    shown = parts(check)
+    assert not check.passed and shown["record_in_store"][0]
+    assert not shown["folder_complete"][0] and "outputs.json missing" in shown["folder_complete"][1]
+    assert not shown["outputs_valid"][0]
+    assert "folder_complete: " in (check.description or "") and "outputs_valid: " in (check.description or "")
 
 
 def test_batch_runs_check_each_partition(harness_factory: Any, tmp_path: Path) -> None:
@@ -109,7 +129,7 @@ def test_batch_runs_check_each_partition(harness_factory: Any, tmp_path: Path) -
     result = h.run_batch("echo", [j.partition_key for j in jobs])
     assert result.success
     evaluations = list(result.get_asset_check_evaluations())
-    assert len(evaluations) == 3 * len(jobs)
+    assert len(evaluations) == len(jobs)  # one check event per partition (three parts in it)
     assert {(e.partition, e.check_name) for e in evaluations} == {
         (j.partition_key, name) for j in jobs for name in CHECK_NAMES
     }

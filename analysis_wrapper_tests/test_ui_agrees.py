@@ -17,7 +17,7 @@ from dagster import (
 
 from analysis_wrapper.analyses.isi_violations import analysis as isi
 from analysis_wrapper.batch import OUTCOME_TAG
-from analysis_wrapper.checks import CHECK_NAMES
+from analysis_wrapper.checks import CHECK_NAMES, MATCHES_RECORD
 from analysis_wrapper.store.base import JobState
 from analysis_wrapper_tests.harness import Harness, write_job
 from analysis_wrapper_tests.sample_analyses import echo
@@ -80,15 +80,17 @@ def test_a_skip_shows_the_recorded_results_real_checks_and_says_so_on_the_run(
     assert _checks_tab(h, key) == {name: ("SUCCEEDED", True) for name in CHECK_NAMES}
     assert _outcome_tag(h, skip.run_id) == "skipped: already recorded"
 
-    # A damaged result: the next skip's checks say so (red), and the others stay green.
+    # A damaged result: the next skip's check says so (red), naming the failed part; the others passed.
     (h.settings.RESULTS_ROOT.absolute() / job.fingerprint / "sub" / "sizes.txt").unlink()
     again = h.materialize("echo", key)
     assert again.success
-    shown = _checks_tab(h, key)
-    assert shown["folder_complete"] == ("FAILED", False)
-    assert shown["record_in_store"] == shown["outputs_valid"] == ("SUCCEEDED", True)
-    failed = next(e for e in again.get_asset_check_evaluations() if e.check_name == "folder_complete")
+    assert _checks_tab(h, key) == {MATCHES_RECORD: ("FAILED", False)}
+    (failed,) = again.get_asset_check_evaluations()
+    assert (failed.description or "").startswith("folder_complete: ")
     assert "sub/sizes.txt missing" in (failed.description or "")
+    assert str(failed.metadata["folder_complete"].value).startswith("FAILED: ")
+    assert str(failed.metadata["record_in_store"].value).startswith("passed: ")
+    assert str(failed.metadata["outputs_valid"].value).startswith("passed: ")
 
 
 def test_batch_and_ranged_runs_show_skips_checks_and_their_outcome_counts(
