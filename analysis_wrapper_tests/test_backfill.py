@@ -154,13 +154,13 @@ def _backfill_runs(tmp_path: Path, n: int, selections: dict[str, list[int] | Non
 
 
 @pytest.mark.slow
-def test_materialize_all_on_1000_partitions_makes_40_runs(tmp_path: Path) -> None:
+def test_materialize_all_on_1000_partitions_makes_10_runs(tmp_path: Path) -> None:
     selections = {"all": None, "gaps": [0, 1, 2, 4, 5, 9]}
     runs = _backfill_runs(tmp_path, 1000, selections)
-    assert len(runs["all"]) == 40  # ceil(1000 / BACKFILL_PARTITIONS_PER_RUN)
+    assert len(runs["all"]) == 10  # ceil(1000 / BACKFILL_PARTITIONS_PER_RUN), 100 by default
     assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in runs["all"][:2]] == [
-        ("job-0000", "job-0024"),
-        ("job-0025", "job-0049"),
+        ("job-0000", "job-0099"),
+        ("job-0100", "job-0199"),
     ]
     # Dagster's own asset job runs them (not echo_job): the project's run tags are not on them.
     assert {r.job_name for r in runs["all"]} == {"__ASSET_JOB"}

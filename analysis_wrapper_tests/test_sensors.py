@@ -681,6 +681,18 @@ def test_pending_jobs_go_out_in_batches_and_a_lone_job_gets_its_own_run(env_fact
     assert env.tick().run_requests == []
 
 
+def test_a_ticks_jobs_are_shared_evenly_between_its_runs(env_factory: Any) -> None:
+    """Six jobs in batches of at most four: two runs of three (two run slots finish them together),
+    not four and two."""
+    env = env_factory(batch_size=4)
+    for i in range(6):
+        env.drop(scale=float(i + 1))
+    requests = env.tick().run_requests
+    assert [r.job_name for r in requests] == [echo.batch_job_name, echo.batch_job_name]
+    batches = [r.run_config["ops"]["echo_batch"]["config"]["partition_keys"] for r in requests]
+    assert [len(b) for b in batches] == [3, 3] and len({k for b in batches for k in b}) == 6
+
+
 def test_a_failed_partition_of_a_batch_is_retried_on_its_own(
     env_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -208,9 +208,12 @@ class Tick:
         chosen = [e for e in page if e.fingerprint not in recorded][:wanted]
         if len(page) > wanted and len(chosen) == wanted:
             self.counts["backlog"] += 1
+        # As few runs as batches of `size` need, the jobs shared evenly between them (150 jobs in batches
+        # of 100: two runs of 75, which two run slots finish together, not 100 then 50).
+        per_run = -(-len(chosen) // -(-len(chosen) // size)) if chosen else size
         requests = [
             self._single_request(group[0]) if len(group) == 1 else self._batch_request(group)
-            for group in (chosen[start : start + size] for start in range(0, len(chosen), size))
+            for group in (chosen[start : start + per_run] for start in range(0, len(chosen), per_run))
         ]
         self.cursor.requested = [e.partition_key for e in chosen]
         self.add_keys.extend(self.cursor.requested)
