@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import trivial
-from benchmarks.common import REPO_ROOT, Entry, RunOptions, clean_git_repo, compared, environment, stopwatch
+from benchmarks.common import (
+    REPO_ROOT,
+    Entry,
+    RunOptions,
+    clean_git_repo,
+    compared,
+    environment,
+    failed,
+    stopwatch,
+)
 from benchmarks.overhead import cli_run
 from benchmarks.webserver import LAUNCH_PARTITION_BACKFILL, dagster_ui
 
@@ -156,7 +165,7 @@ def ui_backfill(options: RunOptions, root: Path, n: int) -> tuple[float, dict[st
         backfill_id = result["backfillId"]
         if late_daemon:
             daemon.spawn()
-        count = 0
+        count = polls = 0
         while count < n:
             for process in (ui.process, daemon) if late_daemon else (ui.process,):
                 if not process.alive:
@@ -165,6 +174,9 @@ def ui_backfill(options: RunOptions, root: Path, n: int) -> tuple[float, dict[st
                 raise RuntimeError(f"only {count} of {n} partitions recorded after {timeout} s")
             time.sleep(0.25)
             count = _recorded(home)
+            polls += 1
+            if count < n and polls % 20 == 0:
+                _fail_if_ended(home, backfill_id, count, n)
         seconds = time.perf_counter() - start
         _wait_for_runs_to_end(home, timeout_s=60)
         runs = _backfill_runs(home, backfill_id)
@@ -176,6 +188,39 @@ def ui_backfill(options: RunOptions, root: Path, n: int) -> tuple[float, dict[st
         "startup_s": ui.process.startup_s or 0.0,
         "ui": "dagster-webserver, dagster-daemon started after the launch" if late_daemon else "dagster dev",
     }
+
+
+def _fail_if_ended(home: Path, backfill_id: str, count: int, n: int) -> None:
+    """RuntimeError when the backfill has ended with partitions unrecorded (its runs failed), saying why."""
+    from dagster import DagsterInstance
+    from dagster._core.execution.backfill import BulkActionStatus
+    from dagster._core.instance.ref import InstanceRef
+
+    instance = DagsterInstance.from_ref(InstanceRef.from_dir(str(home)))
+    try:
+        backfill = instance.get_backfill(backfill_id)
+        if backfill is None or backfill.status in {BulkActionStatus.REQUESTED, BulkActionStatus.CANCELING}:
+            return
+        runs = _backfill_runs(home, backfill_id)
+        if any(not r.dagster_run.is_finished for r in runs):
+            return
+        statuses: dict[str, int] = {}
+        for r in runs:
+            statuses[r.dagster_run.status.value] = statuses.get(r.dagster_run.status.value, 0) + 1
+        why = ""
+        failures = [r for r in runs if r.dagster_run.status.value == "FAILURE"]
+        if failures:
+            for event in instance.all_logs(failures[0].dagster_run.run_id):
+                error = getattr(getattr(event.dagster_event, "event_specific_data", None), "error", None)
+                if error is not None:
+                    why = f"; first failure: {error.message.strip().splitlines()[0][:200]}"
+                    break
+    finally:
+        instance.dispose()
+    raise RuntimeError(
+        f"the backfill ended {backfill.status.value} with {count} of {n} partitions recorded; "
+        f"runs {statuses}{why}"
+    )
 
 
 @contextlib.contextmanager
@@ -200,7 +245,11 @@ def run(options: RunOptions) -> list[Entry]:
     for n in SIZES_QUICK if options.quick else SIZES_FULL:
         root = base / f"n{n}"
         options.log(f"  UI backfill of {n} partitions (dagster dev, launchPartitionBackfill)")
-        ui_s, info = ui_backfill(options, root / "ui", n)
+        try:
+            ui_s, info = ui_backfill(options, root / "ui", n)
+        except Exception as exc:
+            entries.append(failed(f"UI backfill of {n} partitions (launchPartitionBackfill)", exc))
+            continue
         options.log(f"  analysis-wrapper run over the same {n} jobs (in-process, fresh home)")
         repo = clean_git_repo(root / "cli_repo")
         cli_s = cli_run(options, root / "cli", root / "ui" / "trivial" / "jobs", repo, n)
