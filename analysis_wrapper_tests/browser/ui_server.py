@@ -22,11 +22,18 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
+BACKFILL_PARTITIONS_PER_RUN = 4
+"""Small, so the browser's backfill of a few partitions still takes more than one run (ranges)."""
+
+
 def ui_env(root: Path, code_repository: Path) -> dict[str, str]:
-    """Settings for everything under ``root``: instance, results, inbox; sensors tick every second."""
+    """Settings for everything under ``root``: instance, results, inbox; sensors tick every second;
+    posting (``DRY_RUN=0``: a backfill from the UI records its new partitions)."""
     env = scrubbed_environ()
     env.update(
         DAGSTER_HOME=str(root / "home"),
+        DRY_RUN="0",
+        BACKFILL_PARTITIONS_PER_RUN=str(BACKFILL_PARTITIONS_PER_RUN),
         RESULTS_ROOT=str(root / "results"),
         DRY_RUN_ROOT=str(root / "dry_run"),
         DISPATCH_INBOX=str(root / "inbox"),
@@ -38,7 +45,8 @@ def ui_env(root: Path, code_repository: Path) -> dict[str, str]:
 
 
 def prepare_instance(root: Path, code_repository: Path, n_jobs: int = 3) -> dict[str, str]:
-    """A DAGSTER_HOME under ``root`` holding ``n_jobs`` recorded example jobs; the environment to use."""
+    """A DAGSTER_HOME under ``root`` holding ``n_jobs`` recorded example jobs and their summary, made
+    the demo's way; the environment to use."""
     from analysis_wrapper_tests.harness import load_examples_module
 
     env = ui_env(root, code_repository)
@@ -47,10 +55,11 @@ def prepare_instance(root: Path, code_repository: Path, n_jobs: int = 3) -> dict
     shutil.copy(REPO_ROOT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     (root / "inbox").mkdir(exist_ok=True)
     jobs = load_examples_module().write_examples(root / "examples", n_jobs=n_jobs, seed=3)
+    assert {path.parent for path in jobs} == {root / "examples" / "jobs"}
     done = subprocess.run(
-        [str(BIN / "analysis-wrapper"), "run", *map(str, jobs)],
+        [str(BIN / "analysis-wrapper"), "run", "--summary", "examples/jobs"],  # as scripts/demo.sh
         cwd=root,
-        env={**env, "DRY_RUN": "0"},
+        env=env,
         capture_output=True,
         text=True,
         timeout=240,
