@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from dagster import Definitions, EnvVar
+from dagster import Definitions, EnvVar, in_process_executor
 from dagster_aws.s3 import S3Resource
 
 from analysis_wrapper.analyses import discover_analyses
@@ -148,4 +148,9 @@ def build_definitions(
         + dispatch.sensors
         + [summary_sensor(a, s, sensor.interval_s, sensor.default_status) for a, s in with_summary],
         resources=build_resources(settings),
+        # Every job's steps in its run worker, Dagster's own asset job too (the UI's materializations and
+        # backfills): the default multiprocess executor would start one more Python process per step,
+        # about 2.5 s before a run's first job (benchmarks/). A run here is one step, or a result and its
+        # summary one after the other.
+        executor=in_process_executor,
     )

@@ -56,3 +56,16 @@ def test_an_empty_variable_means_the_default_and_the_sensors_read_their_group(mo
     assert settings.DOCDB_URI is None
     sensor = settings.sensor
     assert (sensor.interval_s, sensor.settle_s, sensor.inbox) == (30, 2.5, "dispatch_inbox")
+
+
+def test_every_job_runs_its_steps_in_the_run_worker(tmp_path: Path) -> None:
+    """The UI's materializations and backfills run Dagster's own asset job: it too must not start a
+    process per step (about 2.5 s before a run's first job)."""
+    defs = build_definitions(settings=Settings(DAGSTER_HOME=tmp_path / "home", RESULTS_ROOT=tmp_path / "r"))
+    jobs = [
+        defs.resolve_implicit_global_asset_job_def(),
+        *(defs.resolve_job_def(j.name) for j in defs.jobs or []),
+    ]
+    assert {job.executor_def.name for job in jobs} == {"in_process"}, [
+        (j.name, j.executor_def.name) for j in jobs
+    ]
