@@ -3,8 +3,10 @@ a temporary DAGSTER_HOME holding three recorded example jobs: what a scientist o
 
 Each test asserts concrete text and elements (the fingerprint, the results link, the outputs table,
 the figure as an image, the checks and their reasons, the summary's table and figure), so it fails
-when any of them is missing; the re-materialization test fails if a skip or a dry run hides the
-recorded result. Screenshots go to ``docs/screenshots/latest/`` (git-ignored, so a test run leaves the
+when any of them is missing; the re-materialization tests fail if a skip hides the recorded result or
+shows its checks "Skipped", the refused-config test if a run config the analysis refuses fails the
+partition or hides its result. The shared ``ui`` fixture is in ``conftest.py``, the page helpers in
+``ui_pages.py``. Screenshots go to ``docs/screenshots/latest/`` (git-ignored, so a test run leaves the
 work tree clean for posting; the README's walkthrough shows copies in ``docs/screenshots/``).
 """
 
@@ -24,6 +26,7 @@ from analysis_wrapper_tests.browser.ui_pages import (
     Ui,
     assert_check_shown,
     assert_result_shown,
+    describe_run,
     launch_from_dialog,
     open_partition,
     partition_statuses,
@@ -90,7 +93,7 @@ def test_materializing_a_recorded_partition_keeps_its_result(ui: Ui) -> None:
     key = ui.jobs[1]["partition_key"]
     record = ui.records()[key]
     run = launch_from_dialog(ui, key)
-    assert run.status.value == "SUCCESS", ui.server.tail()
+    assert run.status.value == "SUCCESS", describe_run(ui, run)
     assert run.tags.get(OUTCOME_TAG) == "skipped: already recorded"
     assert ui.job_state(key) == "done"
     assert ui.records()[key] == record  # nothing posted, nothing replaced
@@ -99,24 +102,12 @@ def test_materializing_a_recorded_partition_keeps_its_result(ui: Ui) -> None:
         assert_check_shown(ui, name, key, run.run_id, "Passed")
 
 
-def test_a_skip_of_a_damaged_result_keeps_its_failed_check(ui: Ui) -> None:
-    """A skip of the partition whose figure changed after it was recorded: folder_complete (or the one
-    check holding it) stays Failed, with the reason; any other check Passed."""
-    key = ui.broken_key
-    run = launch_from_dialog(ui, key)
-    assert run.status.value == "SUCCESS", ui.server.tail()
-    assert run.tags.get(OUTCOME_TAG) == "skipped: already recorded"
-    assert_check_shown(ui, FOLDER_CHECK, key, run.run_id, "Failed")
-    reason = re.compile(r"isi_violations\.png has \d+ bytes, the record says \d+")
-    assert ui.page.get_by_text(reason).first.is_visible()
-    shot(ui, "check-after-skip.png")
-    for name in sorted(set(CHECK_NAMES) - {FOLDER_CHECK}):
-        assert_check_shown(ui, name, key, run.run_id, "Passed")
-
-
 def test_a_run_from_the_launchpad(ui: Ui) -> None:
+    """The Launchpad on the partition whose figure changed after it was recorded: the run skips it, and
+    its check shows the damage (folder_complete, or the one check holding it, Failed with the reason,
+    from this run), not "Skipped"; any other check Passed."""
     page = ui.page
-    key = ui.jobs[0]["partition_key"]
+    key = ui.broken_key
     ui.goto("/locations/analysis_wrapper.definitions/jobs/isi_violations_job/playground")
     page.get_by_text("isi_violations_result:").first.wait_for()
     page.get_by_text("No errors").first.wait_for()
@@ -125,9 +116,16 @@ def test_a_run_from_the_launchpad(ui: Ui) -> None:
     started = time.time()
     page.get_by_role("button", name="Launch Run").click()
     run = wait_for_run(ui, started, key)
-    assert run.status.value == "SUCCESS", ui.server.tail()
+    assert run.status.value == "SUCCESS", describe_run(ui, run)
     assert run.tags.get("dagster/partition") == key
+    assert run.tags.get(OUTCOME_TAG) == "skipped: already recorded"
     assert ui.job_state(key) == "done"  # a skip of a recorded job changes nothing
+    assert_check_shown(ui, FOLDER_CHECK, key, run.run_id, "Failed")
+    reason = re.compile(r"isi_violations\.png has \d+ bytes, the record says \d+")
+    assert ui.page.get_by_text(reason).first.is_visible()
+    shot(ui, "check-after-skip.png")
+    for name in sorted(set(CHECK_NAMES) - {FOLDER_CHECK}):
+        assert_check_shown(ui, name, key, run.run_id, "Passed")
 
 
 def test_a_refused_config_leaves_the_recorded_result_shown(ui: Ui) -> None:
@@ -156,7 +154,7 @@ def test_a_refused_config_leaves_the_recorded_result_shown(ui: Ui) -> None:
     page.get_by_role("button", name="Launch Run").click()
     run = wait_for_run(ui, started, key)
     assert run.run_config["ops"]["isi_violations_result"]["config"]["isi_violations_cutoff"] == -1
-    assert run.status.value == "CANCELED", ui.server.tail()
+    assert run.status.value == "CANCELED", describe_run(ui, run)
     outcome = run.tags.get(OUTCOME_TAG, "")
     assert outcome.startswith("refused: Run config refused") and "isi_violations_cutoff" in outcome, outcome
     assert ui.records()[key] == record and ui.job_state(key) == "done"

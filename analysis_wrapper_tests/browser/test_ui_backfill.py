@@ -17,7 +17,8 @@ from typing import Any
 
 import pytest
 
-from analysis_wrapper_tests.browser.ui_pages import ASSET, Ui, job_states, shot
+from analysis_wrapper.batch import OUTCOME_TAG
+from analysis_wrapper_tests.browser.ui_pages import ASSET, Ui, describe_run, job_states, shot
 from analysis_wrapper_tests.browser.ui_server import BACKFILL_PARTITIONS_PER_RUN, BIN, REPO_ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -117,8 +118,10 @@ def test_materialize_all_from_the_dialog_records_every_partition_in_fewer_runs(u
 
     runs = _backfill_runs(ui, backfill_id, keys)
 
-    assert [run.status.value for run in runs] == ["SUCCESS"] * len(runs), ui.server.tail()
+    assert [run.status.value for run in runs] == ["SUCCESS"] * len(runs), [describe_run(ui, r) for r in runs]
     assert len(runs) == math.ceil(len(keys) / BACKFILL_PARTITIONS_PER_RUN) < len(keys)
+    # Ranges in the order registered: the recorded three and the first new one, then the other two.
+    assert sorted(run.tags.get(OUTCOME_TAG) for run in runs) == ["1 recorded, 3 skipped", "2 recorded"]
     # Each new partition was run by the backfill (not by a sensor or another launch).
     from analysis_wrapper.store.sqlite import SqliteStore
 
@@ -133,3 +136,8 @@ def test_materialize_all_from_the_dialog_records_every_partition_in_fewer_runs(u
     page.get_by_text(f"{len(keys)} partitions", exact=True).first.wait_for()
     page.get_by_role("link", name=ASSET).first.wait_for()
     shot(ui, "backfill.png")
+    page.get_by_role("tab", name="Runs").click()  # its runs, each saying what its range came to
+    for run in runs:
+        page.get_by_text(run.run_id[:8], exact=True).first.wait_for()
+        page.get_by_text(f"{OUTCOME_TAG}: {run.tags[OUTCOME_TAG]}", exact=True).first.wait_for()
+    shot(ui, "backfill-runs.png")

@@ -182,6 +182,16 @@ def wait_for_run(ui: Ui, after: float, key: str, timeout_s: float = 120) -> Any:
     pytest.fail(f"no finished run of {key} within {timeout_s:.0f} s:\n{ui.server.tail()}")
 
 
+def describe_run(ui: Ui, run: Any) -> str:
+    """A run's status and its failure events' messages, for an assertion's message."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(ui.home)) as instance:
+        events = instance.all_logs(run.run_id)
+    failures = [e.message for e in events if e.dagster_event is not None and e.dagster_event.is_failure]
+    return f"run {run.run_id} {run.status.value}, tags {dict(run.tags)}: {failures}"
+
+
 def pick_partition(page: Any, opener: Any, key: str) -> None:
     opener.click()
     page.keyboard.type(key)
