@@ -19,7 +19,6 @@ from typing import Any
 import pytest
 from playwright.sync_api import ViewportSize
 
-from analysis_wrapper.checks import CHECK_NAMES, OUTPUTS_VALID, RECORD_IN_STORE
 from analysis_wrapper_tests.browser.ui_server import REPO_ROOT, UiServer
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,10 +34,6 @@ SCREENSHOTS = Path(os.environ.get("SCREENSHOT_DIR") or REPO_ROOT / "docs" / "scr
 VIEWPORT: ViewportSize = {"width": 1600, "height": 1000}
 LOAD_MS = 30_000
 ASSET = "isi_violations_result"
-FOLDER_CHECK = next(name for name in CHECK_NAMES if name not in (RECORD_IN_STORE, OUTPUTS_VALID))
-"""The check a changed result file fails: ``folder_complete``, or the one check holding it as a part."""
-OUTPUTS_CHECK = OUTPUTS_VALID if OUTPUTS_VALID in CHECK_NAMES else FOLDER_CHECK
-"""The check that says whether outputs.json is valid."""
 
 
 @dataclass
@@ -48,7 +43,7 @@ class Ui:
     home: Path
     jobs: list[dict[str, Any]]
     broken_key: str
-    """A partition whose figure was changed after it was recorded: its folder_complete check fails."""
+    """A partition whose figure was changed after it was recorded: its check fails (folder_complete)."""
     page: Any
 
     def goto(self, path: str) -> None:
@@ -145,9 +140,10 @@ def assert_result_shown(ui: Ui, key: str, record: dict[str, Any]) -> None:
     page.keyboard.press("Escape")
 
 
-def assert_check_shown(ui: Ui, check: str, key: str, run_id: str, status: str) -> None:
+def assert_check_shown(ui: Ui, check: str, key: str, run_id: str, status: str) -> Any:
     """The asset's Checks tab, check ``check``, its Partitions view, partition ``key``: the latest
-    execution is run ``run_id``'s and shows ``status`` (``Passed`` or ``Failed``), never ``Skipped``."""
+    execution is run ``run_id``'s and shows ``status`` (``Passed`` or ``Failed``), never ``Skipped``;
+    the partition's panel."""
     page = ui.page
     ui.goto(f"/assets/{ASSET}?view=checks")
     page.get_by_text(check, exact=True).first.click()
@@ -163,6 +159,7 @@ def assert_check_shown(ui: Ui, check: str, key: str, run_id: str, status: str) -
     badge.wait_for()
     assert badge.is_visible(), f"{check} on {key}: no {status!r}"
     assert not panel.get_by_text("Skipped", exact=True).count(), f"{check} on {key}: Skipped"
+    return panel
 
 
 def wait_for_run(ui: Ui, after: float, key: str, timeout_s: float = 120) -> Any:
