@@ -165,7 +165,7 @@ def run_each(
                     f"{analysis.name} partition {key} ({number}/{len(keys)}) failed: "
                     f"{failure_text(outcome.error)}"
                 )
-            for event in outcome.events(asset_key, analysis.version):
+            for event in outcome.events(asset_key, analysis.version, instance):
                 if not isinstance(event, AssetCheckEvaluation) or event.check_name in checks:
                     yield event
     instance.add_run_tags(run_id, outcome_tags(list(outcomes.values())))

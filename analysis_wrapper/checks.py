@@ -35,9 +35,14 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetKey,
+    AssetRecordsFilter,
+    DagsterInstance,
     MetadataValue,
     PartitionsDefinition,
     PreviewWarning,
+)
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,  # the type of a public field, not exported
 )
 from pydantic import ValidationError
 
@@ -80,8 +85,13 @@ class CheckOutcome:
             metadata=self.metadata,
         )
 
-    def evaluation(self, asset_key: AssetKey, partition: str) -> AssetCheckEvaluation:
-        """The same result as an event a plain op (a batch run) reports for one partition."""
+    def evaluation(
+        self, asset_key: AssetKey, partition: str, instance: DagsterInstance
+    ) -> AssetCheckEvaluation:
+        """The same result as an event a plain op (a batch run) or a ranged run reports for one
+        partition, aimed at the partition's latest materialization (what Dagster's own
+        ``AssetCheckResult`` does in a one-partition step): without it the check's *Partitions* view
+        counts a passed check of the recorded result as not evaluated."""
         return AssetCheckEvaluation(
             asset_key=asset_key,
             check_name=self.name,
@@ -90,7 +100,22 @@ class CheckOutcome:
             severity=AssetCheckSeverity.ERROR,
             description=self.description,
             partition=partition,
+            target_materialization_data=_latest_materialization(instance, asset_key, partition),
         )
+
+
+def _latest_materialization(
+    instance: DagsterInstance, asset_key: AssetKey, partition: str
+) -> AssetCheckEvaluationTargetMaterializationData | None:
+    records = instance.fetch_materializations(
+        AssetRecordsFilter(asset_key=asset_key, asset_partitions=[partition]), limit=1
+    ).records
+    if not records:
+        return None
+    latest = records[0]
+    return AssetCheckEvaluationTargetMaterializationData(
+        storage_id=latest.storage_id, run_id=latest.run_id, timestamp=latest.timestamp
+    )
 
 
 def check_specs(asset_key: AssetKey, partitions: PartitionsDefinition) -> list[AssetCheckSpec]:

@@ -34,6 +34,7 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetObservation,
+    DagsterInstance,
     Failure,
     MetadataValue,
 )
@@ -112,9 +113,10 @@ class PartitionOutcome:
         return "failed" if self.error is not None else self.status.split(":", 1)[0]
 
     def events(
-        self, asset_key: AssetKey, code_version: str
+        self, asset_key: AssetKey, code_version: str, instance: DagsterInstance
     ) -> Iterator[AssetMaterialization | AssetObservation | AssetCheckEvaluation]:
-        """The outcome as the events an op reports for one partition of ``asset_key``."""
+        """The outcome as the events an op reports for one partition of ``asset_key`` (its checks
+        after its materialization is stored: they aim at it)."""
         if self.materialized:
             tags = {DATA_VERSION_TAG: str(self.fingerprint), CODE_VERSION_TAG: code_version}
             yield AssetMaterialization(
@@ -123,7 +125,7 @@ class PartitionOutcome:
         else:
             yield AssetObservation(asset_key=asset_key, partition=self.key, metadata=self.metadata)
         for checked in self.checks:
-            yield checked.evaluation(asset_key, self.key)
+            yield checked.evaluation(asset_key, self.key, instance)
 
 
 @dataclass

@@ -101,7 +101,7 @@ def build_analysis_definitions(
     ) -> Iterator[
         MaterializeResult | AssetMaterialization | AssetObservation | AssetCheckResult | AssetCheckEvaluation
     ]:
-        keys = context.partition_keys
+        keys, instance = context.partition_keys, context.instance
         selected = {check.name for check in context.selected_asset_check_keys}
         place = RunPlace(context.run.run_id, asset_key.to_user_string(), run_script, context.log)
         if len(keys) > 1:
@@ -116,7 +116,7 @@ def build_analysis_definitions(
             # The checks this run planned show the recorded results' state, not "execution failed".
             for key in keys:
                 checked = service.check_partition(key, config_class(), missing_ok=True)
-                yield from (c.evaluation(asset_key, key) for c in checked if c.name in selected)
+                yield from (c.evaluation(asset_key, key, instance) for c in checked if c.name in selected)
             end_as_refused(context, refused)
             raise
         if len(keys) > 1:  # a range of a backfill (BackfillPolicy): each partition reports itself
@@ -125,7 +125,7 @@ def build_analysis_definitions(
             else:
                 for key in keys:
                     checked = service.check_partition(key, config)
-                    yield from (c.evaluation(asset_key, key) for c in checked if c.name in selected)
+                    yield from (c.evaluation(asset_key, key, instance) for c in checked if c.name in selected)
             return
         key = keys[0]
         # The run's heartbeat, until the step ends: a started run without one, silent, is taken for dead.

@@ -53,6 +53,16 @@ def _recorded(h: Harness, tmp_path: Path, **params: Any) -> Any:
     return job
 
 
+def _check_is_current(h: Harness, keys: list[str]) -> bool:
+    """Whether each partition's latest check execution aims at its latest materialization, as the
+    check's *Partitions* view reads it (else it counts the partition as not evaluated)."""
+    infos = h.instance.event_log_storage.get_asset_check_partition_info(
+        [AssetCheckKey(ASSET, name) for name in CHECK_NAMES], partition_keys=keys
+    )
+    assert {i.partition_key for i in infos} == set(keys), infos
+    return all(i.is_current and i.latest_target_materialization_storage_id for i in infos)
+
+
 def _partition_status(h: Harness, key: str) -> AssetPartitionStatus | None:
     """The partition's status as the Partitions tab shows it (green, red, ...)."""
     partitions = h.defs.resolve_assets_def(ASSET).partitions_def
@@ -107,10 +117,12 @@ def test_batch_and_ranged_runs_show_skips_checks_and_their_outcome_counts(
     assert _outcome_tag(h, batch.run_id) == "1 recorded, 1 skipped, 1 failed"
     checked = {(e.partition, e.check_name) for e in batch.get_asset_check_evaluations() if e.passed}
     assert checked == {(j.partition_key, n) for j in (recorded, new) for n in CHECK_NAMES}
+    assert _check_is_current(h, [recorded.partition_key, new.partition_key])
 
     only_skips = h.run_batch("echo", [recorded.partition_key, new.partition_key])
     assert only_skips.success and _outcome_tag(h, only_skips.run_id) == "2 skipped"
     assert _checks_tab(h, recorded.partition_key) == {name: ("SUCCEEDED", True) for name in CHECK_NAMES}
+    assert _check_is_current(h, [recorded.partition_key, new.partition_key])
 
     ranged = h.defs.resolve_job_def(echo.job_name).execute_in_process(
         instance=h.instance,
@@ -122,6 +134,7 @@ def test_batch_and_ranged_runs_show_skips_checks_and_their_outcome_counts(
     assert skipped_checks == {(j.partition_key, n, True) for j in (recorded, new) for n in CHECK_NAMES}
     for job in (recorded, new):
         assert _checks_tab(h, job.partition_key) == {name: ("SUCCEEDED", True) for name in CHECK_NAMES}
+    assert _check_is_current(h, [recorded.partition_key, new.partition_key])
 
 
 def test_a_refused_run_config_changes_nothing_of_a_recorded_partition(
