@@ -653,19 +653,17 @@ def test_definitions_carry_an_inbox_sensor_per_analysis_running_by_default(
 
 # ---- batch runs ---------------------------------------------------------------------------------
 def test_pending_jobs_go_out_in_batches_and_a_lone_job_gets_its_own_run(env_factory: Any) -> None:
-    env = env_factory(batch_size=3)
+    env = env_factory(batch_size=3, run_slots=1)
     for i in range(7):
         env.drop(scale=float(i + 1))
     first_cursor = env.cursors.get(echo.sensor_name)
     requests = env.tick().run_requests
-    assert [r.job_name for r in requests] == [echo.batch_job_name, echo.batch_job_name, echo.job_name]
-    batches = [r.run_config["ops"]["echo_batch"]["config"]["partition_keys"] for r in requests[:2]]
-    assert [len(b) for b in batches] == [3, 3]
-    assert [r.tags[BATCH_SIZE_TAG] for r in requests[:2]] == ["3", "3"]
-    assert all(r.run_key.startswith("batch:") and r.tags[ANALYSIS_TAG] == "echo" for r in requests[:2])
-    lone = requests[2]
-    assert lone.partition_key not in {k for b in batches for k in b}
-    assert lone.run_key == f"{lone.tags[FINGERPRINT_TAG]}:1"
+    # Batches of at most three, the seven jobs shared evenly: 3, 2, 2.
+    assert [r.job_name for r in requests] == [echo.batch_job_name] * 3
+    batches = [r.run_config["ops"]["echo_batch"]["config"]["partition_keys"] for r in requests]
+    assert [len(b) for b in batches] == [3, 2, 2] and len({k for b in batches for k in b}) == 7
+    assert [r.tags[BATCH_SIZE_TAG] for r in requests] == ["3", "2", "2"]
+    assert all(r.run_key.startswith("batch:") and r.tags[ANALYSIS_TAG] == "echo" for r in requests)
     assert "7 requested in 3 run(s)" in env.last_summary
 
     # A tick that crashed before its cursor was stored is evaluated again: the same runs, same keys.
@@ -680,23 +678,52 @@ def test_pending_jobs_go_out_in_batches_and_a_lone_job_gets_its_own_run(env_fact
     assert len(env.store.find_records("echo")) == 7
     assert env.tick().run_requests == []
 
+    # A lone job gets its own run of the result asset's partition.
+    env.drop(scale=8.0)
+    (lone,) = env.tick().run_requests
+    assert lone.job_name == echo.job_name
+    assert lone.run_key == f"{lone.tags[FINGERPRINT_TAG]}:1"
 
-def test_a_ticks_jobs_are_shared_evenly_between_its_runs(env_factory: Any) -> None:
-    """Six jobs in batches of at most four: two runs of three (two run slots finish them together),
-    not four and two."""
-    env = env_factory(batch_size=4)
-    for i in range(6):
+
+@pytest.mark.parametrize(
+    ("batch_size", "run_slots", "jobs", "sizes"),
+    [
+        (4, 1, 6, [3, 3]),  # batches of at most four: two runs of three, not four and two
+        (250, 2, 6, [3, 3]),  # one run per slot at the least, so a burst keeps both slots busy
+        (250, 2, 500, [250, 250]),
+        (100, 2, 250, [84, 83, 83]),
+        (250, 3, 2, [1, 1]),  # never more runs than jobs
+    ],
+)
+def test_a_ticks_jobs_are_shared_evenly_between_its_runs(
+    env_factory: Any, batch_size: int, run_slots: int, jobs: int, sizes: list[int]
+) -> None:
+    env = env_factory(batch_size=batch_size, run_slots=run_slots, max_runs_per_tick=50)
+    for i in range(jobs):
         env.drop(scale=float(i + 1))
     requests = env.tick().run_requests
-    assert [r.job_name for r in requests] == [echo.batch_job_name, echo.batch_job_name]
-    batches = [r.run_config["ops"]["echo_batch"]["config"]["partition_keys"] for r in requests]
-    assert [len(b) for b in batches] == [3, 3] and len({k for b in batches for k in b}) == 6
+    shown = [
+        len(r.run_config["ops"]["echo_batch"]["config"]["partition_keys"])
+        if r.job_name == echo.batch_job_name
+        else 1
+        for r in requests
+    ]
+    assert shown == sizes
+    keys = {
+        k
+        for r in requests
+        for k in (
+            r.run_config.get("ops", {}).get("echo_batch", {}).get("config", {}).get("partition_keys")
+            or [r.partition_key]
+        )
+    }
+    assert len(keys) == jobs
 
 
 def test_a_failed_partition_of_a_batch_is_retried_on_its_own(
     env_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = env_factory(batch_size=5, retry_delay_s=10.0)
+    env = env_factory(batch_size=5, run_slots=1, retry_delay_s=10.0)
     env.drop(scale=1.0)
     bad = env.drop(fail=True)
     env.drop(scale=2.0)
@@ -716,7 +743,7 @@ def test_a_failed_partition_of_a_batch_is_retried_on_its_own(
 def test_a_batch_run_that_dies_fails_its_running_job_and_frees_the_queued_ones(
     env_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    env = env_factory(batch_size=3, audit_after_s=60.0, retry_delay_s=1000.0)
+    env = env_factory(batch_size=3, run_slots=1, audit_after_s=60.0, retry_delay_s=1000.0)
     for i in range(3):
         env.drop(scale=float(i + 1))
     env.run_events()  # first tick: starts from the recent past
@@ -756,7 +783,7 @@ def test_a_batch_canceled_in_the_queue_goes_out_again_under_a_new_run_key(
     env_factory: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Dagster never runs a sensor's run key twice: the same jobs sent back must get a new key."""
-    env = env_factory(batch_size=3, audit_after_s=60.0)
+    env = env_factory(batch_size=3, run_slots=1, audit_after_s=60.0)
     for i in range(3):
         env.drop(scale=float(i + 1))
     env.run_events()

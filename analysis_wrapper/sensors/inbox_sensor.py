@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import logging
 import time
@@ -208,12 +209,15 @@ class Tick:
         chosen = [e for e in page if e.fingerprint not in recorded][:wanted]
         if len(page) > wanted and len(chosen) == wanted:
             self.counts["backlog"] += 1
-        # As few runs as batches of `size` need, the jobs shared evenly between them (150 jobs in batches
-        # of 100: two runs of 75, which two run slots finish together, not 100 then 50).
-        per_run = -(-len(chosen) // -(-len(chosen) // size)) if chosen else size
+        # As few runs as batches of `size` need, but one per run slot at the least, the jobs shared
+        # evenly between them (two slots, batches of 250: 500 jobs make two runs of 250, which end
+        # together; 150 jobs two of 75; 3 jobs two, of 2 and 1): every slot busy, no half-empty wave.
+        runs = max(-(-len(chosen) // size), min(self.config.run_slots, len(chosen)))
+        small, extra = divmod(len(chosen), max(runs, 1))
+        bounds = list(itertools.accumulate([0] + [small + (i < extra) for i in range(runs)]))
         requests = [
             self._single_request(group[0]) if len(group) == 1 else self._batch_request(group)
-            for group in (chosen[start : start + per_run] for start in range(0, len(chosen), per_run))
+            for group in (chosen[start:end] for start, end in itertools.pairwise(bounds))
         ]
         self.cursor.requested = [e.partition_key for e in chosen]
         self.add_keys.extend(self.cursor.requested)
