@@ -97,7 +97,7 @@ def expected_reason_holds(case: BadInput, where: Path, text: str) -> bool:
 def test_every_bad_input_is_quarantined_by_the_sensor_while_good_jobs_run(
     tmp_path: Path, clean_repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env = Env(tmp_path, clean_repo, analyses=(echo,), batch_size=25, max_files_per_tick=1000)
+    env = Env(tmp_path, clean_repo, analyses=(echo,), batch_size=25, run_slots=1, max_files_per_tick=1000)
     env.root.mkdir(parents=True)
     escape_to = tmp_path / ESCAPE / "evil.nwb"
     source = str(clean_repo / "code.py")
@@ -171,6 +171,7 @@ def test_every_bad_file_is_quarantined_from_an_s3_inbox_while_good_jobs_register
         inbox=f"s3://{bucket}/dispatch",
         endpoint=moto_s3.endpoint_url,
         batch_size=25,
+        run_slots=1,
         max_files_per_tick=1000,
     )
     source = str(clean_repo / "code.py")
