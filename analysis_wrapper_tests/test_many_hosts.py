@@ -533,7 +533,31 @@ def run_hosts(
         rows = list(csv.DictReader(io.StringIO(body.read().decode())))
         return sorted(row["fingerprint"] for row in rows) == sorted(expected.values())
 
-    cluster.wait_for("the summary holds every job and every Dagster run ended", summary_current, 120, 2.0)
+    def summary_behind() -> str:
+        """For a timeout: Dagster's unfinished runs, and how many jobs the summary holds."""
+        rows = postgres.query(
+            database,
+            "SELECT run_id, pipeline_name, status FROM runs "
+            "WHERE status NOT IN ('SUCCESS', 'FAILURE', 'CANCELED')",
+        )
+        try:
+            body = client.get_object(Bucket=bucket, Key=f"results/{counting.name}_summary/summary.csv")[
+                "Body"
+            ]
+            held = len(list(csv.DictReader(io.StringIO(body.read().decode()))))
+        except client.exceptions.NoSuchKey:
+            held = 0
+        return f"unfinished runs: {rows}; the summary holds {held} of {len(expected)} jobs"
+
+    # 240 s: once in three fresh-clone CI runs, 120 s after the last record was not enough (it passed
+    # alone right after); the explanation says what was still missing if it ever times out again.
+    cluster.wait_for(
+        "the summary holds every job and every Dagster run ended",
+        summary_current,
+        240,
+        2.0,
+        explain=summary_behind,
+    )
 
     def web_shows_every_run() -> bool:
         """The webserver (its own host) shows the runs and statuses PostgreSQL holds. Compared back to
