@@ -549,8 +549,10 @@ def run_hosts(
             held = 0
         return f"unfinished runs: {rows}; the summary holds {held} of {len(expected)} jobs"
 
-    # 240 s: once in three fresh-clone CI runs, 120 s after the last record was not enough (it passed
-    # alone right after); the explanation says what was still missing if it ever times out again.
+    # A summary that stopped one job short here (199 of 200, nothing left to run) was the automation
+    # condition dropping a result recorded in the tick of the summary's request or update; see
+    # test_summary.py::test_a_result_recorded_while_the_summary_runs_is_not_lost. A timeout says what is
+    # missing.
     cluster.wait_for(
         "the summary holds every job and every Dagster run ended",
         summary_current,

@@ -175,6 +175,36 @@ def test_automation_requests_the_summary_after_new_results(
     assert requested, "a result was re-recorded: due"
 
 
+def test_a_result_recorded_while_the_summary_runs_is_not_lost(
+    recorded: tuple[Harness, list[Any]], example_jobs: list[Path], tmp_path: Path
+) -> None:
+    """A result recorded between a summary's request and the next tick (the summary run may have read
+    the events before it) keeps the summary due, however the tick's intervals fall: Dagster's ``since``
+    lets its reset win when both happen in one tick unless both sides carry their times. Found in a
+    fresh-clone CI run of the many-hosts test: the summary held 199 of 200 jobs, nothing left to run."""
+    h, _jobs = recorded
+    due, cursor = due_summaries(h, ["isi_violations"], None)
+    assert due == {"isi_violations"}
+    summarize(h)  # the requested run: it reads every result there is now
+    (late,) = h.submit([another_job(example_jobs, tmp_path / "late", 0.8)])
+    assert h.materialize("isi_violations", late.partition_key).success  # after the summary's read
+    due, cursor = due_summaries(h, ["isi_violations"], cursor)
+    assert due == {"isi_violations"}, "a result the summary has not read: due"
+    assert summarize(h)["new_or_updated_jobs"].value == 1
+    due, cursor = due_summaries(h, ["isi_violations"], cursor)
+    assert due == set(), "the summary has read everything: not due"
+
+    # The same while the summary is updated after the result (a run that read before the result).
+    (later,) = h.submit([another_job(example_jobs, tmp_path / "later", 0.7)])
+    assert h.materialize("isi_violations", later.partition_key).success
+    due, cursor = due_summaries(h, ["isi_violations"], cursor)
+    assert due == {"isi_violations"}
+    assert h.materialize("isi_violations", later.partition_key, force=True).success
+    summarize(h)
+    due, cursor = due_summaries(h, ["isi_violations"], cursor)
+    assert due == {"isi_violations"}, "recorded after the request: the run requested may not have read it"
+
+
 def test_a_summary_is_due_on_the_first_tick_after_jobs_recorded_without_a_daemon(
     harness_factory: Any, example_jobs: list[Path], tmp_path: Path
 ) -> None:

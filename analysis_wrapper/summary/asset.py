@@ -72,9 +72,21 @@ def summary_folder_name(analysis: Analysis[Any, Any]) -> str:
 
 
 def summary_condition() -> AutomationCondition:
-    """Due when a result was recorded since the summary last ran, or when there is no summary yet while
-    a result is recorded; never while a run of the result asset or of the summary is in progress (so a
-    batch run's jobs land in one update).
+    """Due when a result was recorded after the summary was last requested, or when there is no summary
+    yet while a result is recorded; never while a run of the result asset or of the summary is in
+    progress (so a batch run's jobs land in one update).
+
+    **Reset by the request, not by the summary's update, and with both sides' times.** Dagster's
+    ``since`` keeps a trigger that came after its reset in the same tick only when both sides carry
+    their times; ``|`` drops them, and ``any_deps_updated()`` is an ``|`` inside, so Dagster's
+    ``eager()`` and this condition's earlier form dropped a result recorded in the same tick interval
+    as the summary's request or update, for good (a fresh-clone CI run of the many-hosts test ended
+    with 199 of 200 jobs in the summary and nothing left to run). So the trigger is
+    ``any_deps_match(newly_updated())`` (the result's materialization times) and the reset is
+    ``newly_requested()`` (the requesting tick's time): the run a request starts reads every result
+    recorded before it, and a result recorded after the request keeps the summary due. A summary
+    materialized by hand (``analysis-wrapper run --summary``, the UI) does not reset it, so automation
+    may update it once more, finding nothing new.
 
     The second trigger is why a summary exists as soon as a job is recorded: jobs recorded before the
     sensor's first tick (``analysis-wrapper run`` with no daemon; a new analysis's first result) are not
@@ -82,12 +94,15 @@ def summary_condition() -> AutomationCondition:
     a condition's initial evaluation, so neither ``eager()`` nor ``on_missing()`` would fire there. It
     fires once, when it becomes true (a failed summary run is not retried every tick), and no run is
     spent on an empty summary before the first result."""
-    handled = AutomationCondition.newly_requested() | AutomationCondition.newly_updated()
+    requested = AutomationCondition.newly_requested()
     no_summary_yet = (
         AutomationCondition.missing() & AutomationCondition.any_deps_match(~AutomationCondition.missing())
     ).with_label("no summary yet, a result recorded")
     return (
-        (AutomationCondition.any_deps_updated() | no_summary_yet.newly_true()).since(handled)
+        (
+            AutomationCondition.any_deps_match(AutomationCondition.newly_updated()).since(requested)
+            | no_summary_yet.newly_true().since(requested)
+        )
         & ~AutomationCondition.any_deps_in_progress()
         & ~AutomationCondition.in_progress()
     ).with_label("a result was recorded")
