@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from analysis_wrapper.cli.app import main
 from analysis_wrapper.records import results_frame
 from analysis_wrapper.resources.record_store import close_all_stores
 from analysis_wrapper.summary.figures import group_labels
+from analysis_wrapper.summary.new_results import SETTLE_S, SummaryCursor, new_fingerprints
 from analysis_wrapper.summary.table import parameter_set
 from analysis_wrapper_tests.harness import Harness, write_job
 from analysis_wrapper_tests.sample_analyses import echo
@@ -140,6 +142,44 @@ def test_a_summary_of_an_older_layout_is_rebuilt_once(recorded: tuple[Harness, l
     assert meta["new_or_updated_jobs"].value == 3 and meta["result_folders_read"].value == 3
     assert pd.read_parquet(summary_folder(h) / "summary.parquet")["parameter_set"].notna().all()
     assert summarize(h)["new_or_updated_jobs"].value == 0
+
+
+def test_a_result_committed_after_the_summary_read_past_it_is_taken_in_by_the_next_update(
+    recorded: tuple[Harness, list[Any]], example_jobs: list[Path], tmp_path: Path
+) -> None:
+    """PostgreSQL gives an event its id before its writer commits: a summary can read past an id that
+    becomes visible only afterwards. Made here by moving the stored cursor past a result the summary has
+    not read; the next update re-reads the last minute and takes it in (and nothing else)."""
+    h, jobs = recorded
+    summarize(h)
+    (late,) = h.submit([another_job(example_jobs, tmp_path / "late", 0.8)])
+    assert h.materialize("isi_violations", late.partition_key).success
+    (newest,) = h.instance.fetch_materializations(AssetKey("isi_violations_result"), limit=1).records
+    state_file = summary_folder(h) / "metadata.nd.json"
+    state = json.loads(state_file.read_text())
+    state["cursor"] = newest.storage_id  # as if read past it: ``settled`` stays where the update left it
+    state_file.write_text(json.dumps(state))
+    meta = summarize(h)
+    assert meta["new_or_updated_jobs"].value == 1 and meta["result_folders_read"].value == 1
+    rows = pd.read_parquet(summary_folder(h) / "summary.parquet")
+    assert set(rows["partition_key"]) == {j.partition_key for j in [*jobs, late]}
+
+
+def test_new_results_re_reads_a_minute_and_skips_the_jobs_held(recorded: tuple[Harness, list[Any]]) -> None:
+    h, jobs = recorded
+    key = AssetKey("isi_violations_result")
+    found, cursor = new_fingerprints(h.instance, key, SummaryCursor(), held=set())
+    assert found == {j.partition_key: j.fingerprint for j in jobs}
+    assert cursor.last is not None and cursor.settled is None, "all read, none a minute old yet"
+    held = set(found.items())
+    again, same = new_fingerprints(h.instance, key, cursor, held)
+    assert again == {} and same == cursor, "re-read within the minute: every job already held"
+    later = time.time() + SETTLE_S + 1
+    again, settled = new_fingerprints(h.instance, key, cursor, held, now=later)
+    assert again == {} and settled == SummaryCursor(cursor.last, cursor.last), "a minute on: settled"
+    missing = set(list(held)[1:])  # a job the summary does not hold (its event seen late): re-read
+    again, _ = new_fingerprints(h.instance, key, cursor, missing)
+    assert again == dict(set(held) - missing)
 
 
 def due_summaries(h: Harness, names: list[str], cursor: Any) -> tuple[set[str], Any]:

@@ -5,6 +5,7 @@
   notebooks (:func:`analysis_wrapper.records.results_frame`);
 * :mod:`.figures`: the figure across jobs, the analysis's own (``Analysis.summary_figure``) or
   histograms of its outputs, one colour per version and parameter set;
+* :mod:`.new_results`: which results are new to a summary (its cursor, and why it re-reads a minute);
 * :mod:`.asset`: the ``<analysis>_summary`` asset, updated incrementally by declarative automation,
   with the analysis's own rows (``Analysis.summary_rows``) read once per new job.
 """

@@ -5,12 +5,13 @@ written like a result folder, complete or absent): ``summary.parquet`` and ``sum
 per job, see :mod:`.table`), ``summary.png`` (:mod:`.figures`), for analyses with their own
 ``summary_rows`` ``details.parquet`` (those rows, each with its job's ``partition_key``,
 ``analysis_version`` and ``parameter_set``), and ``metadata.nd.json`` holding the cursor: the event-log
-storage id of the last materialization of ``<analysis>_result`` it has taken in.
+storage ids of the last materialization of ``<analysis>_result`` it has taken in, and of the last one a
+minute old when read (:mod:`.new_results`).
 
-**Incremental.** An update reads the result asset's materializations after the cursor (one event-log
-query per 1,000), the records of their fingerprints (one store read each) and, for ``summary_rows``,
-only those jobs' folders; every earlier row comes from the previous Parquet files. So after one new job
-it reads one record and one folder, whatever the summary holds.
+**Incremental.** An update reads the result asset's materializations of the last minute and after the
+cursor (one event-log query per 1,000), the records of the jobs it does not hold yet (one store read
+each) and, for ``summary_rows``, only those jobs' folders; every earlier row comes from the previous
+Parquet files. So after one new job it reads one record and one folder, whatever the summary holds.
 
 **Kept current by declarative automation** (:func:`summary_condition`), evaluated by
 ``<analysis>_summary_sensor``, an automation condition sensor that runs by default; ``analysis-wrapper
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from dagster import (
     AssetExecutionContext,
     AssetKey,
-    AssetRecordsFilter,
     AssetsDefinition,
     AssetSelection,
     AutomationCondition,
@@ -50,6 +50,7 @@ from analysis_wrapper.resources.runtime import AnalysisRuntime
 from analysis_wrapper.result_metadata import figure_markdown, location_link
 from analysis_wrapper.scratch import make_scratch, remove_scratch
 from analysis_wrapper.summary.figures import draw_summary_figure
+from analysis_wrapper.summary.new_results import SummaryCursor, new_fingerprints
 from analysis_wrapper.summary.table import merge_rows, summary_frame
 from analysis_wrapper.tags import ANALYSIS_TAG
 
@@ -64,7 +65,6 @@ FORMAT = 2
 """The layout of a summary folder; one written in another (before ``parameter_set`` and
 ``details.parquet``) is rebuilt from every result, once."""
 PREVIEW_ROWS = 25
-EVENTS_PAGE = 1000
 
 
 def summary_folder_name(analysis: Analysis[Any, Any]) -> str:
@@ -128,7 +128,7 @@ def summary_sensor(
     )
 
 
-def _read_previous(storage: Any, folder: str) -> "tuple[pd.DataFrame, pd.DataFrame | None, int | None]":
+def _read_previous(storage: Any, folder: str) -> "tuple[pd.DataFrame, pd.DataFrame | None, SummaryCursor]":
     """The previous summary (jobs, details, cursor), or nothing when there is none yet."""
     import pandas as pd  # ~0.5 s to import: paid by a summary run, not by every process loading the code
 
@@ -136,13 +136,13 @@ def _read_previous(storage: Any, folder: str) -> "tuple[pd.DataFrame, pd.DataFra
         state = json.loads(storage.read_bytes(folder, RECORD_FILE))
         rows = pd.read_parquet(io.BytesIO(storage.read_bytes(folder, PARQUET)))
     except (ResultsStorageError, FileNotFoundError, KeyError):
-        return summary_frame([]), None, None
+        return summary_frame([]), None, SummaryCursor()
     if state.get("format") != FORMAT:
-        return summary_frame([]), None, None
+        return summary_frame([]), None, SummaryCursor()
     details = None
     if state.get("details"):
         details = pd.read_parquet(io.BytesIO(storage.read_bytes(folder, DETAILS)))
-    return rows, details, state.get("cursor")
+    return rows, details, SummaryCursor.from_state(state)
 
 
 def _job_details(analysis: Analysis[Any, Any], record: dict[str, Any], s3_client: Any) -> "pd.DataFrame":
@@ -156,37 +156,6 @@ def _job_details(analysis: Analysis[Any, Any], record: dict[str, Any], s3_client
     for position, column in enumerate(["partition_key", "analysis_version", "parameter_set"]):
         frame.insert(position, column, job[column])
     return frame
-
-
-def _new_fingerprints(
-    context: AssetExecutionContext, result_key: AssetKey, cursor: int | None
-) -> tuple[dict[str, str], int | None]:
-    """Partition -> fingerprint of every materialization after ``cursor`` (the latest per partition),
-    and the new cursor."""
-    found: dict[str, str] = {}
-    page_cursor = None
-    last = cursor
-    while True:
-        page = context.instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=result_key, after_storage_id=cursor),
-            limit=EVENTS_PAGE,
-            cursor=page_cursor,
-            ascending=True,
-        )
-        for item in page.records:
-            materialization = item.asset_materialization
-            if materialization is None or materialization.partition is None:
-                continue
-            value = materialization.metadata.get("fingerprint")
-            fingerprint = str(
-                getattr(value, "value", value) or materialization.tags.get("dagster/data_version", "")
-            )
-            if fingerprint:
-                found[materialization.partition] = fingerprint
-            last = item.storage_id
-        if not page.has_more:
-            return found, last
-        page_cursor = page.cursor
 
 
 def _preview(rows: "pd.DataFrame") -> MetadataValue:
@@ -242,7 +211,8 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
         storage = results_io_manager.results.results()
         s3_client = results_io_manager.results.s3_client() if has_details else None
         rows, details, cursor = _read_previous(storage, folder)
-        fingerprints, new_cursor = _new_fingerprints(context, result_key, cursor)
+        held = set(zip(rows["partition_key"], rows["fingerprint"], strict=True))
+        fingerprints, new_cursor = new_fingerprints(context.instance, result_key, cursor, held)
         records = store.get_store()
         new_records = []
         for _partition, fingerprint in sorted(fingerprints.items()):
@@ -270,7 +240,8 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
             state = {
                 "summary_of": analysis.name,
                 "format": FORMAT,
-                "cursor": new_cursor,
+                "cursor": new_cursor.last,
+                "settled": new_cursor.settled,
                 "rows": len(rows),
                 "details": details is not None,
             }
@@ -286,7 +257,7 @@ def build_summary_asset(analysis: Analysis[Any, Any], result_key: AssetKey) -> A
             "jobs": len(rows),
             "new_or_updated_jobs": len(new_rows),
             "result_folders_read": folders_read,
-            "cursor": new_cursor if new_cursor is not None else -1,
+            "cursor": new_cursor.last if new_cursor.last is not None else -1,
             "summary_link": location_link(location),
             "parquet": f"{location}/{PARQUET}",
             "csv": f"{location}/{CSV}",
