@@ -159,7 +159,7 @@ def run_each(
     outcomes: dict[str, PartitionOutcome] = {}  # per partition, what happened: the run's page lists them
     with heartbeat_held(service.store, run_id, service.lease_ttl_s):
         for number, key in enumerate(keys, start=1):
-            outcome = outcomes[key] = service.run_partition(key, config)
+            outcome = outcomes[key] = service.run_partition(key, config).reported(asset_key, instance)
             if outcome.error is not None:
                 log.error(
                     f"{analysis.name} partition {key} ({number}/{len(keys)}) failed: "

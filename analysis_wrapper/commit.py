@@ -34,6 +34,7 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     AssetObservation,
+    AssetRecordsFilter,
     DagsterInstance,
     Failure,
     MetadataValue,
@@ -96,6 +97,8 @@ class PartitionOutcome:
     materialized: bool = False
     checks: tuple[CheckOutcome, ...] = ()
     error: Exception | None = None
+    on_record: bool = False
+    """A skip of a result in this project's record store (not the capsule's, not one being computed)."""
 
     @property
     def status(self) -> str:
@@ -111,6 +114,27 @@ class PartitionOutcome:
         if self.materialized:
             return "recorded"
         return "failed" if self.error is not None else self.status.split(":", 1)[0]
+
+    def reported(self, asset_key: AssetKey, instance: DagsterInstance) -> PartitionOutcome:
+        """This outcome, or, for a skip of a result that Dagster was never told of, its
+        materialization, reported now. A run killed between writing its record and reporting its
+        materialization leaves a recorded job whose partition shows no result, and that the summary
+        (which reads materializations) never lists; the run that finds it recorded reports it, unless
+        the run that recorded it is still going (it reports it itself)."""
+        if not (self.on_record and self.fingerprint):
+            return self
+        latest = instance.fetch_materializations(
+            AssetRecordsFilter(asset_key=asset_key, asset_partitions=[self.key]), limit=1
+        ).records
+        shown = latest[0].asset_materialization if latest else None
+        if shown is not None and (shown.tags or {}).get(DATA_VERSION_TAG) == self.fingerprint:
+            return self
+        recorder = str(self.metadata.get("recorded_by_run") or "")
+        run = instance.get_run_by_id(recorder) if recorder else None
+        if run is not None and not run.is_finished:
+            return self
+        status = f"recorded by run {recorder or 'unknown'}, reported by this run (that run ended first)"
+        return dataclasses.replace(self, metadata={**self.metadata, "status": status}, materialized=True)
 
     def events(
         self, asset_key: AssetKey, code_version: str, instance: DagsterInstance
@@ -267,7 +291,7 @@ class CommitService:
                 },
                 job.fingerprint,
             )
-        return self._skipped(job, common, what)
+        return dataclasses.replace(self._skipped(job, common, what), on_record=True)
 
     def _skipped(self, job: AnalysisJob, common: dict[str, Any], reason: str) -> PartitionOutcome:
         """A skip shows the recorded result it defers to, read from its record (if any)."""

@@ -134,7 +134,7 @@ def build_analysis_definitions(
                 # Only checks selected (the UI's "Execute" on a check): check the stored result, run nothing.
                 checks = service.check_partition(key, config)
             else:
-                outcome = service.run_partition(key, config)
+                outcome = service.run_partition(key, config).reported(asset_key, context.instance)
                 context.instance.add_run_tags(place.run_id, outcome_tags([outcome]))  # the run page says it
                 if not outcome.materialized:
                     # A skip, a dry run or a failure is no new result: the partition keeps showing its

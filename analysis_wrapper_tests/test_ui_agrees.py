@@ -137,6 +137,47 @@ def test_batch_and_ranged_runs_show_skips_checks_and_their_outcome_counts(
     assert _check_is_current(h, [recorded.partition_key, new.partition_key])
 
 
+def test_a_result_recorded_by_a_run_that_died_before_reporting_it_is_reported_by_the_next_run(
+    harness_factory: Any, tmp_path: Path
+) -> None:
+    """A run killed between its record and its materialization leaves a recorded job that Dagster was
+    never told of: its partition would stay missing and the summary (which reads materializations) one
+    job short; the many-hosts test's code-server kill once did exactly that. Made here by wiping the
+    asset's events after the records: the next run that finds them recorded reports them, as
+    materializations naming the run that recorded them, and later runs skip as usual."""
+    h = harness_factory([echo])
+    inputs = [tmp_path / "jobs"]
+    first, second = h.submit([write_job(tmp_path / "jobs", inputs, scale=s) for s in (1.0, 2.0)])
+    recording = h.run_batch("echo", [first.partition_key, second.partition_key])
+    assert recording.success
+    h.instance.wipe_assets([ASSET])
+    assert not h.instance.fetch_materializations(ASSET, limit=1).records
+
+    batch = h.run_batch("echo", [first.partition_key, second.partition_key])
+    assert batch.success and _outcome_tag(h, batch.run_id) == "2 recorded"
+    for job in (first, second):
+        assert _partition_status(h, job.partition_key) == AssetPartitionStatus.MATERIALIZED
+        latest = _latest(h, job.partition_key)
+        assert latest.run_id == batch.run_id
+        meta = latest.asset_materialization.metadata
+        assert meta["status"].value == (
+            f"recorded by run {recording.run_id}, reported by this run (that run ended first)"
+        )
+        assert meta["fingerprint"].value == job.fingerprint
+    assert {e.partition for e in batch.get_asset_check_evaluations() if e.passed} == {
+        first.partition_key,
+        second.partition_key,
+    }
+    again = h.run_batch("echo", [first.partition_key, second.partition_key])
+    assert again.success and _outcome_tag(h, again.run_id) == "2 skipped"
+
+    h.instance.wipe_assets([ASSET])  # the same through one partition's own run (the UI's Materialize)
+    one = h.materialize("echo", first.partition_key)
+    assert _partition_status(h, first.partition_key) == AssetPartitionStatus.MATERIALIZED
+    assert _latest(h, first.partition_key).run_id == one.run_id
+    assert h.store.get_job("echo", first.partition_key).state == JobState.DONE
+
+
 def test_a_refused_run_config_changes_nothing_of_a_recorded_partition(
     harness_factory: Any, tmp_path: Path
 ) -> None:
