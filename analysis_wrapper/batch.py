@@ -46,9 +46,10 @@ from pydantic import Field
 
 from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.checks import CHECK_NAMES
-from analysis_wrapper.commit import CommitService, PartitionOutcome, failure_text
+from analysis_wrapper.commit import CommitService
 from analysis_wrapper.errors import one_line
 from analysis_wrapper.ownership import heartbeat_held
+from analysis_wrapper.partition_outcome import PartitionOutcome, failure_text
 from analysis_wrapper.partition_run import RunPlace
 from analysis_wrapper.resources.record_store import StoreResource
 from analysis_wrapper.resources.results_io import ResultsIOManager

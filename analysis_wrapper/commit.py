@@ -1,6 +1,7 @@
 """The one commit path of a partition, whoever runs it: the result asset, a batch run, a loop over keys.
 
-:meth:`CommitService.run_partition` takes one partition key and returns one :class:`PartitionOutcome`
+:meth:`CommitService.run_partition` takes one partition key and returns one
+:class:`~analysis_wrapper.partition_outcome.PartitionOutcome`
 (materialization metadata, or what a skip, a dry run or a failure is observed as); a failing partition
 never raises out of it, so a loop over keys goes on with the next one. Its steps, in order:
 
@@ -24,18 +25,12 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dagster import (
-    AssetCheckEvaluation,
-    AssetKey,
-    AssetMaterialization,
-    AssetObservation,
-    AssetRecordsFilter,
-    DagsterInstance,
     Failure,
     MetadataValue,
 )
@@ -45,11 +40,12 @@ from analysis_wrapper.analysis import Analysis
 from analysis_wrapper.capsule_records import recorded_jobs
 from analysis_wrapper.checks import CheckOutcome, evaluate_checks
 from analysis_wrapper.config import overrides_from_config
-from analysis_wrapper.errors import AnalysisWrapperError, one_line
+from analysis_wrapper.errors import AnalysisWrapperError
 from analysis_wrapper.inputs import InputNotFoundError
 from analysis_wrapper.job_file import AnalysisJob, JobFileError
 from analysis_wrapper.lifecycle import JobLifecycle
 from analysis_wrapper.ownership import Claim, Held, claimed, fingerprint_key
+from analysis_wrapper.partition_outcome import PartitionOutcome, failure_metadata, failure_text
 from analysis_wrapper.partition_run import Computed, RunPlace, compute, job_of_entry, load_job, start
 from analysis_wrapper.provenance import CodeState, DirtyTreeError, check_may_post
 from analysis_wrapper.resources.results_resources import ResultsStorageResource
@@ -59,7 +55,6 @@ from analysis_wrapper.result_metadata import LOCATION_METADATA_KEY as LOCATION
 from analysis_wrapper.result_metadata import inputs_table, location_link, record_metadata
 from analysis_wrapper.scratch import scratch_folder
 from analysis_wrapper.store.base import RecordExistsError, Store, StoreError
-from analysis_wrapper.tags import CODE_VERSION_TAG, DATA_VERSION_TAG
 
 
 class RunConfigRefused(Failure, AnalysisWrapperError):
@@ -69,87 +64,6 @@ class RunConfigRefused(Failure, AnalysisWrapperError):
 
 class ClaimLostError(AnalysisWrapperError, RuntimeError):
     """This run's claim on the fingerprint expired and another run took it over: it must not write."""
-
-
-def failure_text(exc: Exception) -> str:
-    return str(exc.description) if isinstance(exc, Failure) else f"{type(exc).__name__}: {exc}"
-
-
-def failure_metadata(exc: Exception, run_id: str) -> dict[str, Any]:
-    """What a failed partition's observation says: the reason and the run whose log has the rest."""
-    message = failure_text(exc)
-    return {
-        "status": f"failed: {one_line(message) if message else type(exc).__name__}",
-        "reason": MetadataValue.md(f"```\n{message}\n```") if "\n" in message else message,
-        "run_id": run_id,
-    }
-
-
-@dataclass(frozen=True)
-class PartitionOutcome:
-    """What one partition came to. ``materialized``: a new recorded result (a materialization, with
-    its ``checks``); anything else (a skip, a dry run, a failure: ``error``) is an observation, so the
-    partition keeps showing its recorded result; a skip carries that result's ``checks``."""
-
-    key: str
-    metadata: dict[str, Any]
-    fingerprint: str | None = None
-    materialized: bool = False
-    checks: tuple[CheckOutcome, ...] = ()
-    error: Exception | None = None
-    on_record: bool = False
-    """A skip of a result in this project's record store (not the capsule's, not one being computed)."""
-
-    @property
-    def status(self) -> str:
-        return str(self.metadata.get("status") or "done")
-
-    @property
-    def skipped(self) -> bool:
-        return self.status.startswith("skipped")
-
-    @property
-    def kind(self) -> str:
-        """``recorded``, ``skipped``, ``dry run`` or ``failed``."""
-        if self.materialized:
-            return "recorded"
-        return "failed" if self.error is not None else self.status.split(":", 1)[0]
-
-    def reported(self, asset_key: AssetKey, instance: DagsterInstance) -> PartitionOutcome:
-        """This outcome, or, for a skip of a result that Dagster was never told of, its
-        materialization, reported now. A run killed between writing its record and reporting its
-        materialization leaves a recorded job whose partition shows no result, and that the summary
-        (which reads materializations) never lists; the run that finds it recorded reports it, unless
-        the run that recorded it is still going (it reports it itself)."""
-        if not (self.on_record and self.fingerprint):
-            return self
-        latest = instance.fetch_materializations(
-            AssetRecordsFilter(asset_key=asset_key, asset_partitions=[self.key]), limit=1
-        ).records
-        shown = latest[0].asset_materialization if latest else None
-        if shown is not None and (shown.tags or {}).get(DATA_VERSION_TAG) == self.fingerprint:
-            return self
-        recorder = str(self.metadata.get("recorded_by_run") or "")
-        run = instance.get_run_by_id(recorder) if recorder else None
-        if run is not None and not run.is_finished:
-            return self
-        status = f"recorded by run {recorder or 'unknown'}, reported by this run (that run ended first)"
-        return dataclasses.replace(self, metadata={**self.metadata, "status": status}, materialized=True)
-
-    def events(
-        self, asset_key: AssetKey, code_version: str, instance: DagsterInstance
-    ) -> Iterator[AssetMaterialization | AssetObservation | AssetCheckEvaluation]:
-        """The outcome as the events an op reports for one partition of ``asset_key`` (its checks
-        after its materialization is stored: they aim at it)."""
-        if self.materialized:
-            tags = {DATA_VERSION_TAG: str(self.fingerprint), CODE_VERSION_TAG: code_version}
-            yield AssetMaterialization(
-                asset_key=asset_key, partition=self.key, metadata=self.metadata, tags=tags
-            )
-        else:
-            yield AssetObservation(asset_key=asset_key, partition=self.key, metadata=self.metadata)
-        for checked in self.checks:
-            yield checked.evaluation(asset_key, self.key, instance)
 
 
 @dataclass

@@ -259,7 +259,7 @@ def test_isi_violations_refuses_a_bad_override_before_its_recorded_partition_cha
 
 
 def test_a_failed_partitions_status_keeps_its_whole_message_on_one_line() -> None:
-    from analysis_wrapper.commit import failure_metadata
+    from analysis_wrapper.partition_outcome import failure_metadata
 
     meta = failure_metadata(RuntimeError("cannot read x.nwb: unable to\n  open the file (truncated)"), "r1")
     assert meta["status"] == "failed: RuntimeError: cannot read x.nwb: unable to open the file (truncated)"
